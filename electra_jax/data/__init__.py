@@ -1,0 +1,1 @@
+"""Data: tokenization, pretraining shards and loaders, GLUE and SQuAD readers."""
