@@ -1,0 +1,220 @@
+"""Building blocks of the ELECTRA encoder as Flax NNX modules.
+
+Every parameter is an `nnx.Param` with logical axis names in its `out_sharding` metadata (see electra_jax/sharding.py
+for the one table that maps them to mesh axes). Dropout is functional: modules take `dropout_rng` (a PRNG key, or None
+for deterministic inference), so a train step stays a pure function of (params, batch, rng).
+
+The encoder keeps each per-layer parameter stacked with a leading [num_hidden_layers] axis ("layers"). The same
+parameters run either as a Python loop over layers or as one `jax.lax.scan`, optionally rematerialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from electra_jax import sharding
+from electra_jax.modeling.config import ElectraConfig
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
+  if len(axes) != value.ndim:
+    raise ValueError(f"logical axes {axes} do not match parameter shape {value.shape}")
+  return nnx.Param(value, sharding=tuple(axes), eager_sharding=False)
+
+
+def activation(name: str):
+  """HF's ACT2FN for the activations ELECTRA configs use ('gelu' is the exact erf GELU)."""
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "relu":
+    return jax.nn.relu
+  if name in ("silu", "swish"):
+    return jax.nn.silu
+  if name == "tanh":
+    return jnp.tanh
+  raise ValueError(f"unsupported activation {name!r}")
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when rng is None or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+  if rng is None:
+    return [None] * n
+  return list(jax.random.split(rng, n))
+
+
+# ------------------------------------------------------------------------------------------------ primitives
+class Dense(nnx.Module):
+  """y = x @ kernel + bias. kernel is [in, out] (the transpose of a torch Linear weight).
+
+  With `stack=L` every parameter gets a leading [L] "layers" axis (used by the encoder).
+  """
+
+  def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], config: ElectraConfig,
+               *, rngs: nnx.Rngs, stack: int | None = None, use_bias: bool = True):
+    lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+    init = jax.nn.initializers.normal(config.initializer_range)
+    self.kernel = _param(init(rngs.params(), lead + (in_features, out_features), config.storage_dtype),
+                         lead_axes + tuple(axes))
+    self.bias = _param(jnp.zeros(lead + (out_features,), config.storage_dtype), lead_axes + (axes[1],)) \
+        if use_bias else None
+    self.dtype = config.compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis, computed in float32 and cast back to the compute dtype."""
+
+  def __init__(self, features: int, config: ElectraConfig, *, stack: int | None = None):
+    lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+    self.scale = _param(jnp.ones(lead + (features,), config.storage_dtype), lead_axes + ("norm",))
+    self.bias = _param(jnp.zeros(lead + (features,), config.storage_dtype), lead_axes + ("norm",))
+    self.eps = config.layer_norm_eps
+    self.dtype = config.compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ embeddings
+class ElectraEmbeddings(nnx.Module):
+  """word + position + token-type embeddings (size embedding_size) -> LayerNorm -> dropout."""
+
+  def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs):
+    init = jax.nn.initializers.normal(config.initializer_range)
+    e, dt = config.embedding_size, config.storage_dtype
+    word = init(rngs.params(), (config.vocab_size, e), dt)
+    if config.pad_token_id is not None:  # torch's Embedding(padding_idx=...) starts that row at zero
+      word = word.at[config.pad_token_id].set(0)
+    self.word_embeddings = _param(word, ("vocab", "emb"))
+    self.position_embeddings = _param(init(rngs.params(), (config.max_position_embeddings, e), dt),
+                                      ("positions", "emb"))
+    self.token_type_embeddings = _param(init(rngs.params(), (config.type_vocab_size, e), dt), ("type_vocab", "emb"))
+    self.layer_norm = LayerNorm(e, config)
+    self.rate = config.hidden_dropout_prob
+    self.dtype = config.compute_dtype
+
+  def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, position_ids: jax.Array,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    x = jnp.take(self.word_embeddings[...], input_ids, axis=0)
+    x = x + jnp.take(self.token_type_embeddings[...], token_type_ids, axis=0)
+    x = x + jnp.take(self.position_embeddings[...], position_ids, axis=0)
+    x = self.layer_norm(x.astype(self.dtype))
+    return dropout(x, self.rate, dropout_rng)
+
+
+# ------------------------------------------------------------------------------------------------ encoder
+def attention_mask_bias(attention_mask: jax.Array, causal: bool) -> jax.Array:
+  """[B, L] 0/1 padding mask -> boolean [B, 1, L, L] (query, key) mask; lower-triangular when causal."""
+  keep = attention_mask.astype(bool)[:, None, None, :]
+  if causal:
+    length = attention_mask.shape[-1]
+    keep = keep & jnp.tril(jnp.ones((length, length), bool))[None, None]
+  return keep
+
+
+class ElectraLayer(nnx.Module):
+  """One post-LN transformer layer: self-attention -> add & LN -> FFN -> add & LN.
+
+  Built with `stack=L` by the encoder; `__call__` then runs on one slice of the stacked parameters.
+  """
+
+  def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+    h, i = config.hidden_size, config.intermediate_size
+    kw = dict(config=config, rngs=rngs, stack=stack)
+    self.query = Dense(h, h, ("embed", "heads"), **kw)
+    self.key = Dense(h, h, ("embed", "heads"), **kw)
+    self.value = Dense(h, h, ("embed", "heads"), **kw)
+    self.attention_output = Dense(h, h, ("heads", "embed"), **kw)
+    self.attention_norm = LayerNorm(h, config, stack=stack)
+    self.intermediate = Dense(h, i, ("embed", "mlp"), **kw)
+    self.output = Dense(i, h, ("mlp", "embed"), **kw)
+    self.output_norm = LayerNorm(h, config, stack=stack)
+    self.num_heads = config.num_attention_heads
+    self.head_dim = config.head_dim
+    self.act = activation(config.hidden_act)
+    self.hidden_rate = config.hidden_dropout_prob
+    self.attention_rate = config.attention_probs_dropout_prob
+    self.dtype = config.compute_dtype
+
+  def _attention(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+    b, length, _ = x.shape
+    shape = (b, length, self.num_heads, self.head_dim)
+    q = self.query(x).reshape(shape)
+    k = self.key(x).reshape(shape)
+    v = self.value(x).reshape(shape)
+    if rng is None or self.attention_rate == 0.0:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:  # attention-probability dropout needs the probabilities, so spell the attention out
+      scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+      probs = dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, rng).astype(self.dtype)
+      out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+    return out.reshape(b, length, -1)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    r_att, r_out1, r_out2 = split_rng(rng, 3)
+    a = self.attention_output(self._attention(x, mask, r_att))
+    x = self.attention_norm(dropout(a, self.hidden_rate, r_out1) + x)
+    f = self.output(self.act(self.intermediate(x)))
+    x = self.output_norm(dropout(f, self.hidden_rate, r_out2) + x)
+    return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class ElectraEncoder(nnx.Module):
+  """num_hidden_layers ElectraLayers with stacked parameters; loop or scan, optional remat."""
+
+  def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs):
+    self.layers = ElectraLayer(config, rngs=rngs, stack=config.num_hidden_layers)
+    self.num_layers = config.num_hidden_layers
+    self.scan = config.scan_layers
+    self.remat_policy = config.remat_policy
+
+  def __call__(self, x: jax.Array, mask: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+    graphdef, stacked = nnx.split(self.layers)
+    rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.num_layers)
+
+    def layer(h, params_and_rng):
+      params, rng = params_and_rng
+      return nnx.merge(graphdef, params)(h, mask, rng)
+
+    if self.remat_policy != "none":
+      layer = jax.checkpoint(layer, policy=_REMAT[self.remat_policy])
+    if self.scan:
+      x, _ = jax.lax.scan(lambda h, xs: (layer(h, xs), None), x, (stacked, rngs))
+      return x
+    for i in range(self.num_layers):
+      params_i = jax.tree.map(lambda a, i=i: a[i], stacked)
+      x = layer(x, (params_i, None if rngs is None else rngs[i]))
+    return x

@@ -1,0 +1,37 @@
+"""The joint ELECTRA pretraining model: a small generator and a discriminator sharing their embeddings.
+
+    disc = ElectraConfig(...)                       # e.g. ELECTRA-Small: E=128, H=256, 12 layers
+    gen = generator_config(disc, hidden_fraction=0.25)
+    model = ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(0))
+    g = model.generator(masked_ids, mask, types, masked_positions=pos, dropout_rng=k1).logits   # [B, P, V]
+    d = model.discriminator(corrupted_ids, mask, types, dropout_rng=k2).logits                  # [B, L]
+
+As in the original ELECTRA, the generator reuses the discriminator's embedding module — word, position and token-type
+tables and the embedding LayerNorm — and so its LM head is tied to the shared word embeddings. The generator keeps its
+own embedding projection (embedding_size -> its hidden size). NNX shares the module object, so the parameters exist once
+in the state (under discriminator/electra/embeddings) and receive the gradients of both networks.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from electra_jax.modeling.config import ConfigError, ElectraConfig
+from electra_jax.modeling.models import ElectraForMaskedLM, ElectraForPreTraining
+
+
+class ElectraPretrainingModel(nnx.Module):
+  """discriminator: ElectraForPreTraining; generator: ElectraForMaskedLM with the discriminator's embeddings."""
+
+  def __init__(self, discriminator_config: ElectraConfig, generator_config: ElectraConfig, *, rngs: nnx.Rngs):
+    d, g = discriminator_config, generator_config
+    for field in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"):
+      if getattr(d, field) != getattr(g, field):
+        raise ConfigError(f"generator {field}={getattr(g, field)} differs from the discriminator's "
+                          f"{getattr(d, field)}; shared embeddings need them equal")
+    if not g.tie_word_embeddings:
+      raise ConfigError("generator tie_word_embeddings=False: the ELECTRA generator's LM head is tied to the shared "
+                        "word embeddings")
+    self.discriminator = ElectraForPreTraining(d, rngs=rngs)
+    self.generator = ElectraForMaskedLM(g, rngs=rngs)
+    self.generator.electra.embeddings = self.discriminator.electra.embeddings

@@ -1,0 +1,206 @@
+"""The one place where logical axis names meet the device mesh.
+
+Model code names axes logically (`nnx.Param(..., sharding=("embed", "mlp"))`); a rules table maps each logical name to
+mesh axes of a (data, fsdp, tensor) mesh. Configs carry the table (`config.sharding_rules`), defaulting to DEFAULT_RULES.
+
+    mesh = make_mesh({"data": -1, "fsdp": 2, "tensor": 1})           # -1 takes the remaining devices
+    model = create_sharded_model(lambda: ElectraForPreTraining(cfg, rngs=nnx.Rngs(0)), mesh)   # born sharded
+    shardings = logical_to_sharding(nnx.state(model), mesh)          # NamedShardings, same tree
+    batch = jax.device_put(batch, batch_sharding(mesh))
+
+A parameter without logical names, or with a name the table does not cover, raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+MeshAxes = str | tuple[str, ...] | None
+Rules = Sequence[tuple[str, MeshAxes]]
+
+DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    # weights
+    ("vocab", "tensor"),          # word-embedding rows (tied generator/discriminator table, LM head)
+    ("emb", "fsdp"),              # embedding_size (factorized embeddings)
+    ("positions", None),
+    ("type_vocab", None),
+    ("embed", "fsdp"),            # hidden_size
+    ("heads", "tensor"),          # attention heads x head_dim (q/k/v outputs, attention-output inputs)
+    ("mlp", "tensor"),            # FFN inner size
+    ("norm", None),               # LayerNorm scale/bias
+    ("layers", None),             # stacked-layer axis
+    ("classes", None),            # task-head outputs
+)
+
+_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("electra_sharding_rules", default=DEFAULT_RULES)
+
+
+class ShardingError(ValueError):
+  """A parameter or activation whose logical axes the rules table cannot place."""
+
+
+@contextlib.contextmanager
+def use_rules(rules: Rules | None):
+  """Sets the rules that `constrain` uses for activations (model code reads them while tracing)."""
+  token = _RULES.set(tuple(rules) if rules is not None else DEFAULT_RULES)
+  try:
+    yield
+  finally:
+    _RULES.reset(token)
+
+
+def rules_from_config(rules: Iterable[Any] | None) -> tuple[tuple[str, MeshAxes], ...]:
+  """Normalises a rules table from a config (lists from ml_collections become tuples)."""
+  if rules is None:
+    return DEFAULT_RULES
+  out = []
+  for entry in rules:
+    name, axes = entry
+    if isinstance(axes, list):
+      axes = tuple(axes)
+    out.append((str(name), axes))
+  return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------ mesh
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh. One size may be -1 (the remaining devices). Default: all devices on `data`."""
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = dict(shape or {"data": -1})
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ShardingError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ShardingError(f"mesh {shape}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ShardingError(f"mesh {shape}: sizes must be positive or -1")
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ShardingError(f"mesh {shape}: {len(devices)} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                        f"{len(devices)} are available")
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+# ------------------------------------------------------------------------------------------------ rules -> specs
+def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES, mesh: Any = None,
+                    shape: Sequence[int] | None = None, name: str = "") -> P:
+  """Logical axis names -> PartitionSpec. Raises on a name the table lacks.
+
+  A mesh axis already used by an earlier dimension is not reused; a dimension not divisible by its mesh axes stays
+  replicated (logged), so one table serves every model size.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for dim, logical in enumerate(axes):
+    if logical is None:
+      spec.append(None)
+      continue
+    if logical not in table:
+      raise ShardingError(f"{name or 'array'}: logical axis {logical!r} is not covered by the sharding rules "
+                          f"(covered: {sorted(table)})")
+    mesh_axes = table[logical]
+    if mesh_axes is None:
+      spec.append(None)
+      continue
+    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    mesh_axes = tuple(a for a in mesh_axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
+    if mesh is not None and shape is not None and mesh_axes:
+      size = math.prod(mesh.shape[a] for a in mesh_axes)
+      if shape[dim] % size:
+        logging.info("%s: dim %d (%s, size %d) not divisible by mesh axes %s (%d); replicated", name, dim, logical,
+                     shape[dim], mesh_axes, size)
+        mesh_axes = ()
+    used.update(mesh_axes)
+    spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  return P(*spec)
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def logical_to_sharding(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Any:
+  """Same tree as `state` (an nnx.State of Variables, abstract or concrete) with NamedShardings as values."""
+  rules = rules if rules is not None else DEFAULT_RULES
+
+  def one(path, var):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    axes = var.get_metadata().get("out_sharding") if _is_variable(var) else None
+    if axes is None:
+      raise ShardingError(f"parameter {name} carries no logical axis names; every parameter needs them")
+    shape = var.value.shape if _is_variable(var) else var.shape
+    spec = logical_to_spec(axes, rules, mesh, shape, name)
+    return var.replace(NamedSharding(mesh, spec))
+
+  return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
+
+
+def create_sharded_model(ctor: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, rules: Rules | None = None):
+  """Builds the module with every parameter created directly in its sharded layout (nothing lands on one device)."""
+  abstract = nnx.eval_shape(ctor)
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = logical_to_sharding(abstract_state, mesh, rules)
+
+  def init():
+    return nnx.state(ctor())
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules | None = None, ndim: int = 2) -> NamedSharding:
+  """Sharding of an input batch: leading dim over the activation_batch mesh axes, the rest replicated."""
+  spec = logical_to_spec(("activation_batch",) + (None,) * (ndim - 1), rules or DEFAULT_RULES, mesh)
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """with_sharding_constraint by logical names, under the mesh set by `jax.set_mesh`; a no-op without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = logical_to_spec(axes, _RULES.get(), mesh, x.shape)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def describe(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> str:
+  """A table of parameters, shapes and partition specs (logged at start-up by the trainers)."""
+  lines = []
+  shardings = logical_to_sharding(state, mesh, rules)
+  flat_state = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]
+  flat_sh = jax.tree_util.tree_leaves(shardings, is_leaf=_is_variable)
+  total = 0
+  for (path, var), sh in zip(flat_state, flat_sh):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    shape = var.value.shape
+    total += int(np.prod(shape))
+    lines.append(f"{name:70s} {str(tuple(shape)):22s} {sh.value.spec}")
+  lines.append(f"total parameters: {total:,}")
+  return "\n".join(lines)
