@@ -150,7 +150,7 @@ def logical_to_sharding(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None
     axes = var.get_metadata().get("out_sharding") if _is_variable(var) else None
     if axes is None:
       raise ShardingError(f"parameter {name} carries no logical axis names; every parameter needs them")
-    shape = var.value.shape if _is_variable(var) else var.shape
+    shape = var.get_value().shape if _is_variable(var) else var.shape
     spec = logical_to_spec(axes, rules, mesh, shape, name)
     return var.replace(NamedSharding(mesh, spec))
 
@@ -199,7 +199,7 @@ def describe(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) ->
   total = 0
   for (path, var), sh in zip(flat_state, flat_sh):
     name = "/".join(str(getattr(k, "key", k)) for k in path)
-    shape = var.value.shape
+    shape = var.get_value().shape
     total += int(np.prod(shape))
     lines.append(f"{name:70s} {str(tuple(shape)):22s} {sh.value.spec}")
   lines.append(f"total parameters: {total:,}")

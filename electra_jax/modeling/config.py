@@ -78,6 +78,10 @@ class ElectraConfig:
   remat_policy: str = "none"        # rematerialisation of each layer in the backward pass
 
   def __post_init__(self):
+    if isinstance(self.id2label, dict):  # accept HF's {id: name} mapping; store hashable pairs
+      object.__setattr__(self, "id2label", _label_pairs(self.id2label))
+    if isinstance(self.architectures, list):
+      object.__setattr__(self, "architectures", tuple(self.architectures))
     self.validate()
 
   # ---------------------------------------------------------------- validation

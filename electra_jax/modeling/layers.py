@@ -25,7 +25,7 @@ from electra_jax.modeling.config import ElectraConfig
 def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
   if len(axes) != value.ndim:
     raise ValueError(f"logical axes {axes} do not match parameter shape {value.shape}")
-  return nnx.Param(value, sharding=tuple(axes), eager_sharding=False)
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
 def activation(name: str):
