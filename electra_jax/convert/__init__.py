@@ -252,10 +252,12 @@ def head_name(model: nnx.Module) -> str:
 
 
 def to_hf(model: nnx.Module, path: str | os.PathLike, config: ElectraConfig | None = None,
-          dtype: str | None = None) -> str:
+          dtype: str | None = None, vocab_file: str | os.PathLike | None = None, lowercase: bool = True,
+          strip_accents: bool | None = None) -> str:
   """Writes `model` as an HF folder (config.json + model.safetensors) that transformers' from_pretrained loads.
 
   dtype: "float32" / "bfloat16" / "float16" to cast the tensors (default: the parameters' own dtype).
+  vocab_file: also write the tokenizer files, so `transformers.pipeline(task, model=path)` works as is.
   """
   path = os.fspath(path)
   head = head_name(model)
@@ -267,4 +269,42 @@ def to_hf(model: nnx.Module, path: str | os.PathLike, config: ElectraConfig | No
     tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
   write_hf_weights(tensors, path)
   config.to_json_file(os.path.join(path, "config.json"))
+  if vocab_file is not None:
+    write_tokenizer_files(path, vocab_file, lowercase, strip_accents, config.max_position_embeddings)
   return path
+
+
+def write_tokenizer_files(path: str | os.PathLike, vocab_file: str | os.PathLike, lowercase: bool = True,
+                          strip_accents: bool | None = None, model_max_length: int = 512) -> None:
+  """Adds vocab.txt, tokenizer_config.json and special_tokens_map.json so `transformers.pipeline` needs no code."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from electra_jax.data.tokenization import read_vocab  # pylint: disable=import-outside-toplevel
+  read_vocab(vocab_file)  # validates: exists, no duplicates, has the special tokens
+  path = os.fspath(path)
+  os.makedirs(path, exist_ok=True)
+  shutil.copyfile(vocab_file, os.path.join(path, "vocab.txt"))
+  specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+              "mask_token": "[MASK]"}
+  tokenizer_config = {"tokenizer_class": "ElectraTokenizer", "do_lower_case": lowercase,
+                      "strip_accents": strip_accents, "tokenize_chinese_chars": True,
+                      "model_max_length": model_max_length, **specials}
+  for name, content in (("tokenizer_config.json", tokenizer_config), ("special_tokens_map.json", specials)):
+    with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+      json.dump(content, f, indent=2)
+      f.write("\n")
+
+
+def read_tokenizer_settings(path: str | os.PathLike) -> dict[str, Any]:
+  """{"vocab_file", "lowercase", "strip_accents"} of an HF folder (BERT defaults where tokenizer_config.json is silent)."""
+  path = os.fspath(path)
+  vocab = os.path.join(path, "vocab.txt")
+  if not os.path.isfile(vocab):
+    raise FileNotFoundError(f"{path}: no vocab.txt (export with tokenizer files, or pass a vocab file)")
+  settings = {"vocab_file": vocab, "lowercase": True, "strip_accents": None}
+  cfg = os.path.join(path, "tokenizer_config.json")
+  if os.path.isfile(cfg):
+    with open(cfg, encoding="utf-8") as f:
+      d = json.load(f)
+    settings["lowercase"] = bool(d.get("do_lower_case", True))
+    settings["strip_accents"] = d.get("strip_accents")
+  return settings
