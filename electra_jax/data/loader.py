@@ -9,12 +9,13 @@
     batch = loader.batch(step)                      # any step, random access, same result as the iterator
 
 Order: epoch e visits the N examples in the order `np.random.default_rng([seed, e]).permutation(N)` (global example
-index = position in the shards taken in manifest order); batch `step` is the global positions [step*B, (step+1)*B) of the
-concatenated epochs, so batches cross epoch ends without a seam or a dropped remainder. Each process reads only the rows
-of the global batch that its devices hold (one contiguous slice: rows [i*B/P, (i+1)*B/P) for process i of P on the usual
-process-major meshes; the rows are taken from the sharding itself). `local_batch(step)` gives that slice as numpy; passing
-process_index/process_count explicitly simulates another process layout (numpy only). A background thread prefetches the
-next `prefetch` local batches of the iterator (a bounded queue), so reading and decoding overlap the training step.
+index = position in the shards taken in manifest order); batch `step` is the global positions [step*B, (step+1)*B) of
+the concatenated epochs, so batches cross epoch ends without a seam or a dropped remainder. Each process reads only
+the rows of the global batch that its devices hold (one contiguous slice: rows [i*B/P, (i+1)*B/P) for process i of P
+on the usual process-major meshes; the rows are taken from the sharding itself). `local_batch(step)` gives that slice
+as numpy; passing process_index/process_count explicitly simulates another process layout (numpy only). A background
+thread prefetches the next `prefetch` local batches of the iterator (a bounded queue), so reading and decoding overlap
+the training step.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ class PretrainingLoader:
       for a, z in spans:
         covered[a - start:z - start] = True
       if not covered.all():
-        raise ValueError(f"process {self.process_index}'s devices hold a non-contiguous set of batch rows {sorted(spans)}; "
-                         "order the mesh devices process-major")
+        raise ValueError(f"process {self.process_index}'s devices hold a non-contiguous set of batch rows "
+                         f"{sorted(spans)}; order the mesh devices process-major")
       self.rows = (start, stop)
     else:
       self.rows = (self.process_index * per_process, (self.process_index + 1) * per_process)
@@ -163,7 +164,8 @@ class PretrainingLoader:
       return decode_records(records, self._id_dtype, self.max_seq_length)
     except RecordError as e:
       s = int(shard_of[e.index])
-      raise ValueError(f"{self._shard_files[s]}: record {int(indices[e.index] - self._offsets[s])}: {e.detail}") from None
+      position = int(indices[e.index] - self._offsets[s])
+      raise ValueError(f"{self._shard_files[s]}: record {position}: {e.detail}") from None
 
   def local_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of batch `step`, as numpy int32 arrays [rows, L]."""
@@ -175,6 +177,8 @@ class PretrainingLoader:
                          f"(JAX runs {jax.process_count()}); use local_batch() for numpy slices")
     shape = (self.global_batch_size, self.max_seq_length)
     if self.sharding is None:
+      if jax.process_count() > 1:
+        raise RuntimeError("a multi-process run needs a mesh to assemble global batches; pass mesh=")
       return {k: jax.device_put(v) for k, v in local.items()}
     return {k: jax.make_array_from_process_local_data(self.sharding, v, shape) for k, v in local.items()}
 

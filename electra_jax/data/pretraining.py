@@ -11,12 +11,13 @@
 NAME with --tfds_data_dir) for a TFDS text dataset prepared as array_record; several specs may be comma-separated.
 
 Documents: in text files a blank line ends a document (`blanks_separate_docs`, as in the original) and so does the end
-of a file; with `wikitext_markup` (on by default) a WikiText title line ` = Title = ` also starts a new document, heading
-markup (`= = Section = =`) is reduced to its text and the ` @-@ `, ` @,@ `, ` @.@ ` escapes are joined again. The default
-`blanks_separate_docs=None` means True except in WikiText files (first non-blank line a title), where blank lines only
-surround headings, so that only titles separate documents (True there would make every section, and every heading line,
-a document of its own). A TFDS record is one document. Lines are cut into sentences by `split_sentences` (rules below), sentences are WordPiece-tokenized
-and packed by `ExampleBuilder`, which follows google-research/electra build_pretraining_dataset.py:
+of a file; with `wikitext_markup` (on by default) a WikiText title line ` = Title = ` also starts a new document,
+heading markup (`= = Section = =`) is reduced to its text and the ` @-@ `, ` @,@ `, ` @.@ ` escapes are joined again.
+The default `blanks_separate_docs=None` means True except in WikiText files (first non-blank line a title), where
+blank lines only surround headings, so that only titles separate documents (True there would make every section, and
+every heading line, a document of its own). A TFDS record is one document. Lines are cut into sentences by
+`split_sentences` (rules below), sentences are WordPiece-tokenized and packed by `ExampleBuilder`, which follows
+google-research/electra build_pretraining_dataset.py:
   * sentences are accumulated until their length reaches the target length, which is max_seq_length, except that 5% of
     examples draw a target uniformly from [5, max_seq_length]; the sentence that crosses the target is kept and cut;
   * 10% of examples are single-segment; otherwise segment A aims at (target - 3) // 2 tokens: a sentence joins A while
@@ -24,14 +25,14 @@ and packed by `ExampleBuilder`, which follows google-research/electra build_pret
   * A is cut to max_seq_length - 2 and B to what is left; `[CLS] A [SEP] B [SEP]` (no B part when B is empty),
     segment ids 0 then 1; the end of a document flushes what has been gathered, so no example crosses documents.
 Deliberate differences from the original: (1) sentences come from the rule-based splitter instead of one line per
-sentence; (2) randomness is seeded: document d uses `random.Random(f"{seed}:{d}")`, and its first example draws its target
-length by the 5% rule itself instead of inheriting the previous document's draw (same distribution), so the output does
-not depend on how documents are spread over processes; (3) sentences that tokenize to nothing are dropped.
+sentence; (2) randomness is seeded: document d uses `random.Random(f"{seed}:{d}")`, and its first example draws its
+target length by the 5% rule itself instead of inheriting the previous document's draw (same distribution), so the
+output does not depend on how documents are spread over processes; (3) sentences that tokenize to nothing are dropped.
 
-Output layout (`output_dir`): `pretrain-SSSSS-of-NNNNN.array_record` shards and `manifest.json`. Document d goes to shard
-d % num_shards, in document order, so the shards are byte-identical for any `num_processes` (worker j writes the shards
-s with s % num_processes == j). Every file is written under a `.partial` name and renamed when complete; the manifest is
-written last, so a directory without `manifest.json` is never a dataset. Each record (format version 1) is
+Output layout (`output_dir`): `pretrain-SSSSS-of-NNNNN.array_record` shards and `manifest.json`. Document d goes to
+shard d % num_shards, in document order, so the shards are byte-identical for any `num_processes` (worker j writes the
+shards s with s % num_processes == j). Every file is written under a `.partial` name and renamed when complete; the
+manifest is written last, so a directory without `manifest.json` is never a dataset. Each record (format version 1) is
     uint16 little-endian n          number of real tokens ([CLS] A [SEP] B [SEP], 0 < n <= max_seq_length)
     uint16 little-endian n_a        tokens with segment id 0 ([CLS] A [SEP])
     n token ids, little-endian `manifest["id_dtype"]` (uint16 when the vocab has at most 65536 entries, else uint32)
@@ -46,6 +47,7 @@ abbreviation (`Mr.`, `Dr.`, `St.`, `No.`, ...).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -114,7 +116,8 @@ def id_dtype_for(vocab_size: int) -> str:
 
 def encode_example(input_ids: Sequence[int], num_segment_a: int, id_dtype: str) -> bytes:
   """One record: header (n, n_a) then the n real token ids."""
-  return _HEADER.pack(len(input_ids), num_segment_a) + np.asarray(input_ids, dtype=np.dtype(id_dtype).newbyteorder("<")).tobytes()
+  ids = np.asarray(input_ids, dtype=np.dtype(id_dtype).newbyteorder("<"))
+  return _HEADER.pack(len(input_ids), num_segment_a) + ids.tobytes()
 
 
 def decode_records(records: Sequence[bytes], id_dtype: str, max_seq_length: int) -> dict[str, np.ndarray]:
@@ -142,8 +145,8 @@ def decode_records(records: Sequence[bytes], id_dtype: str, max_seq_length: int)
 # Sentences and documents.
 
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no nos vol vols pp fig figs gen col lt sgt capt cmdr adm gov rev "
-    "hon mt ft jan feb apr aug sep sept oct nov dec approx ca cf al ed eds est dept univ".split())
+    "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no nos vol vols pp fig figs gen col lt sgt capt cmdr adm "
+    "gov rev hon mt ft jan feb apr aug sep sept oct nov dec approx ca cf al ed eds est dept univ".split())
 _BOUNDARY_RE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(\s+)")
 _OPENERS = "\"'\u201c\u2018(["
 _LAST_WORD_RE = re.compile(r"\S*$")
@@ -442,8 +445,8 @@ class _Plan:
 
 
 def _plan(corpus: str | Sequence[str], vocab_file: str | os.PathLike, max_seq_length: int, lower_case: bool,
-          strip_accents: bool | None, blanks_separate_docs: bool | None, wikitext_markup: bool, seed: int, num_shards: int,
-          tfds_data_dir: str | None, tfds_split: str, tfds_text_key: str) -> tuple[_Plan, Any]:
+          strip_accents: bool | None, blanks_separate_docs: bool | None, wikitext_markup: bool, seed: int,
+          num_shards: int, tfds_data_dir: str | None, tfds_split: str, tfds_text_key: str) -> tuple[_Plan, Any]:
   if not 5 <= max_seq_length <= 65535:
     raise ValueError(f"max_seq_length must be in [5, 65535], got {max_seq_length}")
   if not 1 <= num_shards <= 99999:
@@ -473,6 +476,10 @@ class _Job:
   output_dir: str
 
 
+def _is_mine(job: _Job, d: int) -> bool:
+  return d % job.opts.num_shards % job.num_jobs == job.job_id
+
+
 def _run_job(job: _Job) -> dict[str, Any]:
   """One worker: builds the shards s with s % num_jobs == job_id. Returns its counts."""
   opts = job.opts
@@ -488,7 +495,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
   counts = dict.fromkeys(mine, 0)
   stats = {"num_documents": 0, "num_tokens": 0, "num_single_segment": 0}
   try:
-    for d, lines in iter_documents(job.sources, opts, wanted=lambda d: d % opts.num_shards % job.num_jobs == job.job_id):
+    for d, lines in iter_documents(job.sources, opts, functools.partial(_is_mine, job)):
       if lines is None:
         continue
       sentences = [s for line in lines for s in split_sentences(line)]
