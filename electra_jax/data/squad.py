@@ -218,9 +218,13 @@ def read_squad_tfds(version: str = "v1.1", split: str = "validation", data_dir: 
 
 @dataclasses.dataclass
 class FeaturizeSummary:
-  """Counts from `featurize_squad`. `unrecoverable` lists answerable training questions whose answer, cut back out of
-  the context at the token boundaries of its start/end positions, differs from the gold text (whitespace aside); BERT
-  skips such training questions, Hugging Face keeps them: see `drop_unrecoverable`."""
+  """Counts from `featurize_squad`.
+
+  `answerable`, `unrecoverable` and `dropped` are filled when featurizing for training: `unrecoverable` lists the
+  answerable questions whose first answer, cut back out of the context at the token boundaries of its start/end
+  positions, differs from the gold text (whitespace aside), e.g. "gold" inside the token "golden". BERT skips such
+  training questions, Hugging Face keeps them (with the wider span): see `drop_unrecoverable`.
+  """
   examples: int = 0
   features: int = 0
   truncated_questions: int = 0
