@@ -214,7 +214,11 @@ class ElectraEncoder(nnx.Module):
     if self.scan:
       x, _ = jax.lax.scan(lambda h, xs: (layer(h, xs), None), x, (stacked, rngs))
       return x
+    # Unstack with one split per parameter: its gradient is one concatenate. (Indexing a[i] per layer would make
+    # every layer's gradient a full-size padded array, summed L times.)
+    leaves, treedef = jax.tree.flatten(stacked)
+    per_layer = [jnp.split(leaf, self.num_layers) for leaf in leaves]
     for i in range(self.num_layers):
-      params_i = jax.tree.map(lambda a, i=i: a[i], stacked)
+      params_i = jax.tree.unflatten(treedef, [p[i][0] for p in per_layer])
       x = layer(x, (params_i, None if rngs is None else rngs[i]))
     return x
