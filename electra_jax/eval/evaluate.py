@@ -1,0 +1,45 @@
+"""Scores a fine-tuned checkpoint on the dev sets of its task, without training, and writes the predictions files.
+
+    python -m electra_jax.eval.evaluate --config=configs/glue.py:task=mrpc --checkpoint=/tmp/mrpc/seed_0 \
+        --workdir=/tmp/mrpc_eval
+    python -m electra_jax.eval.evaluate --config=configs/squad.py:version=2.0,head=hf \
+        --checkpoint=/hf/electra-base-squad2 --workdir=/tmp/squad2_eval        # an HF folder with a QA head
+
+--checkpoint: a fine-tuning workdir of this project (WORKDIR/seed_<s>, its checkpoints/ or one step), whose
+model_config says the head; or an HF folder (config.json + model.safetensors) with the task's HF head (head=hf).
+Outputs: WORKDIR/predictions/ (GLUE dev/test TSVs; SQuAD predictions.json, null_odds.json, ...) and
+WORKDIR/results.json; a summary table on stdout. Exit status 1 with a message on bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from electra_jax.train import distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config (configs/glue.py or configs/squad.py).",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuned Orbax checkpoint (workdir) or HF folder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for predictions and results.json.")
+distributed.define_flags()
+flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize_from_flags()
+  from electra_jax.train import checkpointing, finetune_lib  # pylint: disable=import-outside-toplevel
+  try:
+    finetune_lib.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, KeyError, checkpointing.CheckpointError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,189 @@
+"""GLUE fine-tuning end to end on the real glue_data files (tiny model, short runs on small slices).
+
+The GLUE train.tsv files of MRPC, STS-B and RTE are on disk, so these runs train on the first rows of train.tsv and
+score the first rows of dev.tsv; test.tsv rows get leaderboard-format predictions.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import glue as glue_config
+from electra_jax.data import glue
+from electra_jax.eval import glue as glue_eval
+from electra_jax.train import checkpointing, finetune_lib, metrics
+from tests.conftest import shared_data
+
+
+def tiny_glue_config(task: str, **overrides):
+  c = glue_config.get_config(f"task={task},size=tiny")
+  c.data_dir = os.fspath(shared_data("glue_data"))
+  c.vocab_file = os.fspath(shared_data("vocab/bert-base-uncased-vocab.txt"))
+  c.max_seq_length = 64
+  c.max_train_examples = 32
+  c.max_eval_examples = 24
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 0
+  c.mesh = {"data": 4, "fsdp": 2, "tensor": 1}
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def mrpc_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("mrpc")
+  config = tiny_glue_config("mrpc", num_train_steps=40, double_unordered=True)
+  return config, os.fspath(workdir), finetune_lib.train_and_evaluate(config, os.fspath(workdir))
+
+
+def test_mrpc_run_writes_official_files_and_scores_them(mrpc_run):
+  config, workdir, results = mrpc_run
+  assert results["num_train_steps"] == 40
+  assert results["train_examples"] == 32 and results["train_rows"] == 64  # double_unordered: both orders
+  trial = results["trials"][0]
+  pred_dir = os.path.join(workdir, "seed_0", "predictions")
+  assert sorted(os.listdir(pred_dir)) == ["MRPC.tsv", "MRPC_dev.tsv"]
+  # The dev predictions, read back in leaderboard format, score exactly as the run reported.
+  dev_examples = glue.read_split("mrpc", config.data_dir, "dev")[:24]
+  preds = glue.read_predictions("mrpc", os.path.join(pred_dir, "MRPC_dev.tsv"))
+  scored = glue_eval.score("mrpc", dev_examples, preds)
+  for k in ("accuracy", "f1", "accuracy_f1_avg"):
+    assert trial["metrics"]["dev"][k] == pytest.approx(scored[k])
+    assert results["summary"][f"dev/{k}"]["median"] == pytest.approx(scored[k])
+  # The test-set file is what the GLUE leaderboard takes: header, then index<TAB>label for every test row.
+  lines = open(os.path.join(pred_dir, "MRPC.tsv"), encoding="utf-8").read().splitlines()
+  assert lines[0] == "index\tprediction"
+  test_idx = [ex.idx for ex in glue.read_split("mrpc", config.data_dir, "test")[:24]]
+  assert [int(line.split("\t")[0]) for line in lines[1:]] == test_idx
+  assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert json.load(f)["summary"].keys() == results["summary"].keys()
+  assert checkpointing.load_params(os.path.join(workdir, "seed_0"))[0]["kind"] == \
+      "OriginalElectraForSequenceClassification"
+
+
+def test_loss_decreases(mrpc_run):
+  _, workdir, _ = mrpc_run
+  records = [r for r in metrics.read_metrics(os.path.join(workdir, "seed_0")) if "loss" in r]
+  losses = [r["loss"] for r in records]
+  assert [r["step"] for r in records] == list(range(1, 41))
+  assert all(np.isfinite(losses))
+  assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1
+  assert records[-1]["learning_rate"] < records[5]["learning_rate"]  # linear decay
+  assert "eta_seconds" in records[-1]
+
+
+def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
+  config, workdir, results = mrpc_run
+  evaluated = finetune_lib.evaluate_checkpoint(config, os.path.join(workdir, "seed_0"), os.fspath(tmp_path))
+  for k, v in results["trials"][0]["metrics"]["dev"].items():
+    assert evaluated["metrics"]["dev"][k] == pytest.approx(v, abs=1e-6)
+  assert open(tmp_path / "predictions" / "MRPC_dev.tsv").read() == \
+      open(os.path.join(workdir, "seed_0", "predictions", "MRPC_dev.tsv")).read()
+
+
+def test_resume_continues_exactly(tmp_path):
+  """4 steps, stop, 4 more steps from the checkpoint == 8 steps straight (same data order and dropout rngs)."""
+  config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False)
+  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  spec, init_kind, meta = finetune_lib.model_spec(config, adapter)
+  train, _ = adapter.train_arrays()
+  eval_sets = adapter.eval_sets(include_test=False)
+  steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=8)
+  init = lambda: finetune_lib.init_values(spec, config, init_kind, meta, steps.shapes)  # noqa: E731
+  straight = finetune_lib.run_trial(config, os.fspath(tmp_path / "a"), 3, steps, train, eval_sets, 8, init)
+  first = finetune_lib.run_trial(config, os.fspath(tmp_path / "b"), 3, steps, train, eval_sets, 4, init)
+  assert first["steps"] == 4
+  resumed = finetune_lib.run_trial(config, os.fspath(tmp_path / "b"), 3, steps, train, eval_sets, 8, init)
+  assert resumed["steps"] == 8
+  a = checkpointing.load_params(os.fspath(tmp_path / "a"))[1]
+  b = checkpointing.load_params(os.fspath(tmp_path / "b"))[1]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+  assert resumed["metrics"]["dev"]["accuracy"] == pytest.approx(straight["metrics"]["dev"]["accuracy"])
+  steps_logged = [r["step"] for r in metrics.read_metrics(tmp_path / "b") if "loss" in r]
+  assert steps_logged == list(range(1, 9))
+
+
+def _tiny_hf_folder(path):
+  """A tiny ELECTRA discriminator written as an HF folder (config.json + model.safetensors + vocab.txt)."""
+  from flax import nnx
+  from electra_jax.convert import to_hf
+  from electra_jax.modeling import ElectraConfig, ElectraForPreTraining
+  cfg = ElectraConfig(**glue_config.MODEL_SIZES["tiny"], vocab_size=30522)
+  to_hf(ElectraForPreTraining(cfg, rngs=nnx.Rngs(7)), path)
+  with open(shared_data("vocab/bert-base-uncased-vocab.txt"), encoding="utf-8") as src:
+    (path / "vocab.txt").write_text(src.read(), encoding="utf-8")
+  return path
+
+
+def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
+  from electra_jax.convert import read_hf_weights
+  hf = _tiny_hf_folder(tmp_path / "hf")
+  config = tiny_glue_config("stsb", head="hf", init_checkpoint=os.fspath(hf), num_train_steps=6, num_trials=2,
+                            vocab_file="")
+  assert config.double_unordered and config.num_train_epochs == 10.0
+  workdir = tmp_path / "run"
+  results = finetune_lib.train_and_evaluate(config, os.fspath(workdir))
+  assert results["init_kind"] == "hf" and results["head"] == "ElectraForSequenceClassification"
+  assert [t["seed"] for t in results["trials"]] == [0, 1]
+  s = results["summary"]["dev/spearman"]
+  assert s["n"] == 2 and s["min"] <= s["median"] <= s["max"]
+  assert s["median"] == pytest.approx(np.median(s["values"])) and s["std"] == pytest.approx(np.std(s["values"], ddof=1))
+  for key in ("dev/pearson", "dev/spearman", "dev/pearson_spearman_avg"):
+    assert key in results["summary"]
+  # STS-B leaderboard file: float scores.
+  lines = (workdir / "seed_1" / "predictions" / "STS-B.tsv").read_text().splitlines()
+  assert lines[0] == "index\tprediction" and len(lines) == 25
+  [float(line.split("\t")[1]) for line in lines[1:]]
+  # The encoder came from the HF folder: its values are what init_values loads.
+  _, adapter, _, _ = finetune_lib._setup(config)  # pylint: disable=protected-access
+  spec, kind, meta = finetune_lib.model_spec(config, adapter)
+  steps = finetune_lib.Steps(spec, adapter, finetune_lib.sharding.make_mesh({"data": -1}), None)
+  values = finetune_lib.init_values(spec, config, kind, meta, steps.shapes)
+  tensors = read_hf_weights(hf)
+  np.testing.assert_array_equal(values["electra/embeddings/word_embeddings"],
+                                tensors["electra.embeddings.word_embeddings.weight"])
+  np.testing.assert_array_equal(values["electra/encoder/layers/query/kernel"][1],
+                                tensors["electra.encoder.layer.1.attention.self.query.weight"].T)
+  assert not any(k.startswith("classifier/") for k in values)  # a pretraining folder has no classifier: fresh head
+
+
+def test_init_from_orbax_pretraining_checkpoint(tmp_path):
+  from flax import nnx
+  from electra_jax.modeling import ElectraConfig, ElectraPretrainingModel, generator_config
+  disc = ElectraConfig(**glue_config.MODEL_SIZES["tiny"], vocab_size=30522)
+  model = ElectraPretrainingModel(disc, generator_config(disc, 0.5), rngs=nnx.Rngs(3))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  ckpt = tmp_path / "pretrain"
+  checkpointing.save_params(os.fspath(ckpt / "checkpoints"), checkpointing.pretraining_meta(disc, model.generator.config),
+                            params, step=100)
+  config = tiny_glue_config("rte", init_checkpoint=os.fspath(ckpt))
+  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  spec, kind, meta = finetune_lib.model_spec(config, adapter)
+  assert kind == "orbax" and spec.config.hidden_size == disc.hidden_size and spec.config.num_labels == 2
+  steps = finetune_lib.Steps(spec, adapter, mesh, rules)
+  values = finetune_lib.init_values(spec, config, kind, meta, steps.shapes)
+  assert set(values) == {k for k in steps.shapes if k.startswith("electra/")}
+  np.testing.assert_array_equal(values["electra/encoder/layers/output/kernel"],
+                                params["discriminator"]["electra"]["encoder"]["layers"]["output"]["kernel"])
+  # Placed into the sharded model, the values are what the model holds.
+  loaded = finetune_lib._overwrite(steps.init_params(0), values)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.asarray(loaded["electra"]["embeddings"]["word_embeddings"]),
+                                params["discriminator"]["electra"]["embeddings"]["word_embeddings"])
+
+
+def test_malformed_training_row_names_file_and_line(tmp_path):
+  task_dir = tmp_path / "glue_data" / "RTE"
+  task_dir.mkdir(parents=True)
+  src = shared_data("glue_data/RTE/train.tsv").read_text(encoding="utf-8").splitlines()
+  src[3] = src[3].rsplit("\t", 1)[0]  # drop the label column of line 4
+  (task_dir / "train.tsv").write_text("\n".join(src[:10]) + "\n", encoding="utf-8")
+  config = tiny_glue_config("rte", data_dir=os.fspath(tmp_path / "glue_data"))
+  with pytest.raises(glue.GlueFormatError, match=r"train\.tsv:4: expected 4 tab-separated columns, found 3"):
+    finetune_lib.train_and_evaluate(config, os.fspath(tmp_path / "run"))
