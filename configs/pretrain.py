@@ -1,0 +1,112 @@
+"""ELECTRA pretraining presets: tiny (a CPU in minutes), small, base, large (the paper's Table 6 hyperparameters).
+
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=tiny --workdir=/tmp/electra_tiny
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=gs://b/electra_small \
+        --config.data.corpus=/data/owt --config.data.vocab_file=/data/vocab.txt
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=base,objective=mlm --workdir=...
+
+Arguments after the colon: size (tiny|small|base|large), objective (electra|mlm). Any field can then be overridden with
+--config.<field>=<value>, e.g. --config.batch_size=64 --config.mesh.fsdp=4 --config.optimizer.warmup_steps=1000.
+
+| size  | E    | H    | layers | heads | FFN  | generator | mask | lr   | batch | steps | seq |
+| small | 128  | 256  | 12     | 4     | 1024 | 1/4       | 15%  | 5e-4 | 128   | 1M    | 128 |
+| base  | 768  | 768  | 12     | 12    | 3072 | 1/3       | 15%  | 2e-4 | 256   | 766k  | 512 |
+| large | 1024 | 1024 | 24     | 16    | 4096 | 1/4       | 25%  | 2e-4 | 2048  | 400k  | 512 |
+All: Adam eps 1e-6, b1 0.9, b2 0.999, no bias correction (as the original), weight decay 0.01, warmup 10k steps
+multiplied by linear decay, clipping 1.0, dropout 0.1, gen_weight 1, disc_weight 50, temperature 1.
+tiny (E64 H128, 2 layers, seq 128, batch 16, 1000 steps, lr 1e-3, warmup 100, Adam with bias correction) is a smoke
+run for a CPU, with the real vocab and the WikiText-2 corpus from the data folder.
+"""
+
+import os
+import sys
+
+import ml_collections
+
+try:
+  from configs import common
+except ImportError:  # run from outside the repository root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import common
+from electra_jax import paths
+
+SIZES = {
+    # embedding, hidden, layers, heads, ffn, generator fraction, mask_prob, learning_rate, batch, steps, seq
+    "tiny": (64, 128, 2, 2, 512, 0.25, 0.15, 1e-3, 16, 1000, 128),
+    "small": (128, 256, 12, 4, 1024, 0.25, 0.15, 5e-4, 128, 1_000_000, 128),
+    "base": (768, 768, 12, 12, 3072, 1 / 3, 0.15, 2e-4, 256, 766_000, 512),
+    "large": (1024, 1024, 24, 16, 4096, 0.25, 0.25, 2e-4, 2048, 400_000, 512),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, size="small", objective="electra")
+  if arg.size not in SIZES:
+    raise ValueError(f"size={arg.size!r}: must be one of {sorted(SIZES)}")
+  if arg.objective not in ("electra", "mlm"):
+    raise ValueError(f"objective={arg.objective!r}: must be 'electra' or 'mlm'")
+  emb, hidden, layers, heads, ffn, gen_frac, mask_prob, lr, batch, steps, seq = SIZES[arg.size]
+  tiny = arg.size == "tiny"
+
+  c = ml_collections.ConfigDict()
+  c.size = arg.size
+  c.objective = arg.objective        # "electra" (replaced-token detection) or "mlm" (BERT-style, same encoder)
+  c.seed = 0
+  c.num_train_steps = steps
+  c.batch_size = batch               # global, over all devices and hosts
+  c.max_seq_length = seq
+  c.learning_rate = lr
+  c.log_every_steps = 10 if tiny else 100
+  c.checkpoint_every_steps = 500 if tiny else 1000
+  c.keep_checkpoints = 5
+  c.export = True                    # HF folders in WORKDIR/export/{discriminator,generator} (or mlm) at the end
+
+  # The original's Adam has no bias correction, which makes early updates up to ~6x larger than Adam's; with its 10k
+  # warmup steps that is harmless. The tiny preset's 100-step warmup needs bias correction (without it, a 2-layer
+  # discriminator collapses to a constant output at lr >= 5e-4; measured).
+  c.optimizer = common.optimizer_config(weight_decay=0.01, warmup_steps=100 if tiny else 10_000,
+                                        bias_correction=tiny)
+
+  # The replaced-token-detection task.
+  c.mask_prob = mask_prob
+  c.max_predictions_per_seq = -1     # -1: int((mask_prob + 0.005) * max_seq_length), as the original
+  c.masking = "electra"              # "electra": 85% [MASK] / 15% kept; "bert": 80% [MASK] / 10% random / 10% kept
+  c.gen_weight = 1.0
+  c.disc_weight = 50.0
+  c.temperature = 1.0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embedding_size = emb
+  c.model.hidden_size = hidden
+  c.model.num_hidden_layers = layers
+  c.model.num_attention_heads = heads
+  c.model.intermediate_size = ffn
+  c.model.max_position_embeddings = 512
+  c.model.vocab_size = 0             # 0: the size of data.vocab_file
+  c.model.hidden_dropout_prob = 0.1
+  c.model.attention_probs_dropout_prob = 0.1
+  c.generator = ml_collections.ConfigDict()
+  c.generator.hidden_fraction = gen_frac    # generator hidden = round(H * fraction), heads H_g // 64, FFN 4 H_g
+  c.generator.layers_fraction = 1.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = str(paths.default_corpus()) if tiny else ""   # files, folders, globs or tfds:NAME (comma-separated)
+  c.data.vocab_file = str(paths.default_vocab()) if tiny else ""
+  c.data.lower_case = True
+  c.data.strip_accents = ""          # "": follow lower_case (BERT); "true" / "false" to force
+  c.data.cache_dir = ""              # where the ArrayRecord shards are built; "": WORKDIR/data
+  c.data.num_shards = 16
+  c.data.num_build_processes = 1
+  c.data.build_seed = 0
+  c.data.tfds_data_dir = ""
+  c.data.prefetch = 2
+
+  # Parallelism: mesh axis sizes (one may be -1) and the logical-axis -> mesh-axis table.
+  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
+  c.sharding_rules = common.default_sharding_rules()
+  c.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
+  c.param_dtype = "float32"
+  c.scan_layers = not tiny
+  c.remat_policy = "none"
+  c.peak_flops_per_device = 0.0      # for MFU; 0: the datasheet peak of the device kind (measured on CPU)
+  return c

@@ -1,0 +1,242 @@
+"""AdamW, learning-rate schedules and layer-wise LR decay as ELECTRA uses them (pretraining and fine-tuning).
+
+    tx, schedule = optim.create(config.optimizer, params, learning_rate=config.learning_rate,
+                                num_train_steps=config.num_train_steps)
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+
+The pieces, in the order the chain applies them (as the original's `model/optimization.py`):
+  1. global-norm clipping (1.0);
+  2. Adam moments, eps 1e-6, with or without bias correction (the original's AdamWeightDecayOptimizer has none);
+  3. decoupled weight decay, `update += wd * param`, skipped for LayerNorm parameters and biases;
+  4. layer-wise LR multipliers (fine-tuning), per slice of the stacked [num_layers, ...] encoder parameters;
+  5. the learning rate: min(1, t/warmup) * (lr - end) * (1 - t/T)^power + end, i.e. warmup MULTIPLIED by the decay.
+
+Parameter trees are nested dicts (or nnx.State) whose keys are the NNX attribute names of electra_jax.modeling:
+LayerNorms are `.../layer_norm|attention_norm|output_norm/{scale,bias}`, the encoder's per-layer parameters live
+under `.../encoder/layers/...` with a leading [num_hidden_layers] axis, embeddings under `.../embeddings/...` and
+`.../embeddings_project/...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+SCHEDULE_KINDS = ("multiply", "sequential")
+LLRD_MODES = ("original", "paper")
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+def warmup_decay_schedule(learning_rate: float, num_train_steps: int, warmup_steps: int = 0, *,
+                          power: float = 1.0, end_learning_rate: float = 0.0,
+                          kind: str = "multiply") -> optax.Schedule:
+  """The learning rate at update count t (0 for the first update, like TF's global_step).
+
+  kind="multiply" (the original ELECTRA/BERT code): polynomial_decay(t) * min(1, t / warmup_steps), where
+    polynomial_decay(t) = (lr - end) * (1 - min(t, T) / T) ** power + end.
+  kind="sequential" (HF-style): linear warmup to lr over warmup_steps, then the polynomial decay over the rest.
+  """
+  if kind not in SCHEDULE_KINDS:
+    raise ValueError(f"schedule kind {kind!r}: must be one of {SCHEDULE_KINDS}")
+  if num_train_steps <= 0:
+    raise ValueError(f"num_train_steps={num_train_steps}: must be positive")
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps={warmup_steps}: must be >= 0")
+  lr, end, total, warmup = float(learning_rate), float(end_learning_rate), float(num_train_steps), float(warmup_steps)
+
+  def decay(t, start, length):
+    frac = jnp.clip((t - start) / max(length, 1.0), 0.0, 1.0)
+    return (lr - end) * (1.0 - frac) ** power + end
+
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32)
+    if kind == "multiply":
+      value = decay(t, 0.0, total)
+      if warmup > 0:
+        value = value * jnp.minimum(1.0, t / warmup)
+      return value
+    if warmup <= 0:
+      return decay(t, 0.0, total)
+    return jnp.where(t < warmup, lr * t / warmup, decay(t, warmup, total - warmup))
+
+  return schedule
+
+
+# ------------------------------------------------------------------------------------------------ parameter names
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def path_names(path) -> tuple[str, ...]:
+  """A tree_util key path -> its names, e.g. ('discriminator', 'electra', 'encoder', 'layers', 'query', 'kernel')."""
+  return tuple(_key_name(k) for k in path)
+
+
+def is_layer_norm_or_bias(names: tuple[str, ...]) -> bool:
+  """True for LayerNorm scales/biases and every bias (the parameters the original excludes from weight decay)."""
+  if not names:
+    return False
+  if names[-1] in ("bias", "scale"):   # every bias; "scale" only exists in LayerNorms
+    return True
+  return any("norm" in n.lower() for n in names[:-1])
+
+
+def weight_decay_mask(params: PyTree) -> PyTree:
+  """Same tree as `params` with True where weight decay applies (kernels and embedding tables)."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: not is_layer_norm_or_bias(path_names(p)), params)
+
+
+# ------------------------------------------------------------------------------------------------ layer-wise LR decay
+def _is_stacked(names: tuple[str, ...]) -> bool:
+  return "encoder" in names and "layers" in names
+
+
+def _is_embedding(names: tuple[str, ...]) -> bool:
+  return "embeddings" in names or "embeddings_project" in names
+
+
+def num_stacked_layers(params: PyTree) -> int:
+  """The leading [num_layers] size of the encoder's stacked parameters (raises if absent or inconsistent)."""
+  sizes = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if _is_stacked(path_names(path)):
+      sizes.add(int(np.shape(leaf)[0]))
+  if len(sizes) != 1:
+    raise ValueError(f"layer-wise LR decay needs one stack of encoder layers (params under .../encoder/layers/...); "
+                     f"found leading sizes {sorted(sizes)}")
+  return sizes.pop()
+
+
+def layer_depths(params: PyTree, mode: str = "original") -> tuple[PyTree, int]:
+  """(depth of every parameter, depth of the head): 0 embeddings, i+1 for layer i (an int array [L]), head n+2 or n+1.
+
+  mode="original" follows the original code (`_get_layer_lrs`: head depth n+2, a leftover of the removed pooler, so
+  the top layer gets decay^2); mode="paper" as the paper describes it (head depth n+1, top layer decay^1).
+  """
+  if mode not in LLRD_MODES:
+    raise ValueError(f"layer-wise LR decay mode {mode!r}: must be one of {LLRD_MODES}")
+  n = num_stacked_layers(params)
+  head = n + 2 if mode == "original" else n + 1
+
+  def depth(path, leaf):
+    names = path_names(path)
+    if _is_embedding(names):
+      return 0
+    if _is_stacked(names):
+      return np.arange(1, n + 1)
+    return head
+
+  return jax.tree_util.tree_map_with_path(depth, params), head
+
+
+def layerwise_lr_multipliers(params: PyTree, decay: float, mode: str = "original") -> PyTree:
+  """decay ** (top - depth) for every parameter; stacked encoder parameters get an array [L, 1, ..., 1].
+
+  Multiply the update (Adam step plus weight decay) by it: `optax.chain(..., scale_by_tree(mults), ...)`.
+  """
+  depths, top = layer_depths(params, mode)
+
+  def mult(d, leaf):
+    if isinstance(d, np.ndarray):
+      m = np.power(float(decay), top - d).astype(np.float32)
+      return m.reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
+    return np.float32(float(decay) ** (top - d))
+
+  return jax.tree.map(mult, depths, params)
+
+
+def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
+  """Multiplies each update by the matching leaf of `multipliers` (scalars or arrays that broadcast)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------------------------------------ Adam
+class AdamState(NamedTuple):
+  count: jax.Array
+  mu: PyTree
+  nu: PyTree
+
+
+def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+                                     ) -> optax.GradientTransformation:
+  """The original's AdamWeightDecayOptimizer step without weight decay: m / (sqrt(v) + eps), no bias correction.
+
+  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2 (moments kept in float32).
+  """
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)  # noqa: E731
+    return AdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g.astype(jnp.float32), state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g.astype(jnp.float32)), state.nu, updates)
+    new = jax.tree.map(lambda m, v, g: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), mu, nu, updates)
+    return new, AdamState(count=optax.safe_increment(state.count), mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+          weight_decay: float = 0.01, mask: PyTree | Callable[[PyTree], PyTree] | None = weight_decay_mask,
+          clip_norm: float | None = 1.0, bias_correction: bool = False,
+          lr_multipliers: PyTree | None = None) -> optax.GradientTransformation:
+  """clip -> Adam -> decoupled weight decay (masked) -> layer-wise multipliers -> -learning_rate."""
+  parts = []
+  if clip_norm:
+    parts.append(optax.clip_by_global_norm(float(clip_norm)))
+  if bias_correction:
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+  else:
+    parts.append(scale_by_adam_no_bias_correction(b1=b1, b2=b2, eps=eps))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(float(weight_decay), mask=mask))
+  if lr_multipliers is not None:
+    parts.append(scale_by_tree(lr_multipliers))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------------------------ from config
+def resolve_warmup(opt_cfg: Mapping[str, Any], num_train_steps: int) -> int:
+  prop = float(opt_cfg.get("warmup_proportion", -1.0) or -1.0)
+  if prop >= 0:
+    return int(round(prop * num_train_steps))
+  return int(opt_cfg.get("warmup_steps", 0))
+
+
+def create(opt_cfg: Mapping[str, Any], params: PyTree, *, learning_rate: float, num_train_steps: int
+           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer and schedule a config describes (see configs/common.py `optimizer_config` for the fields)."""
+  schedule = warmup_decay_schedule(
+      learning_rate, num_train_steps, resolve_warmup(opt_cfg, num_train_steps),
+      power=float(opt_cfg.get("lr_decay_power", 1.0)), end_learning_rate=float(opt_cfg.get("end_learning_rate", 0.0)),
+      kind=str(opt_cfg.get("schedule", "multiply")))
+  llrd = float(opt_cfg.get("layerwise_lr_decay", 0.0) or 0.0)
+  multipliers = (layerwise_lr_multipliers(params, llrd, str(opt_cfg.get("layerwise_lr_decay_mode", "original")))
+                 if llrd > 0 else None)
+  tx = adamw(schedule, b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
+             eps=float(opt_cfg.get("eps", 1e-6)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
+             mask=weight_decay_mask, clip_norm=opt_cfg.get("clip_norm", 1.0),
+             bias_correction=bool(opt_cfg.get("bias_correction", False)), lr_multipliers=multipliers)
+  return tx, schedule

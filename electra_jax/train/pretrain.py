@@ -1,0 +1,56 @@
+r"""ELECTRA pretraining binary (thin: flags, distributed set-up, then electra_jax.train.pretrain_lib).
+
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=tiny --workdir=/tmp/electra_tiny
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=runs/small \
+        --config.data.corpus=/data/openwebtext --config.data.vocab_file=/data/vocab.txt --config.batch_size=128
+    # several processes on one machine (CPU collectives), e.g. two of them:
+    python -m electra_jax.train.pretrain ... --coordinator_address=localhost:12345 --num_processes=2 --process_id=0
+
+Runs resume automatically from the latest complete checkpoint in WORKDIR/checkpoints. Outputs: WORKDIR/metrics.jsonl,
+TensorBoard events, WORKDIR/config.json, and at the end WORKDIR/export/{discriminator,generator} (HF folders).
+Bad input (missing corpus, empty corpus, vocab without the special tokens, a NaN loss) exits with status 1 and a
+message naming the file or step; SIGTERM saves a checkpoint and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from electra_jax.train import distributed
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Pretraining configuration (configs/pretrain.py:size=...).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics, TensorBoard events and exports go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize_from_flags()   # before any other JAX call
+  # pylint: disable=import-outside-toplevel
+  from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
+  from electra_jax.data.tokenization import VocabError
+  from electra_jax.train import checkpointing, pretrain_lib
+  logging.getLogger().setLevel(logging.INFO)
+  checkpointing.quiet_orbax_logging()
+  try:
+    result = pretrain_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
+          pretrain_lib.NonFiniteLossError, ValueError) as e:
+    logging.debug("pretraining failed", exc_info=True)
+    logging.error("pretraining failed: %s", e)
+    print(f"pretrain: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  if result.preempted:
+    logging.warning("stopped early at step %d (preemption); rerun the same command to resume", result.step)
+
+
+if __name__ == "__main__":
+  app.run(main)

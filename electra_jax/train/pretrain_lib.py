@@ -1,0 +1,557 @@
+"""ELECTRA replaced-token-detection pretraining (and the BERT-style MLM baseline): masking, the train step, the loop.
+
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=tiny --workdir=/tmp/electra_tiny
+
+    from electra_jax.train import pretrain_lib
+    result = pretrain_lib.train_and_evaluate(config, workdir)     # resumes from workdir; returns a TrainResult
+
+    setup = pretrain_lib.build_setup(config, mesh, vocab_size=30522, ids=special_ids(tok))   # pieces, for tests
+    state = pretrain_lib.init_state(setup)                          # {"step", "params", "opt_state"}, born sharded
+    state, metrics = setup.train_step(state, batch, jax.random.fold_in(base_key, step))
+
+One step (objective "electra", as google-research/electra run_pretraining.py):
+  1. dynamic masking: per sequence, n = min(P, max(1, round(mask_prob * #real tokens))) positions ([CLS]/[SEP] count
+     as real tokens but are never chosen, nor [MASK] or padding), P = max_predictions_per_seq = int((mask_prob + 0.005)
+     * max_seq_length); 85% of them become [MASK], 15% keep their token (masking="bert": 80% [MASK], 10% a random
+     token, 10% kept). Positions are drawn without replacement (Gumbel top-k); the original draws with replacement
+     (tf.random.categorical), so it occasionally masks fewer distinct tokens. Positions are a fixed [B, P] array with
+     weights 0 on the unused slots;
+  2. the generator predicts the masked tokens (vocabulary logits only at those P positions): MLM loss = mean CE over
+     the weighted positions;
+  3. replacements are sampled by Gumbel-max from the generator's logits / temperature under stop_gradient;
+  4. the discriminator sees the corrupted sequence; label 1 where the token was replaced AND differs from the original;
+     RTD loss = sigmoid BCE averaged over the real tokens;
+  5. loss = gen_weight * MLM + disc_weight * RTD (1 and 50). Objective "mlm": BERT-style masked LM of a
+     discriminator-size ElectraForMaskedLM (steps 1-2 only).
+Discriminator AUC is computed on device from a fixed-bin histogram of the step's logits (4096 bins over [-16, 16]):
+pairs in the same bin count 1/2, so it is the exact AUC of logits rounded to 1/128.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from electra_jax import modeling, sharding
+from electra_jax.train import checkpointing, distributed, flops, metrics as metrics_lib, optim
+
+OBJECTIVES = ("electra", "mlm")
+MASKINGS = ("electra", "bert")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient norm became NaN or Inf."""
+
+
+# ------------------------------------------------------------------------------------------------ masking
+def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
+  """As the original: int((mask_prob + 0.005) * max_seq_length) (19 at 0.15 and 128)."""
+  return int((mask_prob + 0.005) * max_seq_length)
+
+
+@struct.dataclass
+class Masked:
+  input_ids: jax.Array     # [B, L] with the chosen positions replaced
+  positions: jax.Array     # [B, P] int32; 0 where weights is 0
+  targets: jax.Array       # [B, P] original token ids; 0 where weights is 0
+  weights: jax.Array       # [B, P] float32, 1 for a real prediction
+
+
+def scatter_positions(ids: jax.Array, positions: jax.Array, values: jax.Array, weights: jax.Array) -> jax.Array:
+  """ids[b, positions[b, p]] = values[b, p] where weights[b, p] > 0 (other slots are dropped)."""
+  b, length = ids.shape
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], positions.shape)
+  cols = jnp.where(weights > 0, positions, length)  # out of range -> dropped
+  return ids.at[rows, cols].set(values.astype(ids.dtype), mode="drop")
+
+
+def mask_tokens(rng: jax.Array, input_ids: jax.Array, input_mask: jax.Array, *, mask_prob: float,
+                max_predictions: int, mask_id: int, ignore_ids: tuple[int, ...], vocab_size: int,
+                masking: str = "electra") -> Masked:
+  """Dynamic masking of a batch (see the module docstring)."""
+  if masking not in MASKINGS:
+    raise ValueError(f"masking {masking!r}: must be one of {MASKINGS}")
+  k_pos, k_kind, k_random = jax.random.split(rng, 3)
+  real = input_mask.astype(bool)
+  candidates = real
+  for i in ignore_ids:
+    candidates = candidates & (input_ids != i)
+  num_tokens = jnp.sum(input_mask, axis=-1).astype(jnp.float32)
+  num = jnp.clip(jnp.round(num_tokens * mask_prob).astype(jnp.int32), 1, max_predictions)  # round half to even, as TF
+  scores = jnp.where(candidates, jax.random.gumbel(k_pos, input_ids.shape), -jnp.inf)
+  top, positions = jax.lax.top_k(scores, max_predictions)
+  chosen = (jnp.arange(max_predictions)[None, :] < num[:, None]) & jnp.isfinite(top)
+  positions = jnp.where(chosen, positions, 0).astype(jnp.int32)
+  weights = chosen.astype(jnp.float32)
+  targets = jnp.where(chosen, jnp.take_along_axis(input_ids, positions, axis=1), 0)
+  u = jax.random.uniform(k_kind, positions.shape)
+  mask_rate, random_rate = (0.85, 0.0) if masking == "electra" else (0.8, 0.1)
+  random_ids = jax.random.randint(k_random, positions.shape, 0, vocab_size, dtype=input_ids.dtype)
+  values = jnp.where(u < mask_rate, jnp.asarray(mask_id, input_ids.dtype),
+                     jnp.where(u < mask_rate + random_rate, random_ids, targets))
+  return Masked(input_ids=scatter_positions(input_ids, positions, values, weights), positions=positions,
+                targets=targets.astype(input_ids.dtype), weights=weights)
+
+
+def gumbel_sample(rng: jax.Array, logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """argmax(logits / temperature + Gumbel noise): a sample from softmax(logits / temperature)."""
+  return jnp.argmax(logits / temperature + jax.random.gumbel(rng, logits.shape, logits.dtype), axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------ losses and metrics
+def _safe_div(a, b):
+  return a / jnp.maximum(b, 1e-6)
+
+
+def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy over the weighted positions, accuracy of the argmax there)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  loss = _safe_div(jnp.sum(losses * weights), jnp.sum(weights))
+  accuracy = _safe_div(jnp.sum((jnp.argmax(logits, -1) == targets) * weights), jnp.sum(weights))
+  return loss, accuracy
+
+
+def histogram_auc(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int = 4096,
+                  limit: float = 16.0) -> jax.Array:
+  """ROC AUC from per-bin counts of positive and negative logits (ties within a bin count 1/2); NaN if undefined."""
+  scaled = (jnp.clip(logits, -limit, limit) + limit) / (2 * limit) * num_bins
+  idx = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, num_bins - 1).reshape(-1)
+  w = weights.astype(jnp.float32).reshape(-1)
+  y = labels.astype(jnp.float32).reshape(-1)
+  pos = jnp.zeros(num_bins, jnp.float32).at[idx].add(w * y)
+  neg = jnp.zeros(num_bins, jnp.float32).at[idx].add(w * (1 - y))
+  neg_below = jnp.cumsum(neg) - neg
+  pairs = jnp.sum(pos) * jnp.sum(neg)
+  return jnp.where(pairs > 0, jnp.sum(pos * (neg_below + 0.5 * neg)) / jnp.maximum(pairs, 1.0), jnp.nan)
+
+
+def discriminator_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
+  w = weights.astype(jnp.float32)
+  y = labels.astype(jnp.float32)
+  pred = (logits > 0).astype(jnp.float32)
+  true_pos = jnp.sum(w * pred * y)
+  return {
+      "disc_accuracy": _safe_div(jnp.sum(w * (pred == y)), jnp.sum(w)),
+      "disc_precision": _safe_div(true_pos, jnp.sum(w * pred)),
+      "disc_recall": _safe_div(true_pos, jnp.sum(w * y)),
+      "disc_auc": histogram_auc(logits, y, w),
+      "disc_replaced_fraction": _safe_div(jnp.sum(w * y), jnp.sum(w)),
+  }
+
+
+# ------------------------------------------------------------------------------------------------ the step
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  objective: str
+  mask_prob: float
+  max_predictions: int
+  masking: str
+  gen_weight: float
+  disc_weight: float
+  temperature: float
+  vocab_size: int
+  pad_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: StepConfig) -> Callable:
+  """loss_fn(params, batch, rng) -> (loss, metrics), pure; params a nested dict of arrays."""
+
+  def loss_fn(params, batch, rng):
+    model = nnx.merge(graphdef, params, rest)
+    ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+    k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
+    m = mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+                    mask_id=cfg.mask_id, ignore_ids=(cfg.pad_id, cfg.cls_id, cfg.sep_id, cfg.mask_id),
+                    vocab_size=cfg.vocab_size, masking=cfg.masking)
+    mlm_net = model if cfg.objective == "mlm" else model.generator
+    gen = mlm_net(m.input_ids, mask, segments, masked_positions=m.positions, dropout_rng=k_gen)
+    mlm_loss, mlm_accuracy = masked_lm_loss(gen.logits, m.targets, m.weights)
+    out = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy,
+           "masked_per_seq": jnp.mean(jnp.sum(m.weights, -1)), "real_tokens": jnp.sum(mask).astype(jnp.float32)}
+    if cfg.objective == "mlm":
+      out["loss"] = mlm_loss
+      return mlm_loss, out
+    sampled = gumbel_sample(k_sample, jax.lax.stop_gradient(gen.logits), cfg.temperature)
+    out["sampled_mlm_accuracy"] = _safe_div(jnp.sum((sampled == m.targets) * m.weights), jnp.sum(m.weights))
+    corrupted = scatter_positions(m.input_ids, m.positions, sampled, m.weights)
+    labels = (corrupted != ids) & mask.astype(bool)
+    disc = model.discriminator(corrupted, mask, segments, dropout_rng=k_disc)
+    bce = optax.sigmoid_binary_cross_entropy(disc.logits, labels.astype(jnp.float32))
+    weights = mask.astype(jnp.float32)
+    rtd_loss = _safe_div(jnp.sum(bce * weights), jnp.sum(weights))
+    loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * rtd_loss
+    out.update(loss=loss, rtd_loss=rtd_loss, **discriminator_metrics(disc.logits, labels, weights))
+    return loss, out
+
+  return loss_fn
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
+  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}."""
+
+  def train_step(state, batch, rng):
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    out.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
+               param_norm=optax.global_norm(params), learning_rate=schedule(state["step"]))
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
+
+  return train_step
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig, modeling.ElectraConfig | None]:
+  """(discriminator or MLM config, generator config or None) from config.model / config.generator."""
+  m = config.model
+  if int(m.get("vocab_size", 0) or 0) not in (0, vocab_size):
+    raise ValueError(f"config.model.vocab_size={m.vocab_size} but the vocab file has {vocab_size} tokens")
+  heads = int(m.get("num_attention_heads", 0) or 0) or max(1, m.hidden_size // 64)
+  objective = config.objective
+  disc = modeling.ElectraConfig(
+      vocab_size=vocab_size, embedding_size=int(m.embedding_size or m.hidden_size), hidden_size=int(m.hidden_size),
+      num_hidden_layers=int(m.num_hidden_layers), num_attention_heads=heads,
+      intermediate_size=int(m.get("intermediate_size", 0) or 4 * m.hidden_size),
+      hidden_dropout_prob=float(m.hidden_dropout_prob),
+      attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
+      max_position_embeddings=int(m.max_position_embeddings), dtype=config.dtype, param_dtype=config.param_dtype,
+      scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
+      architectures=("ElectraForMaskedLM",) if objective == "mlm" else ("ElectraForPreTraining",))
+  if disc.max_position_embeddings < config.max_seq_length:
+    raise ValueError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
+                     f"{disc.max_position_embeddings}")
+  if objective == "mlm":
+    return disc, None
+  gen = modeling.generator_config(disc, float(config.generator.hidden_fraction),
+                                  float(config.generator.layers_fraction))
+  return disc, gen
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a training step needs, built once from the config."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  disc_config: modeling.ElectraConfig
+  gen_config: modeling.ElectraConfig | None
+  step_config: StepConfig
+  graphdef: nnx.GraphDef
+  rest: nnx.State
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  abstract_state: dict[str, Any]
+  state_shardings: dict[str, Any]
+  batch_sharding: jax.sharding.NamedSharding
+  train_step: Callable
+  init_fn: Callable
+
+  @property
+  def model_meta(self) -> dict[str, Any]:
+    if self.gen_config is None:
+      return checkpointing.head_meta("ElectraForMaskedLM", self.disc_config)
+    return checkpointing.pretraining_meta(self.disc_config, self.gen_config)
+
+
+def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
+  return sharding.make_mesh({k: int(config.mesh[k]) for k in ("data", "fsdp", "tensor")}, devices)
+
+
+def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: Mapping[str, int]) -> Setup:
+  """Model configs, abstract sharded state, optimizer and the jitted train step for `mesh`."""
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"config.objective={config.objective!r}: must be one of {OBJECTIVES}")
+  rules = sharding.rules_from_config(config.get("sharding_rules"))
+  disc, gen = model_configs(config, vocab_size)
+  seed = int(config.seed)
+
+  def make_model():
+    if gen is None:
+      return modeling.ElectraForMaskedLM(disc, rngs=nnx.Rngs(seed))
+    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))
+
+  graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+  param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
+  abstract_params = nnx.to_pure_dict(abstract_vars)
+  tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
+                              num_train_steps=int(config.num_train_steps))
+  replicated = sharding.replicated(mesh)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+                                 "opt_state": abstract_opt}, state_shardings)
+  step_cfg = StepConfig(
+      objective=config.objective, mask_prob=float(config.mask_prob),
+      max_predictions=int(config.max_predictions_per_seq) if int(config.max_predictions_per_seq) > 0 else
+      max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length)),
+      masking=config.masking, gen_weight=float(config.gen_weight), disc_weight=float(config.disc_weight),
+      temperature=float(config.temperature), vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
+      sep_id=ids["sep"], mask_id=ids["mask"])
+  loss_fn = make_loss_fn(graphdef, rest, step_cfg)
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+                       out_shardings=(state_shardings, replicated))
+
+  def init():
+    model = make_model()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  init_fn = jax.jit(init, out_shardings=state_shardings)
+  return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
+               graphdef=graphdef, rest=rest, tx=tx, schedule=schedule, abstract_state=abstract_state,
+               state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh, rules),
+               train_step=train_step, init_fn=init_fn)
+
+
+def init_state(setup: Setup) -> dict[str, Any]:
+  """A fresh train state, created directly in its sharded layout."""
+  with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
+    return setup.init_fn()
+
+
+def run_step(setup: Setup, state: dict[str, Any], batch: Mapping[str, jax.Array], rng: jax.Array):
+  """One train step under the setup's mesh and rules (the loop enters them once instead)."""
+  with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
+    return setup.train_step(state, dict(batch), rng)
+
+
+def merge_model(setup: Setup, params: Any) -> nnx.Module:
+  return nnx.merge(setup.graphdef, params, setup.rest)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclasses.dataclass
+class TrainResult:
+  step: int                        # the last step trained (and checkpointed)
+  preempted: bool                  # stopped by SIGTERM / a preemption notice before num_train_steps
+  last_metrics: dict[str, float]
+  export_dirs: dict[str, str]
+
+
+def _host_params(params: Any) -> Any:
+  """Params as numpy on every process (gathers shards across hosts when needed)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.device_get(params)
+
+
+def _peak_flops(config: Any) -> float | None:
+  peak = float(config.get("peak_flops_per_device", 0.0) or 0.0)
+  if peak > 0:
+    return peak
+  peak = flops.peak_flops_per_device()
+  if peak is None and jax.devices()[0].platform == "cpu":
+    peak = flops.measure_peak_flops()
+    logging.info("measured peak of one CPU device: %.3g FLOP/s (set config.peak_flops_per_device to fix it)", peak)
+  return peak
+
+
+def _strip_accents(value: Any) -> bool | None:
+  """config.data.strip_accents: "" / None follows lower casing; true/false (or "true"/"false") forces it."""
+  if value in ("", None):
+    return None
+  if isinstance(value, bool):
+    return value
+  text = str(value).strip().lower()
+  if text in ("1", "true", "yes"):
+    return True
+  if text in ("0", "false", "no"):
+    return False
+  raise ValueError(f"config.data.strip_accents={value!r}: expected '', 'true' or 'false'")
+
+
+def prepare_data(config: Any, workdir: str):
+  """Tokenizer check and the ArrayRecord shards (built once per process 0, then reused). Returns (dir, tok, ids)."""
+  from electra_jax.data import pretraining, tokenization  # pylint: disable=import-outside-toplevel
+  data = config.data
+  for field in ("corpus", "vocab_file"):
+    if not data.get(field):
+      raise ValueError(f"config.data.{field} is empty: pass --config.data.{field}=...")
+  strip = _strip_accents(data.get("strip_accents", ""))
+  tok = tokenization.load_tokenizer(data.vocab_file, lowercase=bool(data.lower_case), strip_accents=strip)
+  cache_dir = data.get("cache_dir") or os.path.join(workdir, "data")
+  kwargs = dict(max_seq_length=int(config.max_seq_length), lower_case=bool(data.lower_case), strip_accents=strip,
+                seed=int(data.get("build_seed", 0)), num_shards=int(data.get("num_shards", 16)),
+                num_processes=int(data.get("num_build_processes", 1)),
+                tfds_data_dir=data.get("tfds_data_dir") or None)
+  if distributed.is_primary():
+    dataset_dir, manifest = pretraining.ensure_dataset(data.corpus, data.vocab_file, cache_dir, **kwargs)
+  distributed.barrier("electra_pretraining_data")
+  if not distributed.is_primary():
+    dataset_dir, manifest = pretraining.ensure_dataset(data.corpus, data.vocab_file, cache_dir, **kwargs)
+  logging.info("pretraining data %s: %d examples, %d tokens", dataset_dir, manifest["num_examples"],
+               manifest.get("num_tokens", -1))
+  return dataset_dir, tok, tokenization.special_ids(tok)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
+  """Pretrains from config, resuming from `workdir` when it holds a checkpoint; exports HF folders at the end."""
+  from electra_jax.data.loader import PretrainingLoader  # pylint: disable=import-outside-toplevel
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  total_steps = int(config.num_train_steps)
+  if total_steps <= 0:
+    raise ValueError(f"config.num_train_steps={total_steps}: must be positive")
+
+  # ------------------------------------------------------------------ data and model set-up
+  dataset_dir, tok, ids = prepare_data(config, workdir)
+  mesh = build_mesh(config)
+  setup = build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
+  tokenizer_meta = {"vocab_file": os.path.abspath(config.data.vocab_file), "lowercase": bool(config.data.lower_case),
+                    "strip_accents": _strip_accents(config.data.get("strip_accents", ""))}
+  model_meta = {**setup.model_meta, "tokenizer": tokenizer_meta}
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  logging.info("mesh %s; parameters and shardings:\n%s", dict(mesh.shape),
+               _describe_params(setup.abstract_state["params"]))
+
+  # ------------------------------------------------------------------ restore or initialise
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
+                                    keep=int(config.keep_checkpoints), model_meta=model_meta)
+  loader = PretrainingLoader(dataset_dir, int(config.batch_size), mesh, seed=int(config.seed),
+                             prefetch=int(config.data.get("prefetch", 2)))
+  base_key = jax.random.key(int(config.seed))
+  restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
+  if restored is not None:
+    step = restored.step
+    state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), setup.state_shardings["step"]),
+             "params": restored.params, "opt_state": restored.opt_state}
+    loader.restore(restored.train_meta["loader"])
+    if "rng_key" in restored.train_meta:
+      base_key = jax.random.wrap_key_data(np.asarray(restored.train_meta["rng_key"], np.uint32))
+    logging.info("resuming at step %d", step)
+  else:
+    step = 0
+    state = init_state(setup)
+    logging.info("starting from scratch (seed %d)", int(config.seed))
+
+  writer = metrics_lib.MetricWriter(workdir, resume_step=step)
+  if step == 0:
+    writer.write_text("config", "```\n" + str(config) + "\n```")
+  seq_len, batch_size = int(config.max_seq_length), int(config.batch_size)
+  flops_per_step = flops.train_flops_per_step(
+      setup.disc_config, setup.gen_config, batch_size=batch_size, seq_len=seq_len,
+      num_predictions=setup.step_config.max_predictions, objective=config.objective)
+  meter = metrics_lib.Throughput(tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step,
+                                 num_devices=jax.device_count(), peak_flops_per_device=_peak_flops(config),
+                                 total_steps=total_steps)
+  log_every = max(1, int(config.log_every_steps))
+  ckpt_every = max(1, int(config.checkpoint_every_steps))
+  key_data = np.asarray(jax.random.key_data(base_key)).tolist()
+
+  def train_meta():
+    return {"loader": loader.state(), "rng_key": key_data, "seed": int(config.seed)}
+
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  last: dict[str, float] = {}
+
+  def flush(log_step: int | None):
+    """Fetches the queued step metrics, stops on a non-finite loss (naming the step), logs the latest."""
+    nonlocal pending, last
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    pending = []
+    for s, values in fetched:
+      for key in ("loss", "grad_norm"):
+        if not math.isfinite(float(values[key])):
+          raise NonFiniteLossError(f"non-finite {key} ({float(values[key])}) at step {s}: stopping (last "
+                                   f"checkpoint: {ckpt.latest_step()}); lower learning_rate or check the data")
+    if log_step is None:
+      return
+    s, values = fetched[-1]
+    last = {k: float(v) for k, v in values.items()}
+    scalars = {**last, **meter.update(s)}
+    writer.write_scalars(s, scalars)
+    if distributed.is_primary():
+      logging.info(metrics_lib.format_step_line(s, total_steps, scalars))
+
+  # ------------------------------------------------------------------ train
+  preempted = False
+  logging.info("training steps %d..%d: batch %d x %d tokens, %.3g model FLOPs per step", step + 1, total_steps,
+               batch_size, seq_len, flops_per_step)
+  try:
+    with jax.set_mesh(mesh), sharding.use_rules(setup.rules):
+      first = True
+      while step < total_steps:
+        batch = next(loader)
+        state, out = setup.train_step(state, batch, jax.random.fold_in(base_key, step))
+        step += 1
+        pending.append((step, out))
+        if first:  # exclude compilation from the throughput
+          jax.block_until_ready(out)
+          meter.start(step)
+          first = False
+        stop = ckpt.preemption_requested(step)
+        save = step % ckpt_every == 0 or step == total_steps or stop
+        if step % log_every == 0 or step == total_steps or stop:
+          flush(step)
+        elif save:
+          flush(None)
+        if save:
+          ckpt.save(step, state["params"], state["opt_state"], train_meta())
+        if stop and step < total_steps:
+          logging.warning("stopping at step %d after a preemption notice (checkpoint saved)", step)
+          preempted = True
+          break
+  finally:
+    loader.close()
+    ckpt.close()
+    writer.close()
+
+  # ------------------------------------------------------------------ export
+  export_dirs: dict[str, str] = {}
+  if not preempted and config.get("export", True):
+    export_dirs = export_hf(setup, state["params"], os.path.join(workdir, "export"), tokenizer_meta)
+  return TrainResult(step=step, preempted=preempted, last_metrics=last, export_dirs=export_dirs)
+
+
+def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[str, Any]) -> dict[str, str]:
+  """Writes the discriminator and generator (or the MLM model) as HF folders with tokenizer files (process 0)."""
+  from electra_jax import convert  # pylint: disable=import-outside-toplevel
+  host = _host_params(params)
+  dirs: dict[str, str] = {}
+  if not distributed.is_primary():
+    return dirs
+  model = merge_model(setup, jax.tree.map(jnp.asarray, host))
+  parts = {"mlm": model} if setup.gen_config is None else {"discriminator": model.discriminator,
+                                                           "generator": model.generator}
+  for name, module in parts.items():
+    dirs[name] = convert.to_hf(module, os.path.join(out_dir, name), vocab_file=tokenizer_meta["vocab_file"],
+                               lowercase=tokenizer_meta["lowercase"], strip_accents=tokenizer_meta["strip_accents"])
+    logging.info("exported %s to %s", name, dirs[name])
+  return dirs
+
+
+def _describe_params(abstract_params: Any) -> str:
+  lines, total = [], 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    total += int(np.prod(leaf.shape))
+    lines.append(f"  {'/'.join(optim.path_names(path)):72s} {str(tuple(leaf.shape)):20s} {leaf.sharding.spec}")
+  lines.append(f"  total parameters: {total:,}")
+  return "\n".join(lines)
+
+
+def read_losses(workdir: str) -> dict[int, float]:
+  """{step: loss} from WORKDIR/metrics.jsonl (the last record of a step wins)."""
+  return {int(r["step"]): r["loss"] for r in metrics_lib.read_metrics(workdir) if "loss" in r}
+
