@@ -61,16 +61,12 @@ def load_model(model_dir: str, task: str, vocab_file: str | None = None, lowerca
 
 
 def _load_project_checkpoint(path: str, vocab_file: str | None):
-  from electra_jax.modeling import ElectraConfig, head_class  # pylint: disable=import-outside-toplevel
   from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
   meta, params = checkpointing.load_params(path)
-  kind = meta.get("kind")
-  if kind == "pretraining":
+  if meta.get("kind") == "pretraining":
     raise PredictError(f"{path} is a pretraining checkpoint (generator + discriminator): it has no task head; "
                        f"fine-tune it first")
-  config = ElectraConfig.from_hf_dict(meta["config"], source=path)
-  model = nnx.eval_shape(lambda: head_class(kind)(config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(checkpointing.build_model(meta, abstract=True))
   nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
   tok_meta = meta.get("tokenizer") or {}
   vocab = vocab_file or tok_meta.get("vocab_file")
