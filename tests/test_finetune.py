@@ -90,7 +90,8 @@ def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
   """4 steps, stop, 4 more steps from the checkpoint == 8 steps straight (same data order and dropout rngs)."""
-  config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False)
+  config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False,
+                            eval_every_steps=4)
   _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
   spec, init_kind, meta = finetune_lib.model_spec(config, adapter)
   train, _ = adapter.train_arrays()
@@ -108,6 +109,8 @@ def test_resume_continues_exactly(tmp_path):
   assert resumed["metrics"]["dev"]["accuracy"] == pytest.approx(straight["metrics"]["dev"]["accuracy"])
   steps_logged = [r["step"] for r in metrics.read_metrics(tmp_path / "b") if "loss" in r]
   assert steps_logged == list(range(1, 9))
+  # eval_every_steps=4: dev scores at step 4 (mid-run) and at the end.
+  assert [r["step"] for r in metrics.read_metrics(tmp_path / "a") if "dev/accuracy" in r] == [4, 8]
 
 
 def _tiny_hf_folder(path):
@@ -152,6 +155,28 @@ def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
   np.testing.assert_array_equal(values["electra/encoder/layers/query/kernel"][1],
                                 tensors["electra.encoder.layer.1.attention.self.query.weight"].T)
   assert not any(k.startswith("classifier/") for k in values)  # a pretraining folder has no classifier: fresh head
+  # The original head takes the same encoder from the folder.
+  config.head = "original"
+  spec, kind, meta = finetune_lib.model_spec(config, adapter)
+  assert spec.kind == "OriginalElectraForSequenceClassification"
+  shapes = finetune_lib.Steps(spec, adapter, steps.mesh, None).shapes
+  original = finetune_lib.init_values(spec, config, kind, meta, shapes)
+  assert set(original) == {k for k in values if k.startswith("electra/")}
+  np.testing.assert_array_equal(original["electra/encoder/layers/query/kernel"],
+                                values["electra/encoder/layers/query/kernel"])
+
+
+def test_init_from_a_finetuned_checkpoint_takes_its_encoder(mrpc_run):
+  _, workdir, _ = mrpc_run
+  config = tiny_glue_config("rte", init_checkpoint=os.path.join(workdir, "seed_0"))
+  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  spec, kind, meta = finetune_lib.model_spec(config, adapter)
+  assert kind == "orbax" and meta["kind"] == "OriginalElectraForSequenceClassification"
+  values = finetune_lib.init_values(spec, config, kind, meta, finetune_lib.Steps(spec, adapter, mesh, rules).shapes)
+  mrpc = checkpointing.load_params(os.path.join(workdir, "seed_0"))[1]
+  assert not any(k.startswith("classifier/") for k in values)  # the MRPC classifier is not carried over
+  np.testing.assert_array_equal(values["electra/encoder/layers/value/kernel"],
+                                mrpc["electra"]["encoder"]["layers"]["value"]["kernel"])
 
 
 def test_init_from_orbax_pretraining_checkpoint(tmp_path):
@@ -161,8 +186,8 @@ def test_init_from_orbax_pretraining_checkpoint(tmp_path):
   model = ElectraPretrainingModel(disc, generator_config(disc, 0.5), rngs=nnx.Rngs(3))
   params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   ckpt = tmp_path / "pretrain"
-  checkpointing.save_params(os.fspath(ckpt / "checkpoints"), checkpointing.pretraining_meta(disc, model.generator.config),
-                            params, step=100)
+  meta = checkpointing.pretraining_meta(disc, model.generator.config)
+  checkpointing.save_params(os.fspath(ckpt / "checkpoints"), meta, params, step=100)
   config = tiny_glue_config("rte", init_checkpoint=os.fspath(ckpt))
   _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
   spec, kind, meta = finetune_lib.model_spec(config, adapter)
@@ -187,3 +212,9 @@ def test_malformed_training_row_names_file_and_line(tmp_path):
   config = tiny_glue_config("rte", data_dir=os.fspath(tmp_path / "glue_data"))
   with pytest.raises(glue.GlueFormatError, match=r"train\.tsv:4: expected 4 tab-separated columns, found 3"):
     finetune_lib.train_and_evaluate(config, os.fspath(tmp_path / "run"))
+  # skip_malformed: the row is left out, counted, and reported in the run's data summary.
+  config.skip_malformed = True
+  _, adapter, _, _ = finetune_lib._setup(config)  # pylint: disable=protected-access
+  arrays, info = adapter.train_arrays()
+  assert info["train_examples"] == 8 and arrays["input_ids"].shape[0] == 8
+  assert "9 data rows, 8 examples, 1 malformed rows skipped (line 4: expected 4" in adapter.read_summaries[0]

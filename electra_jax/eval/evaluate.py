@@ -35,7 +35,7 @@ def main(argv) -> None:
   from electra_jax.train import checkpointing, finetune_lib  # pylint: disable=import-outside-toplevel
   try:
     finetune_lib.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, KeyError, checkpointing.CheckpointError) as e:
+  except (ValueError, FileNotFoundError, checkpointing.CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

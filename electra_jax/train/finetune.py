@@ -25,8 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, met
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Input problems that end the binary with a message instead of a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+# Input problems (and a diverged run) that end the binary with a message instead of a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def main(argv) -> None:

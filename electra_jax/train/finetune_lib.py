@@ -244,7 +244,7 @@ class SquadAdapter:
     limit = self.config.max_eval_examples
     if limit and limit > 0 and limit < len(examples):
       examples = examples[:limit]
-      data = _subset_squad(data, {ex.qid for ex in examples})
+      data = subset_squad(data, {ex.qid for ex in examples})
     feats = self._featurize(examples, is_training=False)
     arrays = feats.arrays()
     return [EvalSet("dev", {k: arrays[k] for k in INPUT_KEYS}, True, (data, examples, feats, path))]
@@ -312,7 +312,7 @@ def _limit(items: list, n: int | None) -> list:
   return items[:n] if n and n > 0 else items
 
 
-def _subset_squad(data: Mapping[str, Any], qids: set[str]) -> dict[str, Any]:
+def subset_squad(data: Mapping[str, Any], qids: set[str]) -> dict[str, Any]:
   """The SQuAD JSON restricted to the questions `qids` (articles and paragraphs without any are left out)."""
   articles = []
   for article in data["data"]:
@@ -793,7 +793,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     trials.append(run_trial(config, trial_dir, seed, steps, train, eval_sets, total, init))
   results = {
       "task": adapter.name, "family": adapter.family, "head": spec.kind, "init_checkpoint": config.init_checkpoint,
-      "init_kind": init_kind, "num_train_steps": total, **data_info, "main_metric": adapter.main_metric,
+      "init_kind": init_kind, "num_train_steps": total, **data_info, "data": adapter.read_summaries,
+      "main_metric": adapter.main_metric,
       "trials": trials, "summary": summarize([t for t in trials if "metrics" in t]),
       "seconds": time.time() - start}
   _write_json(os.path.join(workdir, "results.json"), results)
@@ -851,8 +852,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, work
   dev, files = evaluate_sets(steps, params, eval_sets, int(config.eval_batch_size),
                              os.path.join(workdir, "predictions"))
   results = {"task": adapter.name, "family": adapter.family, "head": spec.kind, "checkpoint": checkpoint,
-             "main_metric": adapter.main_metric, "metrics": dev, "files": files, "seconds": time.time() - start,
-             "summary": summarize([{"metrics": dev}])}
+             "data": adapter.read_summaries, "main_metric": adapter.main_metric, "metrics": dev, "files": files,
+             "seconds": time.time() - start, "summary": summarize([{"metrics": dev}])}
   _write_json(os.path.join(workdir, "results.json"), results)
   if distributed.is_primary():
     print(format_summary(results), flush=True)
