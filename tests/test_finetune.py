@@ -88,8 +88,8 @@ def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
       open(os.path.join(workdir, "seed_0", "predictions", "MRPC_dev.tsv")).read()
 
 
-def test_resume_continues_exactly(tmp_path):
-  """4 steps, stop, 4 more steps from the checkpoint == 8 steps straight (same data order and dropout rngs)."""
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+  """Preempted at step 4, then resumed from its checkpoint == 8 steps straight (same data order and dropout rngs)."""
   config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False,
                             eval_every_steps=4)
   _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
@@ -99,8 +99,12 @@ def test_resume_continues_exactly(tmp_path):
   steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=8)
   init = lambda: finetune_lib.init_values(spec, config, init_kind, meta, steps.shapes)  # noqa: E731
   straight = finetune_lib.run_trial(config, os.fspath(tmp_path / "a"), 3, steps, train, eval_sets, 8, init)
-  first = finetune_lib.run_trial(config, os.fspath(tmp_path / "b"), 3, steps, train, eval_sets, 4, init)
-  assert first["steps"] == 4
+  with monkeypatch.context() as m:  # as if SIGTERM arrived during step 4
+    m.setattr(checkpointing.Checkpointer, "preemption_requested", lambda self, step: step == 4)
+    first = finetune_lib.run_trial(config, os.fspath(tmp_path / "b"), 3, steps, train, eval_sets, 8, init)
+  assert first == {"seed": 3, "workdir": os.fspath(tmp_path / "b"), "steps": 4, "preempted": True}
+  with checkpointing.Checkpointer(tmp_path / "b" / "checkpoints", handle_sigterm=False) as probe:
+    assert probe.all_steps() == [4]
   resumed = finetune_lib.run_trial(config, os.fspath(tmp_path / "b"), 3, steps, train, eval_sets, 8, init)
   assert resumed["steps"] == 8
   a = checkpointing.load_params(os.fspath(tmp_path / "a"))[1]
@@ -218,3 +222,30 @@ def test_malformed_training_row_names_file_and_line(tmp_path):
   arrays, info = adapter.train_arrays()
   assert info["train_examples"] == 8 and arrays["input_ids"].shape[0] == 8
   assert "9 data rows, 8 examples, 1 malformed rows skipped (line 4: expected 4" in adapter.read_summaries[0]
+
+
+def test_glue_from_tfds_feeds_the_same_arrays():
+  import tensorflow_datasets as tfds
+  from electra_jax.data.tokenization import load_tokenizer
+  config = tiny_glue_config("rte", data_source="tfds", tfds_data_dir="/nonexistent", max_train_examples=-1,
+                            max_eval_examples=-1)
+  tok = load_tokenizer(config.vocab_file)
+  rte = {split: glue.read_split("rte", config.data_dir, split)[:5] for split in ("train", "dev", "test")}
+  names = glue.TASKS["rte"].tfds_labels
+
+  def fake_source(builder, split, **_):
+    ours = {"train": "train", "validation": "dev", "test": "test"}[split]
+    return [{"sentence1": ex.text_a.encode(), "sentence2": ex.text_b.encode(), "idx": ex.idx,
+             "label": -1 if ex.label is None else names.index(glue.TASKS["rte"].labels[ex.label])}
+            for ex in rte[ours]]
+
+  with tfds.testing.mock_data(as_data_source_fn=fake_source):
+    adapter = finetune_lib.make_adapter(config, tok)
+    train, info = adapter.train_arrays()
+    eval_sets = adapter.eval_sets(include_test=True)
+  expected = glue.featurize(rte["train"], tok, config.max_seq_length)
+  assert info["train_examples"] == 5
+  for k in ("input_ids", "token_type_ids", "labels"):
+    np.testing.assert_array_equal(train[k], expected[k])
+  assert [(es.name, es.labelled) for es in eval_sets] == [("dev", True), ("test", False)]
+  assert [ex.label for ex in eval_sets[0].payload[2]] == [ex.label for ex in rte["dev"]]

@@ -121,3 +121,40 @@ def test_squad_record_without_context_names_the_question(tmp_path):
   config = tiny_squad_config("1.1", "hf", V11, train_file=os.fspath(bad))
   with pytest.raises(ValueError, match=rf"bad\.json: paragraph 0 .* \(questions \['{paragraph['qas'][0]['id']}'"):
     finetune_lib.train_and_evaluate(config, os.fspath(tmp_path / "run"))
+
+
+def test_squad_from_tfds_is_scored_like_the_json(tmp_path):
+  """TFDS records (served by tfds.testing.mock_data) feed the same features, and the rebuilt JSON scores alike."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from electra_jax.data import squad
+  from electra_jax.data.tokenization import load_tokenizer
+  _, examples = squad.load_squad(shared_data(V20))
+  sample = examples[:6] + [ex for ex in examples[6:] if ex.is_impossible][:4]
+
+  def answers(items):
+    return {"text": np.array([a.text.encode() for a in items], dtype=object),
+            "answer_start": np.array([a.start for a in items], np.int32)}
+
+  def fake_source(builder, split, **_):
+    assert builder.name == "squad" and builder.builder_config.name == "v2.0"
+    return [{"id": ex.qid.encode(), "title": ex.title.encode(), "context": ex.context.encode(),
+             "question": ex.question.encode(), "answers": answers(ex.answers),
+             "is_impossible": np.bool_(ex.is_impossible), "plausible_answers": answers(ex.plausible_answers)}
+            for ex in sample]
+
+  config = tiny_squad_config("2.0", "original", V20, data_source="tfds", tfds_data_dir="/nonexistent",
+                             max_train_examples=-1, max_eval_examples=-1)
+  tok = load_tokenizer(config.vocab_file)
+  with tfds.testing.mock_data(as_data_source_fn=fake_source):
+    adapter = finetune_lib.make_adapter(config, tok)
+    train, info = adapter.train_arrays()
+    [dev] = adapter.eval_sets(include_test=True)
+  assert info["train_examples"] == 10 and set(train) == {"input_ids", "attention_mask", "token_type_ids",
+                                                         "start_positions", "end_positions", "is_impossible"}
+  data, dev_examples, _, source = dev.payload
+  assert dev_examples == sample and source == "TFDS squad/v2.0 validation"
+  assert squad.parse_squad(data)[1] == sample  # the rebuilt JSON holds the same questions
+  gold = {ex.qid: (ex.answers[0].text if ex.answers else "") for ex in sample}
+  scores = squad_eval.evaluate(data, gold)
+  assert scores["exact"] == scores["f1"] == 100.0 and scores["NoAns_total"] == sum(ex.is_impossible for ex in sample)

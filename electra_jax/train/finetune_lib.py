@@ -205,6 +205,22 @@ class SquadAdapter:
                               f"{kind}-v{self.version}.json, or any file in the official format)")
     return path
 
+  def _read(self, kind: str) -> tuple[dict[str, Any], list[squad.SquadExample], str]:
+    """(official-format JSON, examples, source) of the train or dev data, from a JSON file or a prepared TFDS."""
+    c = self.config
+    source = c.get("data_source", "json")
+    if source == "tfds":
+      split = "train" if kind == "train" else "validation"
+      examples = squad.read_squad_tfds(f"v{self.version}", split, data_dir=c.get("tfds_data_dir") or None)
+      name = f"TFDS squad/v{self.version} {split}"
+      self.read_summaries.append(f"{name}: {len(examples)} questions")
+      return squad_json_from_examples(examples, self.version), examples, name
+    if source != "json":
+      raise FinetuneError(f"config.data_source={source!r}: must be 'json' or 'tfds'")
+    path = self._file("train_file" if kind == "train" else "eval_file", kind)
+    data, examples = self._load(path)
+    return data, examples, path
+
   def _load(self, path: str) -> tuple[dict[str, Any], list[squad.SquadExample]]:
     try:
       with open(path, encoding="utf-8") as f:
@@ -224,8 +240,7 @@ class SquadAdapter:
                                  drop_unrecoverable=is_training and bool(c.drop_unrecoverable))
 
   def train_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    path = self._file("train_file", "train")
-    _, examples = self._load(path)
+    _, examples, path = self._read("train")
     examples = _limit(examples, self.config.max_train_examples)
     feats = self._featurize(examples, is_training=True)
     s = feats.summary
@@ -239,8 +254,7 @@ class SquadAdapter:
 
   def eval_sets(self, include_test: bool) -> list[EvalSet]:
     del include_test  # SQuAD test sets are hidden; the dev set is the evaluation
-    path = self._file("eval_file", "dev")
-    data, examples = self._load(path)
+    data, examples, path = self._read("dev")
     limit = self.config.max_eval_examples
     if limit and limit > 0 and limit < len(examples):
       examples = examples[:limit]
@@ -324,6 +338,22 @@ def subset_squad(data: Mapping[str, Any], qids: set[str]) -> dict[str, Any]:
     if paragraphs:
       articles.append({**article, "paragraphs": paragraphs})
   return {**data, "data": articles}
+
+
+def squad_json_from_examples(examples: Sequence[squad.SquadExample], version: str) -> dict[str, Any]:
+  """The official SQuAD JSON layout of `examples` (e.g. read from TFDS), for the official-equivalent scorer."""
+  articles: dict[str, dict[str, dict[str, Any]]] = {}
+  for ex in examples:
+    paragraphs = articles.setdefault(ex.title, {})
+    paragraph = paragraphs.setdefault(ex.context, {"context": ex.context, "qas": []})
+    qa: dict[str, Any] = {"id": ex.qid, "question": ex.question,
+                          "answers": [{"text": a.text, "answer_start": a.start} for a in ex.answers]}
+    if version == "2.0":
+      qa["is_impossible"] = ex.is_impossible
+      qa["plausible_answers"] = [{"text": a.text, "answer_start": a.start} for a in ex.plausible_answers]
+    paragraph["qas"].append(qa)
+  data = [{"title": t, "paragraphs": list(ps.values())} for t, ps in articles.items()]
+  return {"version": version if version == "1.1" else "v2.0", "data": data}
 
 
 def _write_json(path: str, obj: Any) -> str:
@@ -640,6 +670,7 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
     else:
       step = 0
       params = _overwrite(params, init())
+    finished_before = restored is not None and restored.step >= total_steps
     writer = metrics.MetricWriter(trial_dir, resume_step=step if restored is not None else None)
     stream = TrainStream(train, int(config.batch_size), seed)
     rng = jax.random.key(seed)
@@ -694,7 +725,8 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
       return {"seed": seed, "workdir": trial_dir, "steps": step, "preempted": True}
     out_dir = os.path.join(trial_dir, "predictions") if config.get("write_predictions", True) else None
     dev, files = evaluate_sets(steps, params, eval_sets, int(config.eval_batch_size), out_dir)
-    writer.write_scalars(step, {f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()})
+    if not finished_before:  # (a finished run re-evaluated: its metrics.jsonl has these scores already)
+      writer.write_scalars(step, {f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()})
     writer.close()
     result = {"seed": seed, "workdir": trial_dir, "steps": step, "final_train_loss": last_loss, "metrics": dev,
               "files": files}
@@ -713,11 +745,8 @@ def _save(ckpt: checkpointing.Checkpointer, step: int, params, opt_state, seed: 
 
 
 def _checkpointer(directory: str, spec: ModelSpec, keep: int) -> checkpointing.Checkpointer:
-  """The trial's Checkpointer; a directory that already has a model_config.json must describe the same model.
-
-  (Checkpointer(model_meta=...) rewrites model_config.json, which fails when the file exists, so on resume the
-  existing file is checked here and left as it is.)
-  """
+  """The trial's Checkpointer. A directory that already holds a model_config.json (a run being resumed) must describe
+  the same model, so that a changed config is refused with a clear message instead of a shape error."""
   meta = json.loads(json.dumps(spec.meta()))
   meta_file = os.path.join(directory, checkpointing.MODEL_CONFIG_FILE)
   if os.path.isfile(meta_file):
@@ -791,6 +820,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     seed = int(config.seed) + k
     trial_dir = os.path.join(workdir, f"seed_{seed}")
     trials.append(run_trial(config, trial_dir, seed, steps, train, eval_sets, total, init))
+    if trials[-1].get("preempted"):
+      logging.warning("preempted during seed %d at step %d: rerun the same command to resume", seed,
+                      trials[-1]["steps"])
+      break
   results = {
       "task": adapter.name, "family": adapter.family, "head": spec.kind, "init_checkpoint": config.init_checkpoint,
       "init_kind": init_kind, "num_train_steps": total, **data_info, "data": adapter.read_summaries,
@@ -798,7 +831,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "trials": trials, "summary": summarize([t for t in trials if "metrics" in t]),
       "seconds": time.time() - start}
   _write_json(os.path.join(workdir, "results.json"), results)
-  if distributed.is_primary():
+  if distributed.is_primary() and not trials[-1].get("preempted"):
     print(format_summary(results), flush=True)
   return results
 
