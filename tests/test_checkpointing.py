@@ -59,7 +59,7 @@ def test_roundtrip_into_another_sharding_and_keep_last(tmp_path):
   _save_steps(d, mesh, [1, 2, 3, 4], keep=2)
   params, opt = _state(mesh)
   replicated = P()
-  with Checkpointer(d, keep=2, handle_sigterm=False) as ckpt:
+  with Checkpointer(d, keep=2, handle_sigterm=False, model_meta={"kind": "test", "v": 2}) as ckpt:   # a rerun
     assert ckpt.all_steps() == [3, 4]
     restored = ckpt.restore(_abstract(params, mesh, replicated), _abstract(opt, mesh))
   assert restored.step == 4
@@ -67,7 +67,8 @@ def test_roundtrip_into_another_sharding_and_keep_last(tmp_path):
   np.testing.assert_array_equal(np.asarray(restored.params["dense"]["kernel"]), np.arange(32.0).reshape(8, 4) * 4)
   assert restored.params["dense"]["kernel"].sharding.spec == replicated       # placed as the target asks
   assert restored.opt_state[0].mu["emb"].sharding.spec == P("data", None)
-  assert os.path.exists(os.path.join(d, checkpointing.MODEL_CONFIG_FILE))
+  with open(os.path.join(d, checkpointing.MODEL_CONFIG_FILE), encoding="utf-8") as f:
+    assert '"v": 2' in f.read()
 
 
 def test_empty_directory_restores_nothing(tmp_path):

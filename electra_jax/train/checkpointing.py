@@ -106,7 +106,7 @@ def _abspath(path: str | os.PathLike) -> str:
 def _write_json(path: epath.Path, obj: Any) -> None:
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def _describe(exc: BaseException) -> str:

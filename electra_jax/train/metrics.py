@@ -34,6 +34,21 @@ def _number(value: Any) -> float | int | None:
   return value if math.isfinite(value) else None
 
 
+def _import_summary_writer():
+  """tensorboardX.SummaryWriter without importing torch (tensorboardX imports it only to accept torch tensors, which
+  we never pass; the import costs seconds when torch is installed)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None   # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 def read_metrics(workdir: str | os.PathLike, filename: str = METRICS_FILE) -> list[dict[str, Any]]:
   """All records of WORKDIR/metrics.jsonl, in file order."""
   path = os.path.join(os.fspath(workdir), filename)
@@ -66,7 +81,7 @@ class MetricWriter:
       self._truncate_after(resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      SummaryWriter = _import_summary_writer()  # pylint: disable=invalid-name
       purge = resume_step + 1 if resume_step is not None else None
       self._tb = SummaryWriter(logdir=os.fspath(workdir), purge_step=purge, flush_secs=30)
 
@@ -151,7 +166,7 @@ class Throughput:
       self.start(step)
       return {}
     steps, seconds = step - self._step, now - self._time
-    self.start(step)
+    self._step, self._time = step, now
     sec_per_step = seconds / steps
     out = {
         "steps_per_sec": 1.0 / sec_per_step,

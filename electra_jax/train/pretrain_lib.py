@@ -108,6 +108,14 @@ def gumbel_sample(rng: jax.Array, logits: jax.Array, temperature: float = 1.0) -
   return jnp.argmax(logits / temperature + jax.random.gumbel(rng, logits.shape, logits.dtype), axis=-1)
 
 
+def corrupt(masked: Masked, sampled: jax.Array, input_ids: jax.Array, input_mask: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+  """(discriminator input, labels): the sampled tokens at the masked positions; label 1 where a real token was
+  replaced by a different one (a sample equal to the original counts as original)."""
+  corrupted = scatter_positions(masked.input_ids, masked.positions, sampled, masked.weights)
+  return corrupted, (corrupted != input_ids) & input_mask.astype(bool)
+
+
 # ------------------------------------------------------------------------------------------------ losses and metrics
 def _safe_div(a, b):
   return a / jnp.maximum(b, 1e-6)
@@ -186,8 +194,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: StepConfig) -> Ca
       return mlm_loss, out
     sampled = gumbel_sample(k_sample, jax.lax.stop_gradient(gen.logits), cfg.temperature)
     out["sampled_mlm_accuracy"] = _safe_div(jnp.sum((sampled == m.targets) * m.weights), jnp.sum(m.weights))
-    corrupted = scatter_positions(m.input_ids, m.positions, sampled, m.weights)
-    labels = (corrupted != ids) & mask.astype(bool)
+    corrupted, labels = corrupt(m, sampled, ids, mask)
     disc = model.discriminator(corrupted, mask, segments, dropout_rng=k_disc)
     bce = optax.sigmoid_binary_cross_entropy(disc.logits, labels.astype(jnp.float32))
     weights = mask.astype(jnp.float32)
@@ -206,8 +213,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    out.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-               param_norm=optax.global_norm(params), learning_rate=schedule(state["step"]))
+    out.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
+               param_norm=optax.tree.norm(params), learning_rate=schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 
   return train_step
