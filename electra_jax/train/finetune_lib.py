@@ -911,13 +911,13 @@ def summarize(trials: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
-  """The final table: one row per dev metric, the paper's metric marked with *."""
+  """The final table: one row per dev metric (question counts left out), the paper's metric marked with *."""
   summary = results["summary"]
   n = max((s["n"] for s in summary.values()), default=0)
   lines = [f"{results['task']} ({results['head']}, {n} run{'s' if n != 1 else ''})"]
   lines.append(f"{'metric':34s} {'median':>10s} {'mean':>10s} {'std':>10s} {'min':>10s} {'max':>10s}")
   main = results.get("main_metric")
-  for key in sorted(summary):
+  for key in sorted(k for k in summary if not k.endswith("total")):
     s = summary[key]
     mark = "*" if key.endswith("/" + str(main)) else " "
     lines.append(f"{mark}{key:33s} {s['median']:10.4f} {s['mean']:10.4f} {s['std']:10.4f} {s['min']:10.4f} "
