@@ -198,6 +198,7 @@ def test_sigkill_resume_sigterm_and_corrupt_checkpoint_match_an_uninterrupted_ru
   assert glob.glob(os.path.join(ref_dir, "checkpoints", "16.unreadable-*"))
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_clearly(dirs, tmp_path):
   empty = tmp_path / "empty_corpus"
   empty.mkdir()
@@ -208,6 +209,9 @@ def test_bad_inputs_fail_clearly(dirs, tmp_path):
       "missing": (["--config.data.corpus=" + str(tmp_path / "nope")], "nope"),
       "empty": (["--config.data.corpus=" + str(empty)], "empty_corpus"),
       "vocab": (["--config.data.vocab_file=" + str(bad_vocab)], "[CLS]"),
+      # a NaN learning rate: step 1's loss is finite, its update is not, so step 2's loss is NaN
+      "nan": (["--config.learning_rate=nan", "--config.num_train_steps=5", "--config.log_every_steps=5"],
+              "non-finite loss (nan) at step 2"),
   }
   environ = child_env(dirs["jax_cache"])
   procs = {name: subprocess.Popen(command(str(tmp_path / name), dirs["data"], *args), cwd=REPO, env=environ,
