@@ -35,6 +35,13 @@ class ConversionError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ file I/O
+def is_hf_folder(path: str | os.PathLike) -> bool:
+  """True for a folder with config.json and HF weights (a training workdir may hold a config.json of its own)."""
+  path = os.fspath(path)
+  return os.path.isfile(os.path.join(path, "config.json")) and any(
+      os.path.isfile(os.path.join(path, n)) for n in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN))
+
+
 def read_hf_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads model.safetensors (single or sharded) or pytorch_model.bin from an HF folder into numpy arrays."""
   path = os.fspath(path)

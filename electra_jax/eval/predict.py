@@ -44,8 +44,8 @@ class PredictError(ValueError):
 def load_model(model_dir: str, task: str, vocab_file: str | None = None, lowercase: bool | None = None):
   """(model, tokenizer) for an HF folder or a checkpoint of this project."""
   head = TASK_HEADS[task]
-  if os.path.isfile(os.path.join(model_dir, "config.json")):
-    from electra_jax.convert import from_hf, read_tokenizer_settings  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert import from_hf, is_hf_folder, read_tokenizer_settings  # pylint: disable=import-outside-toplevel
+  if is_hf_folder(model_dir):
     model = from_hf(model_dir)
     settings = read_tokenizer_settings(model_dir) if vocab_file is None else {
         "vocab_file": vocab_file, "lowercase": True, "strip_accents": None}

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from electra_jax import paths, sharding
+from electra_jax import convert, paths, sharding
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights, unflatten
 from electra_jax.data import glue, squad
 from electra_jax.data.tokenization import load_tokenizer
@@ -391,10 +391,6 @@ def runtime_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: config.model[k] for k in RUNTIME_FIELDS if k in config.model}
 
 
-def is_hf_folder(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json"))
-
-
 def _base_electra_config(config: ml_collections.ConfigDict) -> tuple[ElectraConfig, str, dict[str, Any] | None]:
   """(encoder config, init kind "scratch" | "hf" | "orbax", the Orbax checkpoint's model_config or None)."""
   runtime = runtime_options(config)
@@ -404,7 +400,7 @@ def _base_electra_config(config: ml_collections.ConfigDict) -> tuple[ElectraConf
     return ElectraConfig(**arch, **runtime), "scratch", None
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.init_checkpoint={path} does not exist")
-  if is_hf_folder(path):
+  if convert.is_hf_folder(path):
     return ElectraConfig.from_json_file(os.path.join(path, "config.json"), **runtime), "hf", None
   meta = read_checkpoint_meta(path)
   return electra_config_from_meta(meta, path, runtime), "orbax", meta
@@ -769,7 +765,7 @@ def resolve_vocab(config: ml_collections.ConfigDict) -> str:
   if config.vocab_file:
     return config.vocab_file
   init = config.init_checkpoint
-  if init and is_hf_folder(init) and os.path.isfile(os.path.join(init, "vocab.txt")):
+  if init and convert.is_hf_folder(init) and os.path.isfile(os.path.join(init, "vocab.txt")):
     return os.path.join(init, "vocab.txt")
   return os.fspath(paths.default_vocab())
 
@@ -846,7 +842,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, work
   if not os.path.exists(checkpoint):
     raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
   runtime = runtime_options(config)
-  if is_hf_folder(checkpoint):
+  if convert.is_hf_folder(checkpoint):
     if config.head != "hf":
       raise FinetuneError(f"{checkpoint} is an HF folder: only HF heads load from it; evaluate it with head=hf "
                           f"(--config=...:head=hf)")
@@ -866,7 +862,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, work
   start = time.time()
   steps = Steps(spec, adapter, mesh, rules)
   params = steps.init_params(0)
-  if is_hf_folder(checkpoint):
+  if convert.is_hf_folder(checkpoint):
     values, _ = params_from_hf(spec.kind, steps.shapes, read_hf_weights(checkpoint), source=checkpoint)
   else:
     _, tree = checkpointing.load_params(checkpoint)
