@@ -281,6 +281,12 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   """Model configs, abstract sharded state, optimizer and the jitted train step for `mesh`."""
   if config.objective not in OBJECTIVES:
     raise ValueError(f"config.objective={config.objective!r}: must be one of {OBJECTIVES}")
+  if config.masking not in MASKINGS:
+    raise ValueError(f"config.masking={config.masking!r}: must be one of {MASKINGS}")
+  if not 0.0 < float(config.mask_prob) < 1.0:
+    raise ValueError(f"config.mask_prob={config.mask_prob}: must be in (0, 1)")
+  if not float(config.temperature) > 0.0:
+    raise ValueError(f"config.temperature={config.temperature}: must be positive")
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   disc, gen = model_configs(config, vocab_size)
   seed = int(config.seed)
