@@ -191,3 +191,9 @@ def test_create_from_config_and_errors():
     optim.layerwise_lr_multipliers({"head": {"kernel": np.zeros((2, 2))}}, 0.8)
   with pytest.raises(ValueError, match="mode"):
     optim.layerwise_lr_multipliers(params, 0.8, mode="wrong")
+
+
+def test_zero_warmup_proportion_means_no_warmup():
+  assert optim.resolve_warmup({"warmup_proportion": 0.0, "warmup_steps": 10_000}, 1000) == 0
+  assert optim.resolve_warmup({"warmup_proportion": 0.1, "warmup_steps": 10_000}, 1000) == 100
+  assert optim.resolve_warmup({"warmup_proportion": -1.0, "warmup_steps": 50}, 1000) == 50

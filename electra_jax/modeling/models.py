@@ -358,9 +358,13 @@ HEADS: dict[str, type[nnx.Module]] = {
 
 
 def head_class(name: str) -> type[nnx.Module]:
-  if name not in HEADS:
-    raise ValueError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS)}")
-  return HEADS[name]
+  """An HF head class by name, or one of the original ELECTRA heads (electra_jax/modeling/original_heads.py)."""
+  if name in HEADS:
+    return HEADS[name]
+  from electra_jax.modeling.original_heads import ORIGINAL_HEADS  # pylint: disable=import-outside-toplevel
+  if name in ORIGINAL_HEADS:
+    return ORIGINAL_HEADS[name]
+  raise ValueError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS) + sorted(ORIGINAL_HEADS)}")
 
 
 def count_params(module: nnx.Module) -> int:

@@ -198,3 +198,10 @@ def beam_candidates(start_top_log_probs, start_top_index, end_top_log_probs, end
         cands.append((int(sti[f, i]), int(eti[f, i, j]), float(slp[f, i] + elp[f, i, j])))
     out.append(cands)
   return out
+
+
+# The original heads by checkpoint kind (models.head_class looks here after the HF heads).
+ORIGINAL_HEADS = {
+    "OriginalElectraForSequenceClassification": OriginalElectraForSequenceClassification,
+    "OriginalElectraForQuestionAnswering": OriginalElectraForQuestionAnswering,
+}

@@ -392,8 +392,9 @@ def build_model(model_meta: Mapping[str, Any], seed: int = 0, abstract: bool = F
     ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))  # noqa: E731
   elif kind:
     config = modeling.ElectraConfig.from_hf_dict(model_meta["config"], **runtime)
-    cls = modeling.head_class(kind)
-    ctor = lambda: cls(config, rngs=nnx.Rngs(seed))  # noqa: E731
+    cls = modeling.head_class(kind)   # an HF head or an original ELECTRA head
+    options = dict(model_meta.get("head_options") or {})
+    ctor = lambda: cls(config, rngs=nnx.Rngs(seed), **options)  # noqa: E731
   else:
     raise CheckpointError(f"model_config has no 'kind': {sorted(model_meta)}")
   return nnx.eval_shape(ctor) if abstract else ctor()

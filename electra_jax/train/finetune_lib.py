@@ -50,10 +50,7 @@ from electra_jax.modeling import original_heads
 from electra_jax.train import checkpointing, distributed, flops, metrics, optim
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-ORIGINAL_HEADS = {
-    "OriginalElectraForSequenceClassification": original_heads.OriginalElectraForSequenceClassification,
-    "OriginalElectraForQuestionAnswering": original_heads.OriginalElectraForQuestionAnswering,
-}
+ORIGINAL_HEADS = original_heads.ORIGINAL_HEADS
 RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
 ARCH_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "intermediate_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -374,7 +371,7 @@ class ModelSpec:
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def module_class(self):
-    return ORIGINAL_HEADS[self.kind] if self.kind in ORIGINAL_HEADS else head_class(self.kind)
+    return head_class(self.kind)
 
   def build(self, seed: int | jax.Array) -> nnx.Module:
     return self.module_class()(self.config, rngs=nnx.Rngs(seed), **self.options)

@@ -219,7 +219,8 @@ def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float =
 
 # ------------------------------------------------------------------------------------------------ from config
 def resolve_warmup(opt_cfg: Mapping[str, Any], num_train_steps: int) -> int:
-  prop = float(opt_cfg.get("warmup_proportion", -1.0) or -1.0)
+  prop = opt_cfg.get("warmup_proportion")
+  prop = -1.0 if prop is None else float(prop)   # 0.0 means "no warmup", not "unset"
   if prop >= 0:
     return int(round(prop * num_train_steps))
   return int(opt_cfg.get("warmup_steps", 0))
