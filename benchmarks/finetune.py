@@ -1,0 +1,106 @@
+"""Fine-tuning step and inference throughput (sequence classification): this project against Hugging Face PyTorch.
+
+    python benchmarks/finetune.py --batch_size=32 --seq_len=128                       # small, peer torch
+    python benchmarks/finetune.py --batch_size=32 --seq_len=128 --size=small --peers=torch --steps=10
+    python benchmarks/finetune.py --peers=none --size=tiny --steps=2 --warmup=1       # only this project
+
+Both sides fine-tune ElectraForSequenceClassification (HF's head: [CLS] -> dense -> GELU -> out_proj, 2 labels) on
+the same sentence-pair batch (WikiText-2 text, random labels), each in a subprocess of its own:
+  ours   `electra_jax.train.finetune_lib.Steps` (the GLUE trainer's jitted train step: cross-entropy, AdamW with
+         clipping and the schedule) and its jitted predict function, one CPU device;
+  torch  transformers' class, loss.backward(), clipping, torch.optim.AdamW; inference in eval mode under
+         torch.inference_mode(); torch threads = the machine's cores.
+Figures: median seconds per train step and per inference batch over --steps after --warmup, sequences/s, ratios
+ours / torch, and each process's peak RSS. Prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 32, "Sequences per step.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
+flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size.")
+flags.DEFINE_integer("layers", None, "Override the number of layers.")
+flags.DEFINE_string("peers", "torch", "Comma-separated peers: torch, or none.")
+flags.DEFINE_integer("steps", 10, "Timed steps (and inference batches) per implementation.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtype.")
+flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
+flags.DEFINE_string("json_out", "", "Also write the JSON figures to this file.")
+
+
+def main(argv) -> None:
+  del argv
+  peers = [p.strip() for p in FLAGS.peers.split(",") if p.strip() and p.strip() != "none"]
+  if any(p != "torch" for p in peers):
+    raise app.UsageError(f"--peers={FLAGS.peers}: the fine-tuning peer is 'torch' (or 'none')")
+  start = time.time()
+  common_args = [f"--size={FLAGS.size}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}"]
+  common_args += [f"--layers={FLAGS.layers}"] if FLAGS.layers else []
+  results = {"load_before": list(common.load_average())}
+  with tempfile.TemporaryDirectory() as tmp:
+    batch_path = os.path.join(tmp, "batch.npz")
+    common.save_batch(batch_path, common.make_classification_batch(FLAGS.batch_size, FLAGS.seq_len))
+    try:
+      results["ours"] = common.run_worker(
+          [sys.executable, str(common.WORKERS_DIR / "ours.py"), "--task=finetune", f"--batch={batch_path}",
+           f"--batch_size={FLAGS.batch_size}", f"--seq_len={FLAGS.seq_len}", f"--dtype={FLAGS.dtype}", *common_args],
+          name="ours", timeout=FLAGS.timeout)
+      if "torch" in peers:
+        results["torch"] = common.run_worker(
+            [sys.executable, str(common.WORKERS_DIR / "torch_peer.py"), "--task=finetune", f"--batch={batch_path}",
+             *common_args], name="torch peer", timeout=FLAGS.timeout)
+    except common.WorkerError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+  results["load_after"] = list(common.load_average())
+
+  seqs = FLAGS.batch_size
+  fig = {"benchmark": "finetune", "size": FLAGS.size, "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len,
+         "steps": FLAGS.steps, "warmup": FLAGS.warmup, "dtype": FLAGS.dtype, "cpu_threads": common.cpu_threads(),
+         "load_before": results["load_before"], "load_after": results["load_after"]}
+  rows = []
+  for impl in ["ours"] + peers:
+    r = results[impl]
+    fig[impl] = {"train_median_s": r["train"]["median_s"], "train_seqs_per_s": seqs / r["train"]["median_s"],
+                 "infer_median_s": r["infer"]["median_s"], "infer_seqs_per_s": seqs / r["infer"]["median_s"],
+                 "peak_rss_mib": r["peak_rss_mib"], "loss_first": r["loss_first"], "loss_last": r["loss_last"]}
+  for peer in peers:
+    fig[f"train_speedup_vs_{peer}"] = results[peer]["train"]["median_s"] / results["ours"]["train"]["median_s"]
+    fig[f"infer_speedup_vs_{peer}"] = results[peer]["infer"]["median_s"] / results["ours"]["infer"]["median_s"]
+    fig[f"memory_ratio_vs_{peer}"] = results["ours"]["peak_rss_mib"] / results[peer]["peak_rss_mib"]
+  for impl, label in [("ours", "ours (electra_jax)"), ("torch", "HF PyTorch")]:
+    if impl not in fig:
+      continue
+    f = fig[impl]
+    rows.append({"impl": label, "train_step_s": f["train_median_s"], "train_seq/s": f["train_seqs_per_s"],
+                 "train ours/peer": fig.get(f"train_speedup_vs_{impl}"), "infer_batch_s": f["infer_median_s"],
+                 "infer_seq/s": f["infer_seqs_per_s"], "infer ours/peer": fig.get(f"infer_speedup_vs_{impl}"),
+                 "peak_rss_MiB": f["peak_rss_mib"]})
+  fig["wall_s"] = time.time() - start
+  print()
+  print(f"ELECTRA-{FLAGS.size} sequence classification, batch {FLAGS.batch_size} x seq {FLAGS.seq_len}, "
+        f"{fig['cpu_threads']} CPU threads, median of {FLAGS.steps} (load average before {fig['load_before'][0]:.2f}, "
+        f"after {fig['load_after'][0]:.2f})")
+  print(common.format_table(rows, ["impl", "train_step_s", "train_seq/s", "train ours/peer", "infer_batch_s",
+                                   "infer_seq/s", "infer ours/peer", "peak_rss_MiB"]))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+      json.dump({"figures": fig, "raw": results}, f, indent=1, sort_keys=True)
+  print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,191 @@
+"""Pretraining step throughput: this project against Hugging Face PyTorch and Hugging Face Flax, in one invocation.
+
+    python benchmarks/pretrain.py --batch_size=16 --seq_len=128                     # small, peers torch and flax
+    python benchmarks/pretrain.py --batch_size=16 --seq_len=128 --size=small --peers=torch,flax --steps=10
+    python benchmarks/pretrain.py --peers=none --size=tiny --steps=2 --warmup=1    # only this project (smoke test)
+
+Every implementation runs in a subprocess of its own, one after the other, on the same batch (WikiText-2 text in
+`[CLS] A [SEP] B [SEP]` sequences of seq_len tokens) with the same step: ELECTRA masking (15%, 85% [MASK] / 15% kept),
+generator (hidden 1/4) MLM loss, Gumbel-max sampling, discriminator, loss = gen + 50 * disc, AdamW with clipping.
+  ours   electra_jax.train.pretrain_lib (the step the pretraining binary runs), jitted, one CPU device;
+  torch  transformers' ElectraForMaskedLM + ElectraForPreTraining (shared embedding module), torch.optim.AdamW,
+         torch threads = the machine's cores;
+  flax   transformers 4.46.3's FlaxElectraForMaskedLM + FlaxElectraForPreTraining (shared embedding parameters), optax
+         AdamW, jax.jit, in its own virtual environment (created on first use from benchmarks/requirements-flax-peer.txt
+         at --flax_venv; needs PyPI once).
+Figures: median step time over --steps timed steps after --warmup, tokens/s = batch * seq_len / median, ratios
+ours / peer, this host's float32 matmul GFLOP/s (jnp.dot of n x n matrices, median, measured before and after the
+steps), MFU = analytical model FLOPs per step (electra_jax.train.flops, what our step computes) / median time / matmul
+rate, peak memory = each process's RSS high-water mark, plus XLA's memory analysis of our compiled step.
+Prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+PEERS = ("torch", "flax")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 16, "Sequences per step.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
+flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size (discriminator; the generator is its fraction).")
+flags.DEFINE_integer("layers", None, "Override the number of layers.")
+flags.DEFINE_string("peers", "torch,flax", "Comma-separated peers to run: torch, flax, or none.")
+flags.DEFINE_integer("steps", 10, "Timed steps per implementation.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtype.")
+flags.DEFINE_bool("scan", False, "Our encoder as jax.lax.scan over layers (False: unrolled loop).")
+flags.DEFINE_integer("matmul_n", 2048, "Matrix size of the matmul measurement.")
+flags.DEFINE_string("flax_venv", os.path.join(common.BENCH_DIR, ".venv-flax-peer"),
+                    "Virtual environment of the HF Flax peer (created when missing).")
+flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
+flags.DEFINE_string("json_out", "", "Also write the JSON figures to this file.")
+
+
+def parse_peers(text: str) -> list[str]:
+  names = [p.strip() for p in text.split(",") if p.strip()]
+  if names == ["none"] or not names:
+    return []
+  bad = [p for p in names if p not in PEERS]
+  if bad:
+    raise app.UsageError(f"--peers: unknown peer(s) {bad}; choose from {list(PEERS)} or 'none'")
+  return names
+
+
+# ------------------------------------------------------------------------------------------------ the Flax peer's venv
+def ensure_flax_venv(venv: str) -> str:
+  """The python of the Flax peer's venv, created (python -m venv + pip install -r requirements) when missing/stale."""
+  req = os.path.join(common.BENCH_DIR, "requirements-flax-peer.txt")
+  with open(req, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  python = os.path.join(venv, "bin", "python")
+  stamp = os.path.join(venv, ".requirements.sha256")
+  if os.path.exists(python) and os.path.exists(stamp) and open(stamp, encoding="utf-8").read().strip() == digest:
+    return python
+  print(f"creating the HF Flax peer's environment in {venv} (from {req}) ...", flush=True)
+  subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
+  proc = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", req],
+                        capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"pip install -r {req} into {venv} failed:\n{proc.stderr[-3000:]}")
+  with open(stamp, "w", encoding="utf-8") as f:
+    f.write(digest + "\n")
+  return python
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def run_all(peers: list[str], batch_path: str) -> dict:
+  workers = common.WORKERS_DIR
+  common_args = [f"--batch={batch_path}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
+                 f"--warmup={FLAGS.warmup}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
+  matmul_cmd = [sys.executable, str(workers / "ours.py"), "--task=matmul", f"--matmul_n={FLAGS.matmul_n}",
+                "--steps=10", "--warmup=2"]
+  results: dict = {"load_before": list(common.load_average())}
+  results["matmul_before"] = common.run_worker(matmul_cmd, name="matmul", timeout=FLAGS.timeout)
+  results["ours"] = common.run_worker(
+      [sys.executable, str(workers / "ours.py"), "--task=pretrain", *common_args, f"--batch_size={FLAGS.batch_size}",
+       f"--seq_len={FLAGS.seq_len}", f"--dtype={FLAGS.dtype}", f"--scan={FLAGS.scan}"],
+      name="ours", timeout=FLAGS.timeout)
+  if "torch" in peers:
+    results["torch"] = common.run_worker(
+        [sys.executable, str(workers / "torch_peer.py"), "--task=pretrain", *common_args],
+        name="torch peer", timeout=FLAGS.timeout)
+  if "flax" in peers:
+    python = ensure_flax_venv(FLAGS.flax_venv)
+    results["flax"] = common.run_worker([python, str(workers / "flax_peer.py"), *common_args],
+                                        env=common.worker_env({"PYTHONPATH": ""}), name="flax peer",
+                                        timeout=FLAGS.timeout)
+  results["matmul_after"] = common.run_worker(matmul_cmd, name="matmul", timeout=FLAGS.timeout)
+  results["load_after"] = list(common.load_average())
+  return results
+
+
+def figures(results: dict, peers: list[str]) -> dict:
+  tokens = FLAGS.batch_size * FLAGS.seq_len
+  ours = results["ours"]
+  matmul = [results["matmul_before"]["gflops_median"], results["matmul_after"]["gflops_median"]]
+  matmul_gflops = sum(matmul) / 2
+  out = {
+      "benchmark": "pretrain", "size": FLAGS.size, "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len,
+      "layers": ours["layers"], "steps": FLAGS.steps, "warmup": FLAGS.warmup, "dtype": FLAGS.dtype,
+      "scan": FLAGS.scan, "cpu_threads": common.cpu_threads(),
+      "load_before": results["load_before"], "load_after": results["load_after"],
+      "matmul_gflops": matmul_gflops, "matmul_gflops_before_after": matmul,
+      "flops_per_step": ours["flops_per_step"],
+      "ours": {"median_s": ours["median_s"], "tokens_per_s": tokens / ours["median_s"],
+               "compile_s": ours["compile_s"], "peak_rss_mib": ours["peak_rss_mib"],
+               "xla_peak_mib": (ours.get("xla_memory") or {}).get("peak_mib"), "loss_first": ours["loss_first"],
+               "loss_last": ours["loss_last"]},
+  }
+  achieved = ours["flops_per_step"] / ours["median_s"] / 1e9
+  out["ours"]["model_gflops_per_s"] = achieved
+  out["mfu_vs_matmul"] = achieved / matmul_gflops
+  for peer in peers:
+    r = results[peer]
+    out[peer] = {"median_s": r["median_s"], "tokens_per_s": tokens / r["median_s"], "peak_rss_mib": r["peak_rss_mib"],
+                 "loss_first": r["loss_first"], "loss_last": r["loss_last"],
+                 "version": r.get("transformers_version"), "compile_s": r.get("compile_s")}
+    out[f"speedup_vs_{peer}"] = r["median_s"] / ours["median_s"]
+    out[f"memory_ratio_vs_{peer}"] = ours["peak_rss_mib"] / r["peak_rss_mib"]
+  return out
+
+
+def print_report(fig: dict, peers: list[str]) -> None:
+  rows = [{"impl": "ours (electra_jax)", "step_s": fig["ours"]["median_s"], "tokens/s": fig["ours"]["tokens_per_s"],
+           "ours/peer": None, "peak_rss_MiB": fig["ours"]["peak_rss_mib"], "compile_s": fig["ours"]["compile_s"],
+           "loss first->last": f"{fig['ours']['loss_first']:.2f}->{fig['ours']['loss_last']:.2f}"}]
+  names = {"torch": "HF PyTorch", "flax": "HF Flax 4.46.3"}
+  for peer in peers:
+    p = fig[peer]
+    rows.append({"impl": names[peer], "step_s": p["median_s"], "tokens/s": p["tokens_per_s"],
+                 "ours/peer": fig[f"speedup_vs_{peer}"], "peak_rss_MiB": p["peak_rss_mib"],
+                 "compile_s": p["compile_s"], "loss first->last": f"{p['loss_first']:.2f}->{p['loss_last']:.2f}"})
+  print()
+  print(f"ELECTRA-{fig['size']} pretraining step, batch {fig['batch_size']} x seq {fig['seq_len']}, "
+        f"{fig['layers']} layers, {fig['cpu_threads']} CPU threads, median of {fig['steps']} steps "
+        f"(load average before {fig['load_before'][0]:.2f}, after {fig['load_after'][0]:.2f})")
+  print(common.format_table(rows, ["impl", "step_s", "tokens/s", "ours/peer", "peak_rss_MiB", "compile_s",
+                                   "loss first->last"]))
+  print(f"host float32 matmul ({FLAGS.matmul_n}^3, median): {fig['matmul_gflops']:.1f} GFLOP/s "
+        f"(before {fig['matmul_gflops_before_after'][0]:.1f}, after {fig['matmul_gflops_before_after'][1]:.1f})")
+  print(f"our step: {fig['flops_per_step'] / 1e9:.1f} model GFLOP (analytical) -> "
+        f"{fig['ours']['model_gflops_per_s']:.1f} GFLOP/s = MFU {100 * fig['mfu_vs_matmul']:.1f}% of the matmul rate; "
+        f"XLA peak buffer estimate {fig['ours']['xla_peak_mib'] or 0:.0f} MiB")
+
+
+def main(argv) -> None:
+  del argv
+  peers = parse_peers(FLAGS.peers)
+  start = time.time()
+  with tempfile.TemporaryDirectory() as tmp:
+    batch_path = os.path.join(tmp, "batch.npz")
+    common.save_batch(batch_path, common.make_batch(FLAGS.batch_size, FLAGS.seq_len))
+    try:
+      results = run_all(peers, batch_path)
+    except (common.WorkerError, RuntimeError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+  fig = figures(results, peers)
+  fig["wall_s"] = time.time() - start
+  print_report(fig, peers)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+      json.dump({"figures": fig, "raw": results}, f, indent=1, sort_keys=True)
+  print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

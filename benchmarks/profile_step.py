@@ -1,0 +1,259 @@
+"""Where the time of our pretraining step goes: interleaved A/B timings of step variants and of its parts, plus HLO facts.
+
+    python benchmarks/profile_step.py                                   # ELECTRA-Small, batch 16 x 128, all variants
+    python benchmarks/profile_step.py --variants=base,rbg,no_dropout --rounds=8
+    python benchmarks/profile_step.py --size=tiny --rounds=2 --variants=base,parts   # smoke test
+
+Variants (each the real `pretrain_lib` step with one thing changed; `parts` times pieces of it):
+  base        float32, unrolled layers, threefry keys (what benchmarks/pretrain.py runs)
+  rbg         the same step with `jax.random.key(seed, impl="rbg")` (XLA's RngBitGenerator instead of threefry)
+  unsafe_rbg  the same with impl="unsafe_rbg"
+  no_dropout  hidden and attention dropout 0 (an upper bound of what dropout and its random bits cost)
+  bf16        compute dtype bfloat16 (parameters float32)
+  scan        jax.lax.scan over the layers
+  parts       generator fwd+bwd, discriminator fwd+bwd, the optimizer update, each jitted alone
+All variants are compiled first; then rounds of one step of each, in turn, so that the load of a shared machine hits
+them alike. Reported: median and min seconds per step and the ratio to base. HLO facts of the base step: op counts
+(fusions, dots, random-bit generation, scatters, sorts, gathers) and the largest temporary buffers.
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "parts")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size.")
+flags.DEFINE_integer("batch_size", 16, "Sequences per step.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
+flags.DEFINE_list("variants", ["base", "rbg", "no_dropout", "bf16", "scan", "parts"], f"Any of {VARIANTS}.")
+flags.DEFINE_integer("rounds", 6, "Timed rounds (one step of every variant per round) after one warm-up round.")
+flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
+flags.DEFINE_string("trace_dir", "", "Trace 2 base steps with jax.profiler into this folder and print the time per "
+                    "category of XLA op (needs 'base' in --variants).")
+
+# Categories of XLA ops, by the JAX op names (HLO metadata) they came from; the first match wins.
+CATEGORIES = (
+    ("dropout / random bits", ("_bernoulli", "_uniform", "threefry", "random_bits", "gumbel", "_randint", "rng")),
+    ("GELU (erf)", ("erf",)),
+    ("softmax / attention mask", ("softmax", "reduce_max", "exp", "select_n")),
+    ("layout copies / transposes", ("/transpose", "copy")),
+    ("optimizer update", ("adam", "optax", "apply_updates", "global_norm", "clip", "sqrt")),
+)
+
+
+def _setup(size, batch_size, seq_len, *, dtype="float32", scan=False, dropout=True):
+  import argparse  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import ours  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
+  args = argparse.Namespace(size=size, layers=None, batch_size=batch_size, seq_len=seq_len, dtype=dtype, scan=scan,
+                            remat="none")
+  c = ours.pretrain_config(args)
+  if not dropout:
+    c.model.hidden_dropout_prob = 0.0
+    c.model.attention_probs_dropout_prob = 0.0
+  mesh = pretrain_lib.build_mesh(c, jax.devices()[:1])
+  return pretrain_lib.build_setup(c, mesh, vocab_size=30522, ids=ours.SPECIAL_IDS)
+
+
+def hlo_facts(text: str) -> dict:
+  """Counts of interesting ops in an optimized HLO module and the largest non-parameter buffers of its entry."""
+  ops = collections.Counter()
+  for m in re.finditer(r"=\s*[a-z0-9\[\]{}, ]*?\s([a-z][a-z0-9-]*)\(", text):
+    ops[m.group(1)] += 1
+  keys = ("fusion", "dot", "convolution", "rng-bit-generator", "scatter", "sort", "gather", "while", "custom-call",
+          "transpose", "copy", "reduce", "dynamic-slice", "dynamic-update-slice", "all-reduce")
+  return {k: ops.get(k, 0) for k in keys}
+
+
+def _hlo_index(text: str) -> dict[str, tuple[str, str, bool]]:
+  """{instruction name: (opcode, JAX op_name metadata, is a matmul fusion)} of an optimized HLO module."""
+  index = {}
+  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = \S+ ([a-z][a-z0-9-]*)\((.*)$")
+  for line in text.splitlines():
+    m = pattern.match(line)
+    if not m:
+      continue
+    name, opcode, rest = m.groups()
+    op = re.search(r'op_name="([^"]*)"', rest)
+    matmul = opcode in ("dot", "convolution") or '"__ynn_fusion"' in rest or "__onednn" in rest
+    index[name] = (opcode, op.group(1) if op else "", matmul)
+  return index
+
+
+def categorize(name: str, index: dict[str, tuple[str, str, bool]]) -> str:
+  opcode, op_name, matmul = index.get(name, ("", "", False))
+  if matmul or name.startswith(("dot", "ynn_fusion")):
+    return "matmul (dot)"
+  for category, keys in CATEGORIES:
+    if any(k in op_name for k in keys) or (category.startswith("layout") and name.startswith(("copy", "transpose"))):
+      return category
+  if opcode == "while" or name.startswith("while"):
+    return "loops (while)"
+  return "other elementwise / reductions"
+
+
+def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, float]:
+  """ms per step of each op category, from the perfetto trace jax.profiler wrote (op events named as in the HLO)."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import gzip  # pylint: disable=import-outside-toplevel
+  files = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))
+  if not files:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(files[-1]) as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  index = _hlo_index(hlo_text)
+  out: dict[str, float] = collections.Counter()
+  for e in events:
+    if e.get("ph") != "X" or e.get("name") not in index:
+      continue
+    out[categorize(e["name"], index)] += e.get("dur", 0) / 1e3 / steps
+  return dict(out)
+
+
+def main(argv) -> None:
+  del argv
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
+
+  bad = [v for v in FLAGS.variants if v not in VARIANTS]
+  if bad:
+    raise app.UsageError(f"--variants: unknown {bad}; choose from {VARIANTS}")
+  host = common.make_batch(FLAGS.batch_size, FLAGS.seq_len)
+  batch = {k: jnp.asarray(host[k]) for k in ("input_ids", "input_mask", "segment_ids")}
+  runners: dict[str, object] = {}
+  compile_s: dict[str, float] = {}
+  facts = {}
+
+  def add_step(name, setup, impl="threefry2x32"):
+    state = pretrain_lib.init_state(setup)
+    key = jax.random.key(0, impl=impl)
+    with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
+      t0 = time.perf_counter()
+      compiled = setup.train_step.lower(state, batch, key).compile()
+      compile_s[name] = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+      holder["state"], out = compiled(holder["state"], batch, key)
+      float(out["loss"])
+
+    runners[name] = run
+    return compiled
+
+  base_dims = dict(size=FLAGS.size, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len)
+  for v in FLAGS.variants:
+    if v == "base":
+      compiled = add_step(v, _setup(**base_dims))
+      text = compiled.as_text()
+      facts = hlo_facts(text)
+      if FLAGS.hlo_out:
+        with open(FLAGS.hlo_out, "w", encoding="utf-8") as f:
+          f.write(text)
+    elif v in ("rbg", "unsafe_rbg"):
+      add_step(v, _setup(**base_dims), impl=v)
+    elif v == "no_dropout":
+      add_step(v, _setup(**base_dims, dropout=False))
+    elif v == "bf16":
+      add_step(v, _setup(**base_dims, dtype="bfloat16"))
+    elif v == "scan":
+      add_step(v, _setup(**base_dims, scan=True))
+    elif v == "parts":
+      setup = _setup(**base_dims)
+      state = pretrain_lib.init_state(setup)
+      params = state["params"]
+      cfg = setup.step_config
+      key = jax.random.key(0)
+      ids, mask, seg = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+      m = pretrain_lib.mask_tokens(key, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+                                   mask_id=cfg.mask_id, ignore_ids=(0, 101, 102, 103), vocab_size=cfg.vocab_size)
+
+      def gen_loss(p):
+        model = nnx.merge(setup.graphdef, p, setup.rest)
+        out = model.generator(m.input_ids, mask, seg, masked_positions=m.positions, dropout_rng=key)
+        return pretrain_lib.masked_lm_loss(out.logits, m.targets, m.weights)[0]
+
+      def disc_loss(p):
+        model = nnx.merge(setup.graphdef, p, setup.rest)
+        logits = model.discriminator(ids, mask, seg, dropout_rng=key).logits
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (ids % 2).astype(jnp.float32)))
+
+      grads = jax.tree.map(jnp.ones_like, params)
+
+      def opt_update(p, o):
+        updates, o = setup.tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o
+
+      parts = {"gen_fwd_bwd": jax.jit(jax.grad(gen_loss)), "disc_fwd_bwd": jax.jit(jax.grad(disc_loss))}
+      for name, fn in parts.items():
+        t0 = time.perf_counter()
+        compiled = fn.lower(params).compile()
+        compile_s[name] = time.perf_counter() - t0
+        runners[name] = lambda c=compiled: jax.block_until_ready(c(params))
+      upd = jax.jit(opt_update).lower(params, state["opt_state"]).compile()
+      runners["optimizer_update"] = lambda: jax.block_until_ready(upd(params, state["opt_state"]))
+
+  breakdown = {}
+  if FLAGS.trace_dir and "base" in runners:
+    runners["base"]()
+    with jax.profiler.trace(FLAGS.trace_dir, create_perfetto_trace=True):
+      for _ in range(2):
+        runners["base"]()
+    breakdown = trace_breakdown(FLAGS.trace_dir, text, 2)
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  for r in range(FLAGS.rounds + 1):
+    for name, run in runners.items():
+      t0 = time.perf_counter()
+      run()
+      if r:
+        times[name].append(time.perf_counter() - t0)
+
+  base = statistics.median(times["base"]) if "base" in times else None
+  rows, out = [], {}
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    out[name] = {"median_s": med, "min_s": min(ts), "compile_s": compile_s.get(name),
+                 "vs_base": med / base if base else None}
+    rows.append({"variant": name, "median_s": med, "min_s": min(ts), "vs_base": out[name]["vs_base"],
+                 "compile_s": compile_s.get(name)})
+  print(f"\nour pretraining step, {FLAGS.size}, batch {FLAGS.batch_size} x {FLAGS.seq_len}, {FLAGS.rounds} "
+        f"interleaved rounds (load average {os.getloadavg()[0]:.2f})")
+  print(common.format_table(rows, ["variant", "median_s", "min_s", "vs_base", "compile_s"]))
+  if facts:
+    print("HLO of the base step (op counts):", json.dumps(facts))
+  if breakdown:
+    total = sum(breakdown.values())
+    print(f"\nbase step, XLA op time by category (profiler trace, {total:.0f} ms of op time per step; ops of the two "
+          "threads add up):")
+    print(common.format_table([{"category": k, "ms_per_step": v, "share": v / total}
+                               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])],
+                              ["category", "ms_per_step", "share"]))
+  print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
+                    "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts, "op_time_ms_per_step": breakdown,
+                    "load": list(os.getloadavg())}, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,207 @@
+"""This project's side of the benchmarks: the real pretraining / fine-tuning steps, timed in a process of their own.
+
+    python benchmarks/workers/ours.py --task=pretrain --batch=/tmp/b.npz --size=small --steps=10 --warmup=3
+    python benchmarks/workers/ours.py --task=pretrain --batch=/tmp/b.npz --layers=24 --scan=false --compile_only
+    python benchmarks/workers/ours.py --task=finetune --batch=/tmp/c.npz --size=small --steps=10
+    python benchmarks/workers/ours.py --task=matmul --matmul_n=2048 --steps=10     # this host's float32 GFLOP/s
+
+pretrain: `electra_jax.train.pretrain_lib.build_setup` on configs/pretrain.py (the step the pretraining binary runs:
+masking, generator, Gumbel sampling, discriminator, gen + 50 * disc, AdamW without bias correction, clipping), one CPU
+device. finetune: `finetune_lib.Steps` on configs/glue.py with the HF head (ElectraForSequenceClassification), its
+train step and its predict function. Reports step times, compile time, XLA's memory analysis of the compiled step
+and the process's peak RSS. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+SPECIAL_IDS = {"pad": common.PAD_ID, "unk": common.UNK_ID, "cls": common.CLS_ID, "sep": common.SEP_ID,
+               "mask": common.MASK_ID}
+
+
+def _bool(text: str) -> bool:
+  if text.lower() in ("1", "true", "yes"):
+    return True
+  if text.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def memory_analysis(compiled) -> dict[str, float] | None:
+  """XLA's buffer sizes of a compiled executable (MiB) and their peak estimate (arguments + outputs - aliased + temps)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  mib = lambda b: float(b) / 2**20  # noqa: E731
+  out = {"argument_mib": mib(m.argument_size_in_bytes), "output_mib": mib(m.output_size_in_bytes),
+         "alias_mib": mib(m.alias_size_in_bytes), "temp_mib": mib(m.temp_size_in_bytes),
+         "generated_code_mib": mib(m.generated_code_size_in_bytes)}
+  out["peak_mib"] = out["argument_mib"] + out["output_mib"] - out["alias_mib"] + out["temp_mib"]
+  return out
+
+
+def pretrain_config(args):
+  from configs import pretrain as pretrain_config_module  # pylint: disable=import-outside-toplevel
+  dims = common.model_dims(args.size, args.layers)
+  c = pretrain_config_module.get_config(f"size={'small' if args.size == 'tiny' else args.size}")
+  c.batch_size = args.batch_size
+  c.max_seq_length = args.seq_len
+  c.dtype = args.dtype
+  c.scan_layers = args.scan
+  c.remat_policy = args.remat
+  c.model.embedding_size = dims["embedding_size"]
+  c.model.hidden_size = dims["disc"]["hidden_size"]
+  c.model.num_attention_heads = dims["disc"]["num_attention_heads"]
+  c.model.intermediate_size = dims["disc"]["intermediate_size"]
+  c.model.num_hidden_layers = dims["disc"]["num_hidden_layers"]
+  c.mask_prob = dims["mask_prob"]
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  return c
+
+
+def pretrain(args) -> dict:
+  from electra_jax.train import flops, pretrain_lib  # pylint: disable=import-outside-toplevel
+  config = pretrain_config(args)
+  mesh = pretrain_lib.build_mesh(config, jax.devices()[:1])
+  setup = pretrain_lib.build_setup(config, mesh, vocab_size=30522, ids=SPECIAL_IDS)
+  host = common.load_batch(args.batch) if args.batch else common.make_batch(args.batch_size, args.seq_len)
+  batch = {k: jax.device_put(jnp.asarray(host[k]), setup.batch_sharding)
+           for k in ("input_ids", "input_mask", "segment_ids")}
+  state = pretrain_lib.init_state(setup)
+  key = jax.random.key(0)
+  with jax.set_mesh(setup.mesh):
+    from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+    with sharding.use_rules(setup.rules):
+      t0 = time.perf_counter()
+      lowered = setup.train_step.lower(state, batch, key)
+      lower_s = time.perf_counter() - t0
+      compiled = lowered.compile()
+      compile_s = time.perf_counter() - t0
+  result = {"impl": "ours", "task": "pretrain", "dtype": args.dtype, "scan": args.scan, "remat": args.remat,
+            "layers": setup.disc_config.num_hidden_layers, "lower_s": lower_s, "compile_s": compile_s,
+            "xla_memory": memory_analysis(compiled),
+            "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"]))),
+            "flops_per_step": flops.train_flops_per_step(
+                setup.disc_config, setup.gen_config, batch_size=args.batch_size, seq_len=args.seq_len,
+                num_predictions=setup.step_config.max_predictions)}
+  if args.dump_hlo:
+    with open(args.dump_hlo, "w", encoding="utf-8") as f:
+      f.write(compiled.as_text())
+  if args.compile_only:
+    return result
+  losses = []
+  holder = {"state": state, "step": 0}
+
+  def step():
+    holder["state"], out = compiled(holder["state"], batch, jax.random.fold_in(key, holder["step"]))
+    holder["step"] += 1
+    losses.append(float(out["loss"]))   # blocks until the step is done
+
+  times = common.time_steps(step, args.warmup, args.steps)
+  result.update(loss_first=losses[0], loss_last=losses[-1], **common.summarize(times), times=times)
+  return result
+
+
+def finetune(args) -> dict:
+  from configs import glue as glue_config  # pylint: disable=import-outside-toplevel
+  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  dims = common.model_dims(args.size, args.layers)
+  config = glue_config.get_config(f"task=mrpc,size={'small' if args.size == 'tiny' else args.size},head=hf")
+  for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
+    config.model[k] = dims["disc"][k]
+  config.model.embedding_size = dims["embedding_size"]
+  config.model.dtype = args.dtype
+  config.model.scan_layers = args.scan
+  config.model.remat_policy = args.remat
+  config.batch_size = args.batch_size
+  config.max_seq_length = args.seq_len
+  adapter = finetune_lib.GlueAdapter(config, None)
+  spec, _, _ = finetune_lib.model_spec(config, adapter)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  rules = sharding.rules_from_config(config.get("sharding_rules"))
+  steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=1000)
+  params = steps.init_params(0)
+  opt_state = steps.init_opt_state(params)
+  host = common.load_batch(args.batch) if args.batch else common.make_classification_batch(args.batch_size,
+                                                                                             args.seq_len)
+  batch = finetune_lib.put_batch({"input_ids": host["input_ids"], "attention_mask": host["input_mask"],
+                                  "token_type_ids": host["segment_ids"], "labels": host["labels"]}, mesh, rules)
+  inputs = {k: batch[k] for k in finetune_lib.INPUT_KEYS}
+  key = jax.random.key(0)
+  losses = []
+  holder = {"params": params, "opt": opt_state, "step": 0}
+
+  def train_step():
+    holder["params"], holder["opt"], stats = steps.train_step(holder["params"], holder["opt"], batch,
+                                                              jnp.int32(holder["step"]), key)
+    holder["step"] += 1
+    losses.append(float(stats["loss"]))
+
+  def infer_step():
+    jnp.argmax(steps.predict(holder["params"], inputs)["logits"], -1).block_until_ready()
+
+  train_times = common.time_steps(train_step, args.warmup, args.steps)
+  infer_times = common.time_steps(infer_step, args.warmup, args.steps)
+  return {"impl": "ours", "task": "finetune", "dtype": args.dtype, "scan": args.scan,
+          "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+          "loss_first": losses[0], "loss_last": losses[-1],
+          "train": {**common.summarize(train_times), "times": train_times},
+          "infer": {**common.summarize(infer_times), "times": infer_times}}
+
+
+def matmul(args) -> dict:
+  """float32 jnp.dot of two n x n matrices: median GFLOP/s over `steps` products after `warmup` (this host's limit)."""
+  n = args.matmul_n
+  dtype = jnp.dtype(args.dtype)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  dot = jax.jit(jnp.dot)
+  times = common.time_steps(lambda: dot(a, b).block_until_ready(), args.warmup, args.steps)
+  s = common.summarize(times)
+  return {"impl": "matmul", "task": "matmul", "n": n, "dtype": args.dtype, **s,
+          "gflops_median": 2.0 * n**3 / s["median_s"] / 1e9, "gflops_best": 2.0 * n**3 / s["min_s"] / 1e9}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--task", choices=("pretrain", "finetune", "matmul"), required=True)
+  p.add_argument("--batch", default="", help=".npz from benchmarks/common.save_batch ('' = make one)")
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--seq_len", type=int, default=128)
+  p.add_argument("--size", default="small", choices=sorted(common.SIZES))
+  p.add_argument("--layers", type=int, default=None)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--scan", type=_bool, default=False)
+  p.add_argument("--remat", default="none")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--compile_only", action="store_true")
+  p.add_argument("--matmul_n", type=int, default=2048)
+  p.add_argument("--dump_hlo", default="", help="write the compiled step's optimized HLO to this file")
+  args = p.parse_args(argv)
+  start = time.perf_counter()
+  result = {"pretrain": pretrain, "finetune": finetune, "matmul": matmul}[args.task](args)
+  result.update(jax_version=jax.__version__, backend=jax.default_backend(), device_count=jax.device_count(),
+                wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
+  common.emit(result)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,158 @@
+"""The Hugging Face PyTorch peer: ELECTRA pretraining or fine-tuning steps with transformers' own classes.
+
+    python benchmarks/workers/torch_peer.py --task=pretrain --batch=/tmp/b.npz --size=small --steps=10 --warmup=3
+    python benchmarks/workers/torch_peer.py --task=finetune --batch=/tmp/c.npz --size=small --steps=10
+
+pretrain: generator ElectraForMaskedLM + discriminator ElectraForPreTraining. As in the original ELECTRA the generator
+uses the discriminator's embedding module (word, position and token-type tables and the embedding LayerNorm; the
+generator's LM head stays tied to that word table); the generator keeps its own embeddings_project. Each step: the
+original's masking (up to max_predictions positions, 85% [MASK] / 15% kept), generator forward (HF's ElectraForMaskedLM
+computes vocabulary logits at every position, its own behaviour), MLM loss at the masked positions, Gumbel-max sampling
+without gradient, discriminator forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm clip 1.0,
+torch.optim.AdamW (lr 5e-4, eps 1e-6, weight decay 0.01). Dropout on (train mode).
+
+finetune: ElectraForSequenceClassification, cross-entropy, backward, clip, AdamW; and inference (eval mode,
+torch.inference_mode) of the same batch. torch threads = the machine's cores. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+import torch  # noqa: E402  pylint: disable=wrong-import-position
+import transformers  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def hf_configs(size: str, layers: int | None):
+  d = common.model_dims(size, layers)
+  shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512)
+  disc = transformers.ElectraConfig(**shared, **d["disc"])
+  gen = transformers.ElectraConfig(**shared, **d["gen"])
+  return disc, gen, d["mask_prob"]
+
+
+def mask_inputs(input_ids, input_mask, max_pred: int, mask_prob: float, gen: torch.Generator):
+  """The original ELECTRA masking: positions [B, P], their weights, original ids, and the masked input."""
+  b, length = input_ids.shape
+  special = ((input_ids == common.CLS_ID) | (input_ids == common.SEP_ID) | (input_ids == common.MASK_ID)
+             | (input_ids == common.PAD_ID))
+  candidate = input_mask.bool() & ~special
+  num = torch.clamp(torch.round(input_mask.sum(1).float() * mask_prob), max=max_pred).long()
+  scores = torch.rand(b, length, generator=gen).masked_fill(~candidate, -1.0)
+  positions = scores.topk(max_pred, dim=1).indices
+  weights = (torch.arange(max_pred)[None, :] < num[:, None]) & candidate.gather(1, positions)
+  originals = input_ids.gather(1, positions)
+  use_mask = torch.rand(b, max_pred, generator=gen) < 0.85
+  masked = input_ids.scatter(1, positions, torch.where(weights & use_mask, common.MASK_ID, originals))
+  return positions, weights, originals, masked
+
+
+def pretrain(args) -> dict:
+  batch = {k: torch.from_numpy(v).long() for k, v in common.load_batch(args.batch).items()}
+  disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers)
+  torch.manual_seed(0)
+  disc = transformers.ElectraForPreTraining(disc_cfg)
+  gen = transformers.ElectraForMaskedLM(gen_cfg)
+  gen.electra.embeddings = disc.electra.embeddings                        # share the embedding module (original)
+  gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight   # LM head tied to the shared table
+  disc.train()
+  gen.train()
+  params = {id(p): p for p in list(disc.parameters()) + list(gen.parameters())}
+  params = list(params.values())
+  n_params = sum(p.numel() for p in params)
+  opt = torch.optim.AdamW(params, lr=5e-4, eps=1e-6, weight_decay=0.01)
+  ids, mask, types = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+  max_pred = common.max_predictions(ids.shape[1], mask_prob)
+  rng = torch.Generator().manual_seed(0)
+  losses = []
+
+  def step():
+    positions, weights, originals, masked = mask_inputs(ids, mask, max_pred, mask_prob, rng)
+    logits = gen(input_ids=masked, attention_mask=mask, token_type_ids=types).logits          # [B, L, V]
+    logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))          # [B, P, V]
+    w = weights.float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), originals, reduction="none")
+    gen_loss = (nll * w).sum() / w.sum().clamp(min=1.0)
+    with torch.no_grad():
+      u = torch.rand(logits.shape, generator=rng).clamp(1e-9, 1.0)
+      sampled = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+      corrupted = ids.scatter(1, positions, torch.where(weights, sampled, originals))
+      labels = ((corrupted != ids) & mask.bool()).float()
+    d_logits = disc(input_ids=corrupted, attention_mask=mask, token_type_ids=types).logits     # [B, L]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, labels, reduction="none")
+    disc_loss = (bce * mask).sum() / mask.sum()
+    loss = gen_loss + 50.0 * disc_loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    losses.append(float(loss.detach()))
+
+  times = common.time_steps(step, args.warmup, args.steps)
+  return {"impl": "hf_torch", "task": "pretrain", "n_params": n_params, "loss_first": losses[0],
+          "loss_last": losses[-1], **common.summarize(times), "times": times}
+
+
+def finetune(args) -> dict:
+  batch = {k: torch.from_numpy(v).long() for k, v in common.load_batch(args.batch).items()}
+  disc_cfg, _, _ = hf_configs(args.size, args.layers)
+  disc_cfg.num_labels = 2
+  torch.manual_seed(0)
+  model = transformers.ElectraForSequenceClassification(disc_cfg)
+  params = list(model.parameters())
+  opt = torch.optim.AdamW(params, lr=1e-4, eps=1e-6, weight_decay=0.01)
+  kw = dict(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
+  labels = batch["labels"]
+  losses = []
+
+  def train_step():
+    model.train()
+    loss = model(**kw, labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    losses.append(float(loss.detach()))
+
+  def infer_step():
+    with torch.inference_mode():
+      model(**kw).logits.argmax(-1)
+
+  train_times = common.time_steps(train_step, args.warmup, args.steps)
+  model.eval()
+  infer_times = common.time_steps(infer_step, args.warmup, args.steps)
+  return {"impl": "hf_torch", "task": "finetune", "n_params": sum(p.numel() for p in params),
+          "loss_first": losses[0], "loss_last": losses[-1],
+          "train": {**common.summarize(train_times), "times": train_times},
+          "infer": {**common.summarize(infer_times), "times": infer_times}}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--task", choices=("pretrain", "finetune"), required=True)
+  p.add_argument("--batch", required=True, help=".npz written by benchmarks/common.save_batch")
+  p.add_argument("--size", default="small", choices=sorted(common.SIZES))
+  p.add_argument("--layers", type=int, default=None)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
+  args = p.parse_args(argv)
+  threads = args.threads or common.cpu_threads()
+  torch.set_num_threads(threads)
+  start = time.perf_counter()
+  result = pretrain(args) if args.task == "pretrain" else finetune(args)
+  result.update(torch_version=torch.__version__, transformers_version=transformers.__version__, threads=threads,
+                attn_implementation=getattr(transformers.ElectraConfig(), "_attn_implementation", None),
+                wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
+  common.emit(result)
+
+
+if __name__ == "__main__":
+  main()
