@@ -41,6 +41,7 @@ from typing import Any
 _TOPOLOGY_ARG = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--topology=")), "")
 if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: no TPU is opened, other users may run
   if _TOPOLOGY_ARG.startswith("cpu:"):
     os.environ["XLA_FLAGS"] = " ".join(
         [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]

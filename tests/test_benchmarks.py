@@ -1,0 +1,102 @@
+"""benchmarks/: the commands run end to end at tiny sizes (--peers=none), and the peers' pieces behave as specified.
+
+Speed is not asserted here (the machine is shared): only that the commands run and report what they promise.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _run(script, *args, timeout=600):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args], cwd=REPO,
+                        env=common.worker_env(), capture_output=True, text=True, timeout=timeout, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_batch_layout_and_sizes():
+  b = common.make_batch(4, 32)
+  ids = b["input_ids"]
+  assert ids.shape == (4, 32) and ids.dtype == np.int32
+  assert (ids[:, 0] == common.CLS_ID).all() and (ids[:, -1] == common.SEP_ID).all()
+  assert ((ids == common.SEP_ID).sum(1) >= 2).all() and b["input_mask"].all()
+  # segment A = [CLS] a [SEP], then B [SEP]
+  first_sep = np.argmax(ids == common.SEP_ID, axis=1)
+  assert (b["segment_ids"][np.arange(4), first_sep] == 0).all() and (b["segment_ids"][:, -1] == 1).all()
+  assert common.max_predictions(128, 0.15) == 19 and common.max_predictions(512, 0.25) == 130
+  small = common.model_dims("small")
+  assert small["gen"]["hidden_size"] == 64 and small["gen"]["num_attention_heads"] == 1
+  assert common.model_dims("base")["gen"]["hidden_size"] == 256
+  with pytest.raises(ValueError, match="unknown size"):
+    common.model_dims("huge")
+
+
+def test_table_and_json_helpers():
+  text = common.format_table([{"a": "x", "b": 1234.5}, {"a": "yy", "b": None}], ["a", "b"])
+  assert "1,234" in text and "-" in text.splitlines()[-1]
+  assert common.parse_json_line("log\n{\"k\": 1}\n") == {"k": 1}
+  assert common.parse_json_line("no json") is None
+  with pytest.raises(common.WorkerError, match="failed"):
+    common.run_worker([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"], name="w")
+
+
+def test_torch_peer_masking_follows_the_original():
+  torch = pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(REPO, "benchmarks", "workers"))
+  import torch_peer  # pylint: disable=import-outside-toplevel
+  b = common.make_batch(64, 128)
+  ids = torch.from_numpy(b["input_ids"]).long()
+  mask = torch.from_numpy(b["input_mask"]).long()
+  gen = torch.Generator().manual_seed(0)
+  positions, weights, originals, masked = torch_peer.mask_inputs(ids, mask, 19, 0.15, gen)
+  assert positions.shape == (64, 19) and weights.all()          # round(128 * 0.15) = 19 = max_predictions
+  special = (originals == common.CLS_ID) | (originals == common.SEP_ID)
+  assert not special.any()                                      # never [CLS] / [SEP]
+  assert all(len(set(row.tolist())) == 19 for row in positions)  # distinct positions
+  at = masked.gather(1, positions)
+  frac = (at == common.MASK_ID).float().mean().item()
+  assert 0.78 < frac < 0.92                                     # 85% [MASK], the rest kept (no random tokens)
+  assert ((at == common.MASK_ID) | (at == originals)).all()
+  untouched = torch.ones_like(ids, dtype=torch.bool).scatter(1, positions, False)
+  assert (masked[untouched] == ids[untouched]).all()
+
+
+@pytest.mark.slow
+def test_pretrain_benchmark_runs_ours_only():
+  out, fig = _run("pretrain.py", "--peers=none", "--size=tiny", "--batch_size=4", "--seq_len=32", "--steps=2",
+                  "--warmup=1", "--matmul_n=256")
+  assert "ours (electra_jax)" in out and "MFU" in out
+  assert fig["benchmark"] == "pretrain" and fig["layers"] == 2 and fig["batch_size"] == 4
+  assert fig["ours"]["tokens_per_s"] == pytest.approx(4 * 32 / fig["ours"]["median_s"])
+  assert fig["matmul_gflops"] > 0 and 0 < fig["mfu_vs_matmul"]
+  assert np.isfinite(fig["ours"]["loss_first"]) and fig["flops_per_step"] > 0
+  assert fig["ours"]["peak_rss_mib"] > 0 and fig["ours"]["xla_peak_mib"] > 0
+  assert not any(k.startswith("speedup_vs_") for k in fig)
+
+
+@pytest.mark.slow
+def test_finetune_benchmark_runs_ours_and_torch():
+  pytest.importorskip("torch")
+  out, fig = _run("finetune.py", "--peers=torch", "--size=tiny", "--batch_size=4", "--seq_len=32", "--steps=2",
+                  "--warmup=1")
+  assert "HF PyTorch" in out
+  for impl in ("ours", "torch"):
+    assert fig[impl]["train_seqs_per_s"] > 0 and fig[impl]["infer_seqs_per_s"] > 0
+    assert np.isfinite(fig[impl]["loss_first"])
+  assert fig["train_speedup_vs_torch"] == pytest.approx(fig["torch"]["train_median_s"] / fig["ours"]["train_median_s"])
+
+
+def test_bad_peer_is_refused():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain.py"), "--peers=jax"], cwd=REPO,
+                        env=common.worker_env(), capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0 and "unknown peer" in proc.stderr
