@@ -51,6 +51,7 @@ def test_binaries_exit_1_with_a_message_on_bad_input(tmp_path):
   assert f"error: checkpoint {tmp_path / 'missing'} does not exist" in proc.stderr
   (tmp_path / "hf").mkdir()
   (tmp_path / "hf" / "config.json").write_text("{}")
+  (tmp_path / "hf" / "model.safetensors").write_bytes(b"")   # an HF folder = config.json + weights
   proc = _run("electra_jax.eval.evaluate", "--config=configs/glue.py:task=rte,runlocal",
               f"--checkpoint={tmp_path / 'hf'}", f"--workdir={tmp_path / 'out'}")
   assert proc.returncode == 1
