@@ -125,6 +125,7 @@ def figures(results: dict, peers: list[str]) -> dict:
       "load_before": results["load_before"], "load_after": results["load_after"],
       "matmul_gflops": matmul_gflops, "matmul_gflops_before_after": matmul,
       "flops_per_step": ours["flops_per_step"],
+      "flops_per_step_head_everywhere": ours.get("flops_per_step_head_everywhere"),
       "ours": {"median_s": ours["median_s"], "tokens_per_s": tokens / ours["median_s"],
                "compile_s": ours["compile_s"], "peak_rss_mib": ours["peak_rss_mib"],
                "xla_peak_mib": (ours.get("xla_memory") or {}).get("peak_mib"), "loss_first": ours["loss_first"],
@@ -138,6 +139,9 @@ def figures(results: dict, peers: list[str]) -> dict:
     out[peer] = {"median_s": r["median_s"], "tokens_per_s": tokens / r["median_s"], "peak_rss_mib": r["peak_rss_mib"],
                  "loss_first": r["loss_first"], "loss_last": r["loss_last"],
                  "version": r.get("transformers_version"), "compile_s": r.get("compile_s")}
+    if ours.get("flops_per_step_head_everywhere"):
+      peer_gflops = ours["flops_per_step_head_everywhere"] / r["median_s"] / 1e9
+      out[peer].update(model_gflops_per_s=peer_gflops, mfu_vs_matmul=peer_gflops / matmul_gflops)
     out[f"speedup_vs_{peer}"] = r["median_s"] / ours["median_s"]
     out[f"memory_ratio_vs_{peer}"] = ours["peak_rss_mib"] / r["peak_rss_mib"]
   return out
@@ -161,6 +165,11 @@ def print_report(fig: dict, peers: list[str]) -> None:
                                    "loss first->last"]))
   print(f"host float32 matmul ({FLAGS.matmul_n}^3, median): {fig['matmul_gflops']:.1f} GFLOP/s "
         f"(before {fig['matmul_gflops_before_after'][0]:.1f}, after {fig['matmul_gflops_before_after'][1]:.1f})")
+  for peer in peers:
+    if "mfu_vs_matmul" in fig[peer]:
+      print(f"{names[peer]}: computes the generator's vocabulary head at all {fig['seq_len']} positions (HF's class): "
+            f"{fig['flops_per_step_head_everywhere'] / 1e9:.1f} GFLOP per step -> {fig[peer]['model_gflops_per_s']:.1f} "
+            f"GFLOP/s = {100 * fig[peer]['mfu_vs_matmul']:.1f}% of the matmul rate")
   print(f"our step: {fig['flops_per_step'] / 1e9:.1f} model GFLOP (analytical) -> "
         f"{fig['ours']['model_gflops_per_s']:.1f} GFLOP/s = MFU {100 * fig['mfu_vs_matmul']:.1f}% of the matmul rate; "
         f"XLA peak buffer estimate {fig['ours']['xla_peak_mib'] or 0:.0f} MiB")

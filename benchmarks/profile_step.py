@@ -11,6 +11,11 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   no_dropout  hidden and attention dropout 0 (an upper bound of what dropout and its random bits cost)
   bf16        compute dtype bfloat16 (parameters float32)
   scan        jax.lax.scan over the layers
+  gelu_erf    exact GELU written as 0.5 x (1 + erf(x / sqrt 2)) instead of jax.nn.gelu(approximate=False), which
+              XLA lowers through erfc (exp and selects); the same function (candidate fix, patched in for the run)
+  dropout_bits16  dropout masks from 16 random bits per element (jax.random.bits uint16 >= round(rate * 2^16): keep
+              probability 0.899994 for rate 0.1) instead of a float32 uniform from 32 bits (candidate fix)
+  fixes       gelu_erf and dropout_bits16 together
   parts       generator fwd+bwd, discriminator fwd+bwd, the optimizer update, each jitted alone
 All variants are compiled first; then rounds of one step of each, in turn, so that the load of a shared machine hits
 them alike. Reported: median and min seconds per step and the ratio to base. HLO facts of the base step: op counts
@@ -36,7 +41,7 @@ from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "parts")
+VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_bits16", "fixes", "parts")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size.")
@@ -56,6 +61,49 @@ CATEGORIES = (
     ("layout copies / transposes", ("/transpose", "copy")),
     ("optimizer update", ("adam", "optax", "apply_updates", "global_norm", "clip", "sqrt")),
 )
+
+
+def _gelu_erf(x):
+  import jax  # pylint: disable=import-outside-toplevel
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
+def _dropout_bits16(x, rate, rng):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bits(rng, x.shape, jnp.uint16) >= jnp.uint16(round(rate * 65536))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class patched:  # pylint: disable=invalid-name
+  """Context: the modeling functions replaced by the candidate fixes while a step variant is built and traced."""
+
+  def __init__(self, gelu_erf: bool = False, dropout_bits16: bool = False):
+    self.gelu_erf, self.dropout_bits16 = gelu_erf, dropout_bits16
+    self.saved = []
+
+  def __enter__(self):
+    from electra_jax.modeling import layers, models  # pylint: disable=import-outside-toplevel
+    if self.gelu_erf:
+      original = layers.activation
+
+      def activation(name):
+        return _gelu_erf if name == "gelu" else original(name)
+
+      for mod in (layers, models):
+        self.saved.append((mod, "activation", getattr(mod, "activation")))
+        mod.activation = activation
+    if self.dropout_bits16:
+      for mod in (layers, models):
+        self.saved.append((mod, "dropout", getattr(mod, "dropout")))
+        mod.dropout = _dropout_bits16
+    return self
+
+  def __exit__(self, *exc):
+    for mod, name, value in reversed(self.saved):
+      setattr(mod, name, value)
 
 
 def _setup(size, batch_size, seq_len, *, dtype="float32", scan=False, dropout=True):
@@ -146,6 +194,7 @@ def main(argv) -> None:
   runners: dict[str, object] = {}
   compile_s: dict[str, float] = {}
   facts = {}
+  fix_text: dict[str, str] = {}
 
   def add_step(name, setup, impl="threefry2x32"):
     state = pretrain_lib.init_state(setup)
@@ -180,6 +229,10 @@ def main(argv) -> None:
       add_step(v, _setup(**base_dims, dtype="bfloat16"))
     elif v == "scan":
       add_step(v, _setup(**base_dims, scan=True))
+    elif v in ("gelu_erf", "dropout_bits16", "fixes"):
+      with patched(gelu_erf=v in ("gelu_erf", "fixes"), dropout_bits16=v in ("dropout_bits16", "fixes")):
+        compiled = add_step(v, _setup(**base_dims))
+        fix_text[v] = compiled.as_text()
     elif v == "parts":
       setup = _setup(**base_dims)
       state = pretrain_lib.init_state(setup)
@@ -215,13 +268,20 @@ def main(argv) -> None:
       upd = jax.jit(opt_update).lower(params, state["opt_state"]).compile()
       runners["optimizer_update"] = lambda: jax.block_until_ready(upd(params, state["opt_state"]))
 
-  breakdown = {}
+  breakdown, breakdown_fixes = {}, {}
   if FLAGS.trace_dir and "base" in runners:
     runners["base"]()
     with jax.profiler.trace(FLAGS.trace_dir, create_perfetto_trace=True):
       for _ in range(2):
         runners["base"]()
     breakdown = trace_breakdown(FLAGS.trace_dir, text, 2)
+    if "fixes" in runners:
+      fixes_dir = os.path.join(FLAGS.trace_dir, "fixes")
+      runners["fixes"]()
+      with jax.profiler.trace(fixes_dir, create_perfetto_trace=True):
+        for _ in range(2):
+          runners["fixes"]()
+      breakdown_fixes = trace_breakdown(fixes_dir, fix_text["fixes"], 2)
   times: dict[str, list[float]] = {name: [] for name in runners}
   for r in range(FLAGS.rounds + 1):
     for name, run in runners.items():
@@ -247,11 +307,13 @@ def main(argv) -> None:
     total = sum(breakdown.values())
     print(f"\nbase step, XLA op time by category (profiler trace, {total:.0f} ms of op time per step; ops of the two "
           "threads add up):")
-    print(common.format_table([{"category": k, "ms_per_step": v, "share": v / total}
-                               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])],
-                              ["category", "ms_per_step", "share"]))
+    rows_b = [{"category": k, "ms_per_step": v, "share": v / total, "with fixes": breakdown_fixes.get(k)}
+              for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])]
+    cols = ["category", "ms_per_step", "share"] + (["with fixes"] if breakdown_fixes else [])
+    print(common.format_table(rows_b, cols))
   print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
                     "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts, "op_time_ms_per_step": breakdown,
+                    "op_time_ms_per_step_with_fixes": breakdown_fixes,
                     "load": list(os.getloadavg())}, sort_keys=True))
 
 

@@ -72,6 +72,9 @@ def pretrain_config(args):
   c.model.num_hidden_layers = dims["disc"]["num_hidden_layers"]
   c.mask_prob = dims["mask_prob"]
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  # No warmup, so that the loss moves as the peers' (constant-rate AdamW) does in a few steps; the step computes the
+  # same thing at any learning rate.
+  c.optimizer.warmup_steps = 0
   return c
 
 
@@ -99,7 +102,11 @@ def pretrain(args) -> dict:
             "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"]))),
             "flops_per_step": flops.train_flops_per_step(
                 setup.disc_config, setup.gen_config, batch_size=args.batch_size, seq_len=args.seq_len,
-                num_predictions=setup.step_config.max_predictions)}
+                num_predictions=setup.step_config.max_predictions),
+            # What the HF peers compute: their ElectraForMaskedLM runs the vocabulary head at every position.
+            "flops_per_step_head_everywhere": flops.train_flops_per_step(
+                setup.disc_config, setup.gen_config, batch_size=args.batch_size, seq_len=args.seq_len,
+                num_predictions=args.seq_len)}
   if args.dump_hlo:
     with open(args.dump_hlo, "w", encoding="utf-8") as f:
       f.write(compiled.as_text())

@@ -97,6 +97,7 @@ def pretrain(args) -> dict:
 
   times = common.time_steps(step, args.warmup, args.steps)
   return {"impl": "hf_torch", "task": "pretrain", "n_params": n_params, "loss_first": losses[0],
+          "attn_implementation": getattr(disc.config, "_attn_implementation", None),
           "loss_last": losses[-1], **common.summarize(times), "times": times}
 
 
@@ -129,6 +130,7 @@ def finetune(args) -> dict:
   model.eval()
   infer_times = common.time_steps(infer_step, args.warmup, args.steps)
   return {"impl": "hf_torch", "task": "finetune", "n_params": sum(p.numel() for p in params),
+          "attn_implementation": getattr(model.config, "_attn_implementation", None),
           "loss_first": losses[0], "loss_last": losses[-1],
           "train": {**common.summarize(train_times), "times": train_times},
           "infer": {**common.summarize(infer_times), "times": infer_times}}
@@ -149,7 +151,6 @@ def main(argv=None) -> None:
   start = time.perf_counter()
   result = pretrain(args) if args.task == "pretrain" else finetune(args)
   result.update(torch_version=torch.__version__, transformers_version=transformers.__version__, threads=threads,
-                attn_implementation=getattr(transformers.ElectraConfig(), "_attn_implementation", None),
                 wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
   common.emit(result)
 
