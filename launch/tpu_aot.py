@@ -21,8 +21,7 @@ lowers it with abstract inputs (nothing is allocated) and compiles it with libtp
     so with scan_layers its total is a fraction of the real one; it feeds no estimate.
 Topologies: `<v4|v5e|v5p|v6e>:<AxB[xC]>` as libtpu names them (v4 and v5p in megacore mode: one device per chip), or
 `cpu:N` (N simulated CPU devices: memory and FLOPs per device; no HBM check unless --hbm_gib is given).
-Ends with one JSON line of the figures. (launch/aot_compile.py is a shorter tool of the same kind, without the HBM
-check and the time-to-train estimate.)
+Ends with one JSON line of the figures.
 """
 
 from __future__ import annotations
