@@ -16,6 +16,9 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   dropout_bits16  dropout masks from 16 random bits per element (jax.random.bits uint16 >= round(rate * 2^16): keep
               probability 0.899994 for rate 0.1) instead of a float32 uniform from 32 bits (candidate fix)
   fixes       gelu_erf and dropout_bits16 together
+  attn_heads_major  attention computed in [B, heads, L, head_dim] order: q/k/v projected straight into it with
+              einsum('blh,hnd->bnld') on the reshaped kernels, the output projection contracting (heads, head_dim)
+              directly; the same arithmetic without the [B, L, N, D] <-> [B, N, L, D] transposes (candidate fix)
   parts       generator fwd+bwd, discriminator fwd+bwd, the optimizer update, each jitted alone
 All variants are compiled first; then rounds of one step of each, in turn, so that the load of a shared machine hits
 them alike. Reported: median and min seconds per step and the ratio to base. HLO facts of the base step: op counts
@@ -41,7 +44,8 @@ from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_bits16", "fixes", "parts")
+VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_bits16", "fixes",
+            "attn_heads_major", "parts")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size.")
@@ -77,11 +81,43 @@ def _dropout_bits16(x, rate, rng):
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _layer_heads_major(self, x, mask, rng=None):
+  """ElectraLayer.__call__ with attention in [B, N, L, D] order (see the attn_heads_major variant)."""
+  import math  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.modeling import layers  # pylint: disable=import-outside-toplevel
+  r_att, r_out1, r_out2 = layers.split_rng(rng, 3)
+  n, d, dt = self.num_heads, self.head_dim, self.dtype
+  xc = x.astype(dt)
+
+  def project(dense):
+    w = dense.kernel[...].astype(dt).reshape(-1, n, d)
+    return jnp.einsum("blh,hnd->bnld", xc, w) + dense.bias[...].astype(dt).reshape(n, 1, d)
+
+  q, k, v = project(self.query), project(self.key), project(self.value)
+  if r_att is None or self.attention_rate == 0.0:
+    ctx = jax.nn.dot_product_attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                                       mask=mask).transpose(0, 2, 1, 3)
+  else:
+    scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = layers.dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, r_att).astype(dt)
+    ctx = jnp.einsum("bnqk,bnkd->bnqd", probs, v)
+  wo = self.attention_output.kernel[...].astype(dt).reshape(n, d, -1)
+  a = jnp.einsum("bnld,ndh->blh", ctx, wo) + self.attention_output.bias[...].astype(dt)
+  x = self.attention_norm(layers.dropout(a, self.hidden_rate, r_out1) + x)
+  f = self.output(self.act(self.intermediate(x)))
+  x = self.output_norm(layers.dropout(f, self.hidden_rate, r_out2) + x)
+  return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
 class patched:  # pylint: disable=invalid-name
   """Context: the modeling functions replaced by the candidate fixes while a step variant is built and traced."""
 
-  def __init__(self, gelu_erf: bool = False, dropout_bits16: bool = False):
-    self.gelu_erf, self.dropout_bits16 = gelu_erf, dropout_bits16
+  def __init__(self, gelu_erf: bool = False, dropout_bits16: bool = False, attn_heads_major: bool = False):
+    self.gelu_erf, self.dropout_bits16, self.attn_heads_major = gelu_erf, dropout_bits16, attn_heads_major
     self.saved = []
 
   def __enter__(self):
@@ -95,6 +131,9 @@ class patched:  # pylint: disable=invalid-name
       for mod in (layers, models):
         self.saved.append((mod, "activation", getattr(mod, "activation")))
         mod.activation = activation
+    if self.attn_heads_major:
+      self.saved.append((layers.ElectraLayer, "__call__", layers.ElectraLayer.__call__))
+      layers.ElectraLayer.__call__ = _layer_heads_major
     if self.dropout_bits16:
       for mod in (layers, models):
         self.saved.append((mod, "dropout", getattr(mod, "dropout")))
@@ -229,8 +268,9 @@ def main(argv) -> None:
       add_step(v, _setup(**base_dims, dtype="bfloat16"))
     elif v == "scan":
       add_step(v, _setup(**base_dims, scan=True))
-    elif v in ("gelu_erf", "dropout_bits16", "fixes"):
-      with patched(gelu_erf=v in ("gelu_erf", "fixes"), dropout_bits16=v in ("dropout_bits16", "fixes")):
+    elif v in ("gelu_erf", "dropout_bits16", "fixes", "attn_heads_major"):
+      with patched(gelu_erf=v in ("gelu_erf", "fixes"), dropout_bits16=v in ("dropout_bits16", "fixes"),
+                   attn_heads_major=v == "attn_heads_major"):
         compiled = add_step(v, _setup(**base_dims))
         fix_text[v] = compiled.as_text()
     elif v == "parts":
