@@ -201,6 +201,6 @@ def describe(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) ->
     name = "/".join(str(getattr(k, "key", k)) for k in path)
     shape = var.get_value().shape
     total += int(np.prod(shape))
-    lines.append(f"{name:70s} {str(tuple(shape)):22s} {sh.value.spec}")
+    lines.append(f"{name:70s} {str(tuple(shape)):22s} {sh.get_value().spec}")
   lines.append(f"total parameters: {total:,}")
   return "\n".join(lines)

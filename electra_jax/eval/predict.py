@@ -114,6 +114,15 @@ def _encode(tok, lines: list[str], max_length: int, pairs: bool) -> list[Any]:
   return encodings
 
 
+def _batched_logits(model, encodings, batch_size: int):
+  """Yields (encodings, float64 logits) batch by batch, through one jitted forward."""
+  forward = _forward_fn(model)
+  for start in range(0, len(encodings), batch_size):
+    chunk = encodings[start:start + batch_size]
+    ids, types, mask = (_pad([getattr(e, a) for e in chunk]) for a in ("ids", "type_ids", "attention_mask"))
+    yield chunk, np.asarray(forward(ids, mask, types).logits, np.float64)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
   e = np.exp(x - x.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
@@ -122,15 +131,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ tasks
 def classify(model, tok, lines: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
   config = model.config
-  max_length = config.max_position_embeddings
-  encodings = _encode(tok, lines, max_length, pairs=True)
-  forward = _forward_fn(model)
+  encodings = _encode(tok, lines, config.max_position_embeddings, pairs=True)
   labels = config.labels
   out = []
-  for start in range(0, len(encodings), batch_size):
-    chunk = encodings[start:start + batch_size]
-    ids, types, mask = (_pad([getattr(e, a) for e in chunk]) for a in ("ids", "type_ids", "attention_mask"))
-    logits = np.asarray(forward(ids, mask, types).logits, np.float64)
+  for _, logits in _batched_logits(model, encodings, batch_size):
     for row in logits:
       if config.problem_type == "regression":
         scores = row
@@ -146,14 +150,10 @@ def classify(model, tok, lines: list[str], batch_size: int = 32) -> list[dict[st
 def tag(model, tok, lines: list[str], batch_size: int = 32, ignore_labels: Sequence[str] = ("O",)):
   config = model.config
   encodings = _encode(tok, lines, config.max_position_embeddings, pairs=False)
-  forward = _forward_fn(model)
   labels = config.labels
   out = []
-  for start in range(0, len(encodings), batch_size):
-    chunk = encodings[start:start + batch_size]
-    ids, types, mask = (_pad([getattr(e, a) for e in chunk]) for a in ("ids", "type_ids", "attention_mask"))
-    probs = _softmax(np.asarray(forward(ids, mask, types).logits, np.float64))
-    for enc, p in zip(chunk, probs):
+  for chunk, logits in _batched_logits(model, encodings, batch_size):
+    for enc, p in zip(chunk, _softmax(logits)):
       entities = []
       for i, (token, special, (s, e)) in enumerate(zip(enc.tokens, enc.special_tokens_mask, enc.offsets)):
         if special:
