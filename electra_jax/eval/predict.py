@@ -17,7 +17,6 @@ tokens, spans of at most --max_answer_length tokens, long contexts in windows of
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
