@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -94,13 +95,54 @@ def test_corrupt_labels_only_real_changes():
   np.testing.assert_array_equal(np.asarray(labels), [[False, False, False, True, False, False]])
 
 
-def test_gumbel_sampling_follows_softmax_at_temperature():
+def test_categorical_sampling_follows_softmax_at_temperature():
   logits = jnp.broadcast_to(jnp.log(jnp.array([0.7, 0.2, 0.1])), (20000, 3))
-  s = np.asarray(pl.gumbel_sample(jax.random.key(0), logits))
+  s = np.asarray(pl.sample_categorical(jax.random.key(0), logits))
   np.testing.assert_allclose(np.bincount(s, minlength=3) / len(s), [0.7, 0.2, 0.1], atol=0.015)
-  hot = np.asarray(pl.gumbel_sample(jax.random.key(1), logits, temperature=2.0))
+  hot = np.asarray(pl.sample_categorical(jax.random.key(1), logits, temperature=2.0))
   p = np.array([0.7, 0.2, 0.1]) ** 0.5
   np.testing.assert_allclose(np.bincount(hot, minlength=3) / len(hot), p / p.sum(), atol=0.015)
+
+
+def test_categorical_sampling_over_blocks_is_the_softmax_and_never_picks_empty_slots():
+  # V = 300 over blocks of 128 (the last block padded), mass spread over several blocks, some logits -inf.
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=300) * 1.5
+  logits[[0, 127, 128, 299, 150]] = -np.inf
+  logits[[5, 140, 290]] += 3.0
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  n = 200_000
+  s = np.asarray(pl.sample_categorical(jax.random.key(2), jnp.broadcast_to(jnp.asarray(logits, jnp.float32),
+                                                                            (4, n // 4, 300))))
+  assert s.shape == (4, n // 4) and s.min() >= 0 and s.max() < 300
+  freq = np.bincount(s.reshape(-1), minlength=300) / n
+  assert freq[[0, 127, 128, 299, 150]].sum() == 0
+  np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(p.max() / n))
+  # chi-square against the softmax: far below the 0.999 quantile of its ~294 degrees of freedom (~390)
+  keep = p > 0
+  chi2 = np.sum((freq[keep] - p[keep]) ** 2 / p[keep]) * n
+  assert chi2 < 390, chi2
+  # a single dominant logit and a one-hot distribution
+  one = jnp.full((3, 1000), -jnp.inf).at[:, 777].set(0.0)
+  np.testing.assert_array_equal(np.asarray(pl.sample_categorical(jax.random.key(3), one)), [777, 777, 777])
+
+
+def test_masked_lm_loss_equals_cross_entropy_and_top1_accuracy():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 50)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 50, size=(2, 5)))
+  targets = targets.at[0, 0].set(int(jnp.argmax(logits[0, 0])))   # at least one correct prediction
+  weights = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.float32)
+  loss, acc = pl.masked_lm_loss(logits, targets, weights)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  assert float(loss) == pytest.approx(float(jnp.sum(ce * weights) / jnp.sum(weights)), rel=1e-6)
+  expect = float(jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / jnp.sum(weights))
+  assert float(acc) == pytest.approx(expect) and expect > 0
+  g = jax.grad(lambda l: pl.masked_lm_loss(l, targets, weights)[0])(logits)
+  g_ref = jax.grad(lambda l: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(l, targets) * weights)
+                   / jnp.sum(weights))(logits)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-7)
 
 
 def test_histogram_auc_matches_sklearn():
