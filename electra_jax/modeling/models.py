@@ -181,8 +181,9 @@ class _LMHead(_Head):
       return self.generator_lm_head(x).astype(jnp.float32)
     dtype = self.config.compute_dtype
     table = self.electra.embeddings.word_embeddings[...].astype(dtype)
-    logits = jnp.einsum("...e,ve->...v", x.astype(dtype), table) + self.generator_lm_head.bias[...].astype(dtype)
-    return logits.astype(jnp.float32)
+    # one 2-D product, as in Dense (a [..., E] operand makes the table's gradient a transposing dot_general on CPU)
+    logits = jnp.dot(x.astype(dtype).reshape(-1, x.shape[-1]), table.T) + self.generator_lm_head.bias[...].astype(dtype)
+    return logits.reshape(*x.shape[:-1], -1).astype(jnp.float32)
 
 
 class ElectraForMaskedLM(_LMHead):
