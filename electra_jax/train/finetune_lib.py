@@ -47,7 +47,7 @@ from electra_jax.eval import glue as glue_eval
 from electra_jax.eval import squad as squad_eval
 from electra_jax.modeling import ElectraConfig, head_class
 from electra_jax.modeling import original_heads
-from electra_jax.train import checkpointing, distributed, flops, metrics, optim
+from electra_jax.train import checkpointing, compiling, distributed, flops, metrics, optim
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ORIGINAL_HEADS = original_heads.ORIGINAL_HEADS
@@ -553,7 +553,7 @@ class Steps:
       return adapter.predict(nnx.merge(graphdef, params), batch)
 
     self.predict = self._in_mesh(jax.jit(predict, out_shardings=replicated))
-    self.tx = self.schedule = self.train_step = self._init = None
+    self.tx = self.schedule = self._train_step_jit = self._compiled_train_step = self._init = None
     if config is not None:
       self.tx, self.schedule = optim.create(config.optimizer, self.abstract_params,
                                             learning_rate=float(config.learning_rate),
@@ -594,12 +594,23 @@ class Steps:
   def init_opt_state(self, params):
     with jax.set_mesh(self.mesh):
       opt_state = jax.jit(self.tx.init)(params)
-    if self.train_step is None:
+    if self._train_step_jit is None:
       opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
-      self.train_step = self._in_mesh(jax.jit(
+      self._train_step_jit = jax.jit(
           self._train_step_fn, donate_argnums=(0, 1),
-          out_shardings=(self.param_shardings, opt_shardings, sharding.replicated(self.mesh))))
+          out_shardings=(self.param_shardings, opt_shardings, sharding.replicated(self.mesh)))
     return opt_state
+
+  def train_step(self, params, opt_state, batch, step, rng):
+    """(params, opt_state, stats) after one step; params and opt_state are donated. Compiled ahead of the first call
+    (then the compiler's host memory is released) and reused by every trial: batches have one fixed shape."""
+    if self._train_step_jit is None:
+      raise RuntimeError("Steps.train_step before init_opt_state (which builds the step for the optimizer state)")
+    with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
+      if self._compiled_train_step is None:
+        self._compiled_train_step = compiling.compile_step(self._train_step_jit, params, opt_state, batch, step, rng,
+                                                           name="fine-tuning step")
+      return self._compiled_train_step(params, opt_state, batch, step, rng)
 
 
 def run_predictions(steps: Steps, params, arrays: Mapping[str, np.ndarray], batch_size: int

@@ -44,7 +44,7 @@ import optax
 from flax import nnx, struct
 
 from electra_jax import modeling, sharding
-from electra_jax.train import checkpointing, distributed, flops, metrics as metrics_lib, optim
+from electra_jax.train import checkpointing, compiling, distributed, flops, metrics as metrics_lib, optim
 
 OBJECTIVES = ("electra", "mlm")
 MASKINGS = ("electra", "bert")
@@ -537,13 +537,16 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
                batch_size, seq_len, flops_per_step)
   try:
     with jax.set_mesh(mesh), sharding.use_rules(setup.rules):
-      first = True
+      train_step, first = None, True
       while step < total_steps:
         batch = next(loader)
-        state, out = setup.train_step(state, batch, jax.random.fold_in(base_key, step))
+        rng = jax.random.fold_in(base_key, step)
+        if train_step is None:   # compiled ahead of the first step, so the compiler's memory is freed before it runs
+          train_step = compiling.compile_step(setup.train_step, state, batch, rng, name="pretraining step")
+        state, out = train_step(state, batch, rng)
         step += 1
         pending.append((step, out))
-        if first:  # exclude compilation from the throughput
+        if first:  # exclude the first step (warm-up) from the throughput
           jax.block_until_ready(out)
           meter.start(step)
           first = False

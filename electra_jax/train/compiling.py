@@ -1,0 +1,56 @@
+"""Ahead-of-time compilation of a train step, then hand the compiler's memory back to the operating system.
+
+    compiled = compiling.compile_step(setup.train_step, state, batch, rng, name="pretrain step")
+    state, out = compiled(state, batch, rng)          # the same call as the jitted function, no recompilation
+
+XLA's compiler allocates hundreds of MiB on the host heap while it compiles a large step; glibc keeps those freed
+pages mapped, so they stayed in the process's resident set for the whole run (ELECTRA-Small pretraining on CPU: 1.56 GiB
+resident after compiling, 0.86 GiB after `malloc_trim`; peak RSS of the run 2.67 -> 1.96 GiB,
+benchmarks/README.md). On accelerators the same trim lowers the host's footprint next to the input pipeline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import sys
+import time
+from typing import Any
+
+
+@functools.cache
+def _libc():
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return libc if hasattr(libc, "malloc_trim") else None   # glibc only (not musl)
+  except OSError:
+    return None
+
+
+def release_host_memory() -> bool:
+  """Returns freed heap pages to the OS (glibc `malloc_trim(0)`); False where that is not available."""
+  libc = _libc()
+  return bool(libc is not None and libc.malloc_trim(0))
+
+
+def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:
+  """Lowers and compiles `jitted` for `args` (shapes, shardings, donation as the jitted function has them), logs the
+  compile time and XLA's buffer estimate, releases the compiler's host memory, and returns the compiled callable."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  release_host_memory()
+  estimate = ""
+  try:
+    m = compiled.memory_analysis()
+    if m is not None:
+      total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+      estimate = f"; XLA buffers per device {total / 2**20:,.0f} MiB (temporaries {m.temp_size_in_bytes / 2**20:,.0f})"
+  except (AttributeError, NotImplementedError, RuntimeError):   # not every backend reports it
+    pass
+  logging.info("compiled %s in %.1f s%s", name, seconds, estimate)
+  return compiled
