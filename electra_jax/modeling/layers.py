@@ -46,11 +46,25 @@ def activation(name: str):
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  """Inverted dropout; identity when rng is None or rate is 0."""
+  """Inverted dropout (kept values scaled by 1 / (1 - rate)); identity when rng is None or rate is 0.
+
+  Each element is dropped when 16 random bits fall below round(rate * 2^16) (rate 0.1: drop probability 0.1000061):
+  one 32-bit word of jax.random.bits gives the masks of two elements, the two halves of the last axis. That is half
+  the threefry work of a float uniform per element, and the masks fuse into the multiply: the fine-tuning step of
+  ELECTRA-Small on CPU ran 8% faster (benchmarks/README.md). An odd last axis takes one word per element.
+  """
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+  threshold = jnp.uint32(round(rate * 65536))
+  *lead, d = x.shape
+  scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
+  if d % 2:
+    keep = (jax.random.bits(rng, x.shape, jnp.uint32) >> 16) >= threshold
+    return jnp.where(keep, x * scale, jnp.zeros_like(x))
+  bits = jax.random.bits(rng, (*lead, 1, d // 2), jnp.uint32)
+  keep = jnp.concatenate([(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-2)
+  halves = x.reshape(*lead, 2, d // 2)
+  return jnp.where(keep, halves * scale, jnp.zeros_like(halves)).reshape(x.shape)
 
 
 def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:

@@ -1,0 +1,39 @@
+"""layers.dropout: drop rate, scaling, both halves of the last axis, odd widths, determinism, gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from electra_jax.modeling import layers
+
+
+@pytest.mark.parametrize("shape", [(64, 4, 128, 128), (512, 256), (1000, 333)])
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_drop_rate_and_scale(shape, rate):
+  x = jnp.ones(shape, jnp.float32)
+  y = np.asarray(layers.dropout(x, rate, jax.random.key(0)))
+  n = y.size
+  dropped = (y == 0)
+  # binomial: 5 standard deviations around the rate (16-bit threshold: rate 0.1 -> 6554 / 65536)
+  p = round(rate * 65536) / 65536
+  assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+  np.testing.assert_allclose(y[~dropped], 1.0 / (1.0 - rate), rtol=1e-6)
+  if shape[-1] % 2 == 0:   # each half of the last axis uses its own 16 bits: both drop at the rate, independently
+    half = shape[-1] // 2
+    lo, hi = dropped[..., :half], dropped[..., half:]
+    for part in (lo, hi):
+      assert abs(part.mean() - p) < 5 * np.sqrt(p * (1 - p) / part.size)
+    both = (lo & hi).mean()
+    assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / lo.size)
+
+
+def test_deterministic_per_key_identity_without_key_and_gradient():
+  x = jax.random.normal(jax.random.key(1), (8, 16, 64))
+  a = layers.dropout(x, 0.1, jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(layers.dropout(x, 0.1, jax.random.key(3))))
+  assert not np.array_equal(np.asarray(a), np.asarray(layers.dropout(x, 0.1, jax.random.key(4))))
+  assert layers.dropout(x, 0.1, None) is x and layers.dropout(x, 0.0, jax.random.key(3)) is x
+  g = jax.grad(lambda v: jnp.sum(layers.dropout(v, 0.1, jax.random.key(3))))(x)
+  np.testing.assert_allclose(np.asarray(g), np.where(np.asarray(a) != 0, 1 / 0.9, 0.0), rtol=1e-6)
+  assert layers.dropout(x.astype(jnp.bfloat16), 0.1, jax.random.key(3)).dtype == jnp.bfloat16
