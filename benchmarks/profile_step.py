@@ -11,11 +11,10 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   no_dropout  hidden and attention dropout 0 (an upper bound of what dropout and its random bits cost)
   bf16        compute dtype bfloat16 (parameters float32)
   scan        jax.lax.scan over the layers
-  gelu_erf    exact GELU written as 0.5 x (1 + erf(x / sqrt 2)) instead of jax.nn.gelu(approximate=False), which
-              XLA lowers through erfc (exp and selects); the same function (candidate fix, patched in for the run)
-  dropout_bits16  dropout masks from 16 random bits per element (jax.random.bits uint16 >= round(rate * 2^16): keep
-              probability 0.899994 for rate 0.1) instead of a float32 uniform from 32 bits (candidate fix)
-  fixes       gelu_erf and dropout_bits16 together
+  gelu_erf    exact GELU written as 0.5 x (1 + erf(x / sqrt 2)) (torch's formula) instead of jax.nn.gelu(approximate=
+              False), which XLA lowers through erfc; the same function (candidate, patched in for the run)
+  dropout_float  dropout masks from a float32 uniform per element (jax.random.bernoulli: 32 random bits each), as
+              the model did before its masks took 16 bits per element (two per random word)
   attn_heads_major  attention computed in [B, heads, L, head_dim] order: q/k/v projected straight into it with
               einsum('blh,hnd->bnld') on the reshaped kernels, the output projection contracting (heads, head_dim)
               directly; the same arithmetic without the [B, L, N, D] <-> [B, N, L, D] transposes (candidate fix)
@@ -44,7 +43,7 @@ from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_bits16", "fixes",
+VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_float",
             "attn_heads_major", "parts")
 
 FLAGS = flags.FLAGS
@@ -72,12 +71,12 @@ def _gelu_erf(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
 
 
-def _dropout_bits16(x, rate, rng):
+def _dropout_float(x, rate, rng):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bits(rng, x.shape, jnp.uint16) >= jnp.uint16(round(rate * 65536))
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
@@ -114,10 +113,10 @@ def _layer_heads_major(self, x, mask, rng=None):
 
 
 class patched:  # pylint: disable=invalid-name
-  """Context: the modeling functions replaced by the candidate fixes while a step variant is built and traced."""
+  """Context: the modeling functions replaced by a candidate while a step variant is built and traced."""
 
-  def __init__(self, gelu_erf: bool = False, dropout_bits16: bool = False, attn_heads_major: bool = False):
-    self.gelu_erf, self.dropout_bits16, self.attn_heads_major = gelu_erf, dropout_bits16, attn_heads_major
+  def __init__(self, gelu_erf: bool = False, dropout_float: bool = False, attn_heads_major: bool = False):
+    self.gelu_erf, self.dropout_float, self.attn_heads_major = gelu_erf, dropout_float, attn_heads_major
     self.saved = []
 
   def __enter__(self):
@@ -134,10 +133,10 @@ class patched:  # pylint: disable=invalid-name
     if self.attn_heads_major:
       self.saved.append((layers.ElectraLayer, "__call__", layers.ElectraLayer.__call__))
       layers.ElectraLayer.__call__ = _layer_heads_major
-    if self.dropout_bits16:
+    if self.dropout_float:
       for mod in (layers, models):
         self.saved.append((mod, "dropout", getattr(mod, "dropout")))
-        mod.dropout = _dropout_bits16
+        mod.dropout = _dropout_float
     return self
 
   def __exit__(self, *exc):
@@ -233,7 +232,6 @@ def main(argv) -> None:
   runners: dict[str, object] = {}
   compile_s: dict[str, float] = {}
   facts = {}
-  fix_text: dict[str, str] = {}
 
   def add_step(name, setup, impl="threefry2x32"):
     state = pretrain_lib.init_state(setup)
@@ -268,11 +266,10 @@ def main(argv) -> None:
       add_step(v, _setup(**base_dims, dtype="bfloat16"))
     elif v == "scan":
       add_step(v, _setup(**base_dims, scan=True))
-    elif v in ("gelu_erf", "dropout_bits16", "fixes", "attn_heads_major"):
-      with patched(gelu_erf=v in ("gelu_erf", "fixes"), dropout_bits16=v in ("dropout_bits16", "fixes"),
+    elif v in ("gelu_erf", "dropout_float", "attn_heads_major"):
+      with patched(gelu_erf=v == "gelu_erf", dropout_float=v == "dropout_float",
                    attn_heads_major=v == "attn_heads_major"):
-        compiled = add_step(v, _setup(**base_dims))
-        fix_text[v] = compiled.as_text()
+        add_step(v, _setup(**base_dims))
     elif v == "parts":
       setup = _setup(**base_dims)
       state = pretrain_lib.init_state(setup)
@@ -308,20 +305,13 @@ def main(argv) -> None:
       upd = jax.jit(opt_update).lower(params, state["opt_state"]).compile()
       runners["optimizer_update"] = lambda: jax.block_until_ready(upd(params, state["opt_state"]))
 
-  breakdown, breakdown_fixes = {}, {}
+  breakdown = {}
   if FLAGS.trace_dir and "base" in runners:
     runners["base"]()
     with jax.profiler.trace(FLAGS.trace_dir, create_perfetto_trace=True):
       for _ in range(2):
         runners["base"]()
     breakdown = trace_breakdown(FLAGS.trace_dir, text, 2)
-    if "fixes" in runners:
-      fixes_dir = os.path.join(FLAGS.trace_dir, "fixes")
-      runners["fixes"]()
-      with jax.profiler.trace(fixes_dir, create_perfetto_trace=True):
-        for _ in range(2):
-          runners["fixes"]()
-      breakdown_fixes = trace_breakdown(fixes_dir, fix_text["fixes"], 2)
   times: dict[str, list[float]] = {name: [] for name in runners}
   for r in range(FLAGS.rounds + 1):
     for name, run in runners.items():
@@ -347,13 +337,11 @@ def main(argv) -> None:
     total = sum(breakdown.values())
     print(f"\nbase step, XLA op time by category (profiler trace, {total:.0f} ms of op time per step; ops of the two "
           "threads add up):")
-    rows_b = [{"category": k, "ms_per_step": v, "share": v / total, "with fixes": breakdown_fixes.get(k)}
+    rows_b = [{"category": k, "ms_per_step": v, "share": v / total}
               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])]
-    cols = ["category", "ms_per_step", "share"] + (["with fixes"] if breakdown_fixes else [])
-    print(common.format_table(rows_b, cols))
+    print(common.format_table(rows_b, ["category", "ms_per_step", "share"]))
   print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
                     "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts, "op_time_ms_per_step": breakdown,
-                    "op_time_ms_per_step_with_fixes": breakdown_fixes,
                     "load": list(os.getloadavg())}, sort_keys=True))
 
 
