@@ -58,7 +58,7 @@ flags.DEFINE_string("trace_dir", "", "Trace 2 base steps with jax.profiler into 
 
 # Categories of XLA ops, by the JAX op names (HLO metadata) they came from; the first match wins.
 CATEGORIES = (
-    ("dropout / random bits", ("_bernoulli", "_uniform", "threefry", "random_bits", "gumbel", "_randint", "rng")),
+    ("dropout / random bits", ("dropout_mask", "_bernoulli", "_uniform", "threefry", "random_bits", "gumbel", "_randint", "rng")),
     ("GELU (erf)", ("erf",)),
     ("softmax / attention mask", ("softmax", "reduce_max", "exp", "select_n")),
     ("layout copies / transposes", ("/transpose", "copy")),

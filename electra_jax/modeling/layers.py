@@ -59,10 +59,12 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   *lead, d = x.shape
   scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
   if d % 2:
-    keep = (jax.random.bits(rng, x.shape, jnp.uint32) >> 16) >= threshold
+    with jax.named_scope("dropout_mask"):   # names the random-bit ops in profiles (benchmarks/profile_step.py)
+      keep = (jax.random.bits(rng, x.shape, jnp.uint32) >> 16) >= threshold
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
-  bits = jax.random.bits(rng, (*lead, 1, d // 2), jnp.uint32)
-  keep = jnp.concatenate([(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-2)
+  with jax.named_scope("dropout_mask"):
+    bits = jax.random.bits(rng, (*lead, 1, d // 2), jnp.uint32)
+    keep = jnp.concatenate([(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-2)
   halves = x.reshape(*lead, 2, d // 2)
   return jnp.where(keep, halves * scale, jnp.zeros_like(halves)).reshape(x.shape)
 
