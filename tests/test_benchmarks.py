@@ -100,3 +100,14 @@ def test_bad_peer_is_refused():
   proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain.py"), "--peers=jax"], cwd=REPO,
                         env=common.worker_env(), capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0 and "unknown peer" in proc.stderr
+
+
+def test_matmul_shapes_benchmark_times_every_product_in_both_libraries():
+  out, fig = _run("matmul_shapes.py", "--tokens=64", "--hidden=32", "--repeats=2")
+  assert fig["benchmark"] == "matmul_shapes" and "XLA / torch" in out
+  names = {"proj fwd", "proj dx", "proj dW", "ffn-in fwd", "ffn-in dx", "ffn-in dW", "ffn-out fwd", "ffn-out dW",
+           "qkv fused fwd", "reference 2048^3"}
+  assert set(fig["products"]) == names
+  for row in fig["products"].values():
+    assert row["XLA GFLOP/s"] > 0 and row["torch GFLOP/s"] > 0
+  assert fig["products"]["ffn-in dW"]["m x k x n"] == "32 x 64 x 128"
