@@ -6,7 +6,7 @@
 
 Every implementation runs in a subprocess of its own, one after the other, on the same batch (WikiText-2 text in
 `[CLS] A [SEP] B [SEP]` sequences of seq_len tokens) with the same step: ELECTRA masking (15%, 85% [MASK] / 15% kept),
-generator (hidden 1/4) MLM loss, Gumbel-max sampling, discriminator, loss = gen + 50 * disc, AdamW with clipping.
+generator (hidden 1/4) MLM loss, sampling from its softmax, discriminator, loss = gen + 50 * disc, AdamW with clipping.
   ours   electra_jax.train.pretrain_lib (the step the pretraining binary runs), jitted, one CPU device;
   torch  transformers' ElectraForMaskedLM + ElectraForPreTraining (shared embedding module), torch.optim.AdamW,
          torch threads = the machine's cores;

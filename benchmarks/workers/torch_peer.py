@@ -7,8 +7,8 @@ pretrain: generator ElectraForMaskedLM + discriminator ElectraForPreTraining. As
 uses the discriminator's embedding module (word, position and token-type tables and the embedding LayerNorm; the
 generator's LM head stays tied to that word table); the generator keeps its own embeddings_project. Each step: the
 original's masking (up to max_predictions positions, 85% [MASK] / 15% kept), generator forward (HF's ElectraForMaskedLM
-computes vocabulary logits at every position, its own behaviour), MLM loss at the masked positions, Gumbel-max sampling
-without gradient, discriminator forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm clip 1.0,
+computes vocabulary logits at every position, its own behaviour), MLM loss at the masked positions, sampling of the
+replacements from the generator's softmax without gradient (torch.multinomial, torch's own sampler), discriminator forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm clip 1.0,
 torch.optim.AdamW (lr 5e-4, eps 1e-6, weight decay 0.01). Dropout on (train mode).
 
 finetune: ElectraForSequenceClassification, cross-entropy, backward, clip, AdamW; and inference (eval mode,
@@ -81,8 +81,8 @@ def pretrain(args) -> dict:
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), originals, reduction="none")
     gen_loss = (nll * w).sum() / w.sum().clamp(min=1.0)
     with torch.no_grad():
-      u = torch.rand(logits.shape, generator=rng).clamp(1e-9, 1.0)
-      sampled = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+      probs = torch.softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
+      sampled = torch.multinomial(probs, 1, generator=rng).reshape(logits.shape[:-1])   # torch's own sampler
       corrupted = ids.scatter(1, positions, torch.where(weights, sampled, originals))
       labels = ((corrupted != ids) & mask.bool()).float()
     d_logits = disc(input_ids=corrupted, attention_mask=mask, token_type_ids=types).logits     # [B, L]
