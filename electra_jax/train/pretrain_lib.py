@@ -128,7 +128,8 @@ def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1
   b = jnp.minimum(jnp.sum(cum <= target[:, None], -1), last_positive(block_mass))
   before = jnp.take_along_axis(cum, b[:, None], 1)[:, 0] - jnp.take_along_axis(block_mass, b[:, None], 1)[:, 0]
   inner = jnp.take_along_axis(probs, b[:, None, None], 1)[:, 0]              # [R, block]
-  i = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= (target - before)[:, None], -1), last_positive(inner))
+  rest = jnp.maximum(target - before, 0.0)[:, None]   # >= 0, so leading empty slots are always skipped
+  i = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= rest, -1), last_positive(inner))
   return (b * block + i).reshape(lead)
 
 
