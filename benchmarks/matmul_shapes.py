@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,13 +42,7 @@ def shapes(tokens: int, hidden: int) -> list[tuple[str, int, int, int, str]]:
 
 
 def _median_s(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return statistics.median(common.time_steps(fn, warmup=1, steps=repeats))
 
 
 def main(argv) -> None:

@@ -40,22 +40,6 @@ def _bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def memory_analysis(compiled) -> dict[str, float] | None:
-  """XLA's buffer sizes of a compiled executable (MiB) and their peak estimate (arguments + outputs - aliased + temps)."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if m is None:
-    return None
-  mib = lambda b: float(b) / 2**20  # noqa: E731
-  out = {"argument_mib": mib(m.argument_size_in_bytes), "output_mib": mib(m.output_size_in_bytes),
-         "alias_mib": mib(m.alias_size_in_bytes), "temp_mib": mib(m.temp_size_in_bytes),
-         "generated_code_mib": mib(m.generated_code_size_in_bytes)}
-  out["peak_mib"] = out["argument_mib"] + out["output_mib"] - out["alias_mib"] + out["temp_mib"]
-  return out
-
-
 def pretrain_config(args):
   from configs import pretrain as pretrain_config_module  # pylint: disable=import-outside-toplevel
   dims = common.model_dims(args.size, args.layers)
@@ -99,7 +83,7 @@ def pretrain(args) -> dict:
       compiling.release_host_memory()   # as compiling.compile_step does in the pretraining binary
   result = {"impl": "ours", "task": "pretrain", "dtype": args.dtype, "scan": args.scan, "remat": args.remat,
             "layers": setup.disc_config.num_hidden_layers, "lower_s": lower_s, "compile_s": compile_s,
-            "xla_memory": memory_analysis(compiled),
+            "xla_memory": compiling.memory_mib(compiled),
             "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"]))),
             "flops_per_step": flops.train_flops_per_step(
                 setup.disc_config, setup.gen_config, batch_size=args.batch_size, seq_len=args.seq_len,
