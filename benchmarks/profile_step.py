@@ -11,8 +11,8 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   no_dropout  hidden and attention dropout 0 (an upper bound of what dropout and its random bits cost)
   bf16        compute dtype bfloat16 (parameters float32)
   scan        jax.lax.scan over the layers
-  gelu_erf    exact GELU written as 0.5 x (1 + erf(x / sqrt 2)) (torch's formula) instead of jax.nn.gelu(approximate=
-              False), which XLA lowers through erfc; the same function (candidate, patched in for the run)
+  gelu_erfc   exact GELU as jax.nn.gelu(approximate=False), which XLA lowers through erfc (the model before it took
+              torch's form, x / 2 * (1 + erf(x / sqrt 2)), layers.gelu_exact); the same function
   dropout_float  dropout masks from a float32 uniform per element (jax.random.bernoulli: 32 random bits each), as
               the model did before its masks took 16 bits per element (two per random word)
   attn_heads_major  attention computed in [B, heads, L, head_dim] order: q/k/v projected straight into it with
@@ -43,7 +43,7 @@ from absl import app, flags  # noqa: E402  pylint: disable=wrong-import-position
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erf", "dropout_float",
+VARIANTS = ("base", "rbg", "unsafe_rbg", "no_dropout", "bf16", "scan", "gelu_erfc", "dropout_float",
             "attn_heads_major", "parts")
 
 FLAGS = flags.FLAGS
@@ -66,9 +66,9 @@ CATEGORIES = (
 )
 
 
-def _gelu_erf(x):
+def _gelu_erfc(x):
   import jax  # pylint: disable=import-outside-toplevel
-  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+  return jax.nn.gelu(x, approximate=False)
 
 
 def _dropout_float(x, rate, rng):
@@ -115,17 +115,17 @@ def _layer_heads_major(self, x, mask, rng=None):
 class patched:  # pylint: disable=invalid-name
   """Context: the modeling functions replaced by a candidate while a step variant is built and traced."""
 
-  def __init__(self, gelu_erf: bool = False, dropout_float: bool = False, attn_heads_major: bool = False):
-    self.gelu_erf, self.dropout_float, self.attn_heads_major = gelu_erf, dropout_float, attn_heads_major
+  def __init__(self, gelu_erfc: bool = False, dropout_float: bool = False, attn_heads_major: bool = False):
+    self.gelu_erfc, self.dropout_float, self.attn_heads_major = gelu_erfc, dropout_float, attn_heads_major
     self.saved = []
 
   def __enter__(self):
     from electra_jax.modeling import layers, models  # pylint: disable=import-outside-toplevel
-    if self.gelu_erf:
+    if self.gelu_erfc:
       original = layers.activation
 
       def activation(name):
-        return _gelu_erf if name == "gelu" else original(name)
+        return _gelu_erfc if name == "gelu" else original(name)
 
       for mod in (layers, models):
         self.saved.append((mod, "activation", getattr(mod, "activation")))
@@ -266,8 +266,8 @@ def main(argv) -> None:
       add_step(v, _setup(**base_dims, dtype="bfloat16"))
     elif v == "scan":
       add_step(v, _setup(**base_dims, scan=True))
-    elif v in ("gelu_erf", "dropout_float", "attn_heads_major"):
-      with patched(gelu_erf=v == "gelu_erf", dropout_float=v == "dropout_float",
+    elif v in ("gelu_erfc", "dropout_float", "attn_heads_major"):
+      with patched(gelu_erfc=v == "gelu_erfc", dropout_float=v == "dropout_float",
                    attn_heads_major=v == "attn_heads_major"):
         add_step(v, _setup(**base_dims))
     elif v == "parts":

@@ -112,6 +112,20 @@ def test_losses_equal_transformers(head, labels, tmp_path):
   assert abs(float(got) - want) < 1e-5
 
 
+def test_gelu_is_torchs_exact_gelu():
+  from electra_jax.modeling.layers import activation  # pylint: disable=import-outside-toplevel
+  x = np.concatenate([np.linspace(-12, 12, 48001, dtype=np.float32),
+                      np.random.RandomState(0).standard_normal(20000).astype(np.float32) * 3])
+  gelu = activation("gelu")
+  tx = torch.tensor(x, requires_grad=True)
+  want = torch.nn.functional.gelu(tx)
+  want.sum().backward()
+  np.testing.assert_allclose(np.asarray(jax.jit(gelu)(x)), want.detach().numpy(), atol=2e-6, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(lambda v: gelu(v).sum()))(x)), tx.grad.numpy(), atol=2e-6)
+  np.testing.assert_array_equal(np.asarray(gelu(x[x < -10])), 0.0)   # the tail select changes no value
+  assert gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_regression_and_qa_losses(tmp_path):
   cfg = dict(CONFIGS["square"], num_labels=1)
   hf, path = _hf_model("ElectraForSequenceClassification", cfg, tmp_path)
