@@ -112,6 +112,33 @@ def test_losses_equal_transformers(head, labels, tmp_path):
   assert abs(float(got) - want) < 1e-5
 
 
+def test_masked_lm_gradients_equal_transformers(tmp_path):
+  """The tied LM head's hand-written backward (layers.tied_logits): table, bias and the layers below, against torch."""
+  cfg = CONFIGS["factorized"]
+  hf, path = _hf_model("ElectraForMaskedLM", cfg, tmp_path)
+  ours = from_hf(path)
+  ids, types, mask = _inputs("x", cfg["vocab_size"])
+  y = np.where(mask == 1, np.random.RandomState(2).randint(0, cfg["vocab_size"], ids.shape), -100)
+  hf(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
+     labels=torch.tensor(y)).loss.backward()
+  graphdef, params = nnx.split(ours, nnx.Param)
+
+  def loss(p):
+    return nnx.merge(graphdef, p)(jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types),
+                                  labels=jnp.asarray(y)).loss
+
+  g = nnx.to_pure_dict(jax.grad(loss)(params))
+  pairs = [(g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
+           (g["generator_lm_head"]["bias"], hf.generator_lm_head.bias.grad),
+           (g["generator_predictions"]["dense"]["kernel"], hf.generator_predictions.dense.weight.grad.T),
+           (g["electra"]["encoder"]["layers"]["intermediate"]["kernel"][0],
+            hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)]
+  for got, want in pairs:
+    want = want.numpy()
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6 * np.abs(want).max() + 1e-8, rtol=1e-4)
+
+
 def test_gelu_is_torchs_exact_gelu():
   from electra_jax.modeling.layers import activation  # pylint: disable=import-outside-toplevel
   x = np.concatenate([np.linspace(-12, 12, 48001, dtype=np.float32),

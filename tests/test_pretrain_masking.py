@@ -105,7 +105,7 @@ def test_categorical_sampling_follows_softmax_at_temperature():
 
 
 def test_categorical_sampling_over_blocks_is_the_softmax_and_never_picks_empty_slots():
-  # V = 300 over blocks of 128 (the last block padded), mass spread over several blocks, some logits -inf.
+  # V = 300 over blocks of 128 (the last block short), mass spread over several blocks, some logits -inf.
   rng = np.random.default_rng(0)
   logits = rng.normal(size=300) * 1.5
   logits[[0, 127, 128, 299, 150]] = -np.inf
@@ -128,10 +128,11 @@ def test_categorical_sampling_over_blocks_is_the_softmax_and_never_picks_empty_s
   np.testing.assert_array_equal(np.asarray(pl.sample_categorical(jax.random.key(3), one)), [777, 777, 777])
 
 
-def test_masked_lm_loss_equals_cross_entropy_and_top1_accuracy():
+@pytest.mark.parametrize("vocab", [50, 300])   # one short block; two blocks of 128 and a short one
+def test_masked_lm_loss_equals_cross_entropy_and_top1_accuracy(vocab):
   rng = np.random.default_rng(1)
-  logits = jnp.asarray(rng.normal(size=(2, 5, 50)) * 3, jnp.float32)
-  targets = jnp.asarray(rng.integers(0, 50, size=(2, 5)))
+  logits = jnp.asarray(rng.normal(size=(2, 5, vocab)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, vocab, size=(2, 5)))
   targets = targets.at[0, 0].set(int(jnp.argmax(logits[0, 0])))   # at least one correct prediction
   weights = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.float32)
   loss, acc = pl.masked_lm_loss(logits, targets, weights)

@@ -19,7 +19,7 @@ from flax import nnx, struct
 from electra_jax import sharding
 from electra_jax.modeling.config import ElectraConfig
 from electra_jax.modeling.layers import (Dense, ElectraEmbeddings, ElectraEncoder, LayerNorm, _param, activation,
-                                         attention_mask_bias, dropout, split_rng)
+                                         attention_mask_bias, dropout, split_rng, tied_logits)
 
 IGNORE_INDEX = -100  # label value that the token-level losses skip, as in torch's CrossEntropyLoss
 
@@ -181,8 +181,9 @@ class _LMHead(_Head):
       return self.generator_lm_head(x).astype(jnp.float32)
     dtype = self.config.compute_dtype
     table = self.electra.embeddings.word_embeddings[...].astype(dtype)
-    # one 2-D product, as in Dense (a [..., E] operand makes the table's gradient a transposing dot_general on CPU)
-    logits = jnp.dot(x.astype(dtype).reshape(-1, x.shape[-1]), table.T) + self.generator_lm_head.bias[...].astype(dtype)
+    # one 2-D product, as in Dense, with a hand-written backward (layers.tied_logits)
+    bias = self.generator_lm_head.bias[...].astype(dtype)
+    logits = tied_logits(x.astype(dtype).reshape(-1, x.shape[-1]), table, bias)
     return logits.reshape(*x.shape[:-1], -1).astype(jnp.float32)
 
 

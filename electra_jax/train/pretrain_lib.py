@@ -104,32 +104,60 @@ def mask_tokens(rng: jax.Array, input_ids: jax.Array, input_mask: jax.Array, *, 
                 targets=targets.astype(input_ids.dtype), weights=weights)
 
 
+def _block_sums(a: jax.Array, block: int) -> jax.Array:
+  """[R, V] -> [R, ceil(V / block)]: sums over consecutive blocks of `block` columns (the last may be shorter).
+
+  The whole blocks are summed through a reshape and the short tail on its own: padding V up to a multiple of `block`
+  would copy the [R, V] operand (XLA's CPU backend does not fuse the pad into the reduction).
+  """
+  r, v = a.shape
+  full = v // block
+  parts = [a[:, :full * block].reshape(r, full, block).sum(-1)] if full else []
+  if v % block:
+    parts.append(a[:, full * block:].sum(-1, keepdims=True))
+  return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def softmax_stats(x: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
+  """(row max m [R], block masses [R, ceil(V / block)]) of x [R, V]: mass[r, j] = sum of exp(x - m) over block j.
+
+  Enough for both the cross-entropy (logsumexp = m + log(sum of the masses)) and CDF-inversion sampling, so the
+  masked-LM loss and the replacement sampler read the [R, V] logits twice between them (XLA merges the two identical
+  computations); neither materialises the softmax. No gradient flows through them.
+  """
+  x = jax.lax.stop_gradient(x)
+  m = jnp.max(x, axis=-1)
+  return m, _block_sums(jnp.exp(x - m[:, None]), block)
+
+
+def _last_positive(a: jax.Array) -> jax.Array:
+  """Index of the last entry > 0 on the last axis (rounding must never pick an empty slot); 0 if none."""
+  return jnp.max(jnp.where(a > 0, jnp.arange(a.shape[-1]), 0), -1)
+
+
 def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1.0, block: int = 128) -> jax.Array:
   """One sample per row of softmax(logits / temperature) [..., V] by inverting its CDF with one uniform per row.
 
   The same distribution as Gumbel-max (argmax(logits / T + Gumbel noise)), for a fraction of its cost: Gumbel-max needs
   V random numbers and two logarithms per row and a variadic (value, index) reduction, which together took ~10% of the
   ELECTRA-Small step on XLA's CPU backend; this needs one exponential per logit and one random number per row. The CDF
-  is searched in two levels (blocks of `block` logits, then inside the chosen block), so only [..., V / block] and
-  [..., block] cumulative sums are formed. Logits of probability 0 (-inf, or underflowed) are never chosen.
+  is searched in two levels: over the block masses of `softmax_stats` (blocks of `block` logits), then inside the
+  chosen block, whose `block` exponentials are recomputed from its logits. Logits of probability 0 (-inf, or
+  underflowed) are never chosen.
   """
   lead, v = logits.shape[:-1], logits.shape[-1]
-  x = logits.reshape(-1, v).astype(jnp.float32) / temperature
-  rows, nb = x.shape[0], -(-v // block)
-  probs = jnp.exp(x - jnp.max(x, -1, keepdims=True))
-  probs = jnp.pad(probs, ((0, 0), (0, nb * block - v))).reshape(rows, nb, block)
-  block_mass = jnp.sum(probs, -1)                                            # [R, nb]
-  cum = jnp.cumsum(block_mass, -1)
-  target = jax.random.uniform(rng, (rows,)) * cum[:, -1]                     # in [0, total)
-
-  def last_positive(a):  # index of the last entry > 0 on the last axis (rounding must never pick an empty slot)
-    return jnp.max(jnp.where(a > 0, jnp.arange(a.shape[-1]), 0), -1)
-
-  b = jnp.minimum(jnp.sum(cum <= target[:, None], -1), last_positive(block_mass))
-  before = jnp.take_along_axis(cum, b[:, None], 1)[:, 0] - jnp.take_along_axis(block_mass, b[:, None], 1)[:, 0]
-  inner = jnp.take_along_axis(probs, b[:, None, None], 1)[:, 0]              # [R, block]
+  x = jax.lax.stop_gradient(logits).reshape(-1, v).astype(jnp.float32)
+  if temperature != 1.0:
+    x = x / temperature
+  m, mass = softmax_stats(x, block)
+  cum = jnp.cumsum(mass, -1)                                                 # [R, nb]
+  target = jax.random.uniform(rng, (x.shape[0],)) * cum[:, -1]              # in [0, total)
+  b = jnp.minimum(jnp.sum(cum <= target[:, None], -1), _last_positive(mass))
+  before = jnp.take_along_axis(cum, b[:, None], 1)[:, 0] - jnp.take_along_axis(mass, b[:, None], 1)[:, 0]
+  idx = b[:, None] * block + jnp.arange(block)                               # the chosen block's vocabulary ids
+  inner = jnp.where(idx < v, jnp.exp(jnp.take_along_axis(x, jnp.minimum(idx, v - 1), 1) - m[:, None]), 0.0)
   rest = jnp.maximum(target - before, 0.0)[:, None]   # >= 0, so leading empty slots are always skipped
-  i = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= rest, -1), last_positive(inner))
+  i = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= rest, -1), _last_positive(inner))
   return (b * block + i).reshape(lead)
 
 
@@ -146,21 +174,44 @@ def _safe_div(a, b):
   return a / jnp.maximum(b, 1e-6)
 
 
+@jax.custom_vjp
+def _cross_entropy_rows(x: jax.Array, targets: jax.Array, m: jax.Array, mass: jax.Array) -> jax.Array:
+  """logsumexp(x) - x[target] per row of x [R, V], the logsumexp from softmax_stats(x) = (m, mass)."""
+  return _cross_entropy_rows_fwd(x, targets, m, mass)[0]
+
+
+def _cross_entropy_rows_fwd(x, targets, m, mass):
+  lse = m + jnp.log(jnp.sum(mass, -1))
+  return lse - jnp.take_along_axis(x, targets[:, None], 1)[:, 0], (x, targets, lse)
+
+
+def _cross_entropy_rows_bwd(res, g):
+  # d/dx = softmax(x) - one_hot(target), as one elementwise pass over [R, V] (the target by comparison with an iota:
+  # no scatter). m and mass are statistics of x under stop_gradient: the full derivative is the one above.
+  x, targets, lse = res
+  one_hot = jax.lax.broadcasted_iota(targets.dtype, x.shape, 1) == targets[:, None]
+  return g[:, None] * (jnp.exp(x - lse[:, None]) - one_hot), None, None, None
+
+
+_cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
+
+
 def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean cross-entropy over the weighted positions, accuracy of the top prediction there).
 
-  The target's logit is picked with a one-hot product rather than a gather (whose gradient is a scatter), and a
-  prediction counts as correct when the target's logit is the maximum (an argmax would be a variadic reduction, 30x
-  slower on XLA's CPU backend; the two differ only on exact ties).
+  The cross-entropy has a hand-written gradient (softmax - one-hot in one pass over the logits; autodiff of
+  logsumexp and of a one-hot product made three), and shares `softmax_stats` with `sample_categorical`. A prediction
+  counts as correct when the target's logit is the row maximum (an argmax would be a variadic reduction, 30x slower
+  on XLA's CPU backend; the two differ only on exact ties).
   """
-  logits = logits.astype(jnp.float32)
-  one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
-  target_logit = jnp.sum(logits * one_hot, -1)
-  losses = jax.nn.logsumexp(logits, -1) - target_logit
-  loss = _safe_div(jnp.sum(losses * weights), jnp.sum(weights))
-  top = jax.lax.stop_gradient(target_logit >= jnp.max(logits, -1))
-  accuracy = _safe_div(jnp.sum(top * weights), jnp.sum(weights))
-  return loss, accuracy
+  v = logits.shape[-1]
+  x = logits.reshape(-1, v).astype(jnp.float32)
+  t = targets.reshape(-1).astype(jnp.int32)
+  w = weights.reshape(-1).astype(jnp.float32)
+  m, mass = softmax_stats(x)
+  losses = _cross_entropy_rows(x, t, m, mass)
+  top = jnp.take_along_axis(jax.lax.stop_gradient(x), t[:, None], 1)[:, 0] >= m
+  return _safe_div(jnp.sum(losses * w), jnp.sum(w)), _safe_div(jnp.sum(top * w), jnp.sum(w))
 
 
 def histogram_auc(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int = 4096,
