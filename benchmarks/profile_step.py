@@ -56,14 +56,19 @@ flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
 flags.DEFINE_string("trace_dir", "", "Trace 2 base steps with jax.profiler into this folder and print the time per "
                     "category of XLA op (needs 'base' in --variants).")
 
-# Categories of XLA ops, by the JAX op names (HLO metadata) they came from; the first match wins.
-CATEGORIES = (
-    ("dropout / random bits", ("dropout_mask", "_bernoulli", "_uniform", "threefry", "random_bits", "gumbel", "_randint", "rng")),
-    ("GELU (erf)", ("erf",)),
-    ("softmax / attention mask", ("softmax", "reduce_max", "exp", "select_n")),
-    ("layout copies / transposes", ("/transpose", "copy")),
-    ("optimizer update", ("adam", "optax", "apply_updates", "global_norm", "clip", "sqrt")),
+# Categories of XLA ops. Matrix products and pure layout copies are recognised from the HLO itself (a fusion is a
+# matmul when its computation holds a dot); the rest by the named scope of the JAX code they came from (the model
+# names them: layers.dropout, layers.gelu_exact, layers.LayerNorm, the attention core, the optimizer update), which
+# XLA keeps in the op_name metadata of forward and backward ops alike. The first match wins.
+SCOPES = (
+    ("dropout random bits and masks", "dropout_mask"),
+    ("GELU", "gelu"),
+    ("LayerNorm", "layer_norm"),
+    ("attention scores, mask, softmax", "attention"),
+    ("optimizer update", "optimizer"),
 )
+MATMUL, LAYOUT, OTHER = "matrix products", "layout copies, transposes, slices", "other elementwise and reductions"
+_LAYOUT_ROOTS = {"copy", "transpose", "slice"}
 
 
 def _gelu_erfc(x):
@@ -169,31 +174,62 @@ def hlo_facts(text: str) -> dict:
   return {k: ops.get(k, 0) for k in keys}
 
 
-def _hlo_index(text: str) -> dict[str, tuple[str, str, bool]]:
-  """{instruction name: (opcode, JAX op_name metadata, is a matmul fusion)} of an optimized HLO module."""
-  index = {}
-  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = \S+ ([a-z][a-z0-9-]*)\((.*)$")
+def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (category by HLO content or "", JAX op_name metadata)} of an optimized HLO module.
+
+  A fusion (or op) is a matrix product when its computation holds a dot, and a layout op when its result is a copy,
+  transpose or slice (seen through bitcasts): e.g. a bias add fused into the transposition that follows it.
+  """
+  comps: dict[str, dict] = {}
+  instrs = []
+  current = None
+  pattern = re.compile(r"^\s*(ROOT )?%?([\w.-]+) = \S+ ([a-z][a-z0-9-]*)\((.*)$")
   for line in text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.-]+) \(.*\{$", line)
+    if head:
+      current = comps.setdefault(head.group(1), {"ops": {}, "root": None})
+      continue
     m = pattern.match(line)
     if not m:
       continue
-    name, opcode, rest = m.groups()
+    root, name, opcode, rest = m.groups()
+    operand = re.match(r"\s*%?([\w.-]+)", rest)
+    if current is not None:
+      current["ops"][name] = (opcode, operand.group(1) if operand else "")
+      if root:
+        current["root"] = name
+    called = re.search(r"calls=%?([\w.-]+)", rest)
     op = re.search(r'op_name="([^"]*)"', rest)
-    matmul = opcode in ("dot", "convolution") or '"__ynn_fusion"' in rest or "__onednn" in rest
-    index[name] = (opcode, op.group(1) if op else "", matmul)
+    instrs.append((name, opcode, called.group(1) if called else None, op.group(1) if op else ""))
+
+  def result_op(comp):   # the opcode that makes a computation's result, looking through bitcasts
+    name = comp["root"]
+    while name in comp["ops"] and comp["ops"][name][0] == "bitcast":
+      name = comp["ops"][name][1]
+    return comp["ops"].get(name, ("", ""))[0]
+
+  index = {}
+  for name, opcode, called, op_name in instrs:
+    comp = comps.get(called) if opcode == "fusion" else None
+    ops = {o for o, _ in comp["ops"].values()} if comp else {opcode}
+    if ops & {"dot", "convolution"}:
+      kind = MATMUL
+    elif (result_op(comp) if comp else opcode) in _LAYOUT_ROOTS:
+      kind = LAYOUT
+    else:
+      kind = ""
+    index[name] = (kind, op_name)
   return index
 
 
-def categorize(name: str, index: dict[str, tuple[str, str, bool]]) -> str:
-  opcode, op_name, matmul = index.get(name, ("", "", False))
-  if matmul or name.startswith(("dot", "ynn_fusion")):
-    return "matmul (dot)"
-  for category, keys in CATEGORIES:
-    if any(k in op_name for k in keys) or (category.startswith("layout") and name.startswith(("copy", "transpose"))):
+def categorize(name: str, index: dict[str, tuple[str, str]]) -> str:
+  kind, op_name = index.get(name, ("", ""))
+  if kind:
+    return kind
+  for category, scope in SCOPES:
+    if scope in op_name:
       return category
-  if opcode == "while" or name.startswith("while"):
-    return "loops (while)"
-  return "other elementwise / reductions"
+  return OTHER
 
 
 def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, float]:

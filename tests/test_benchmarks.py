@@ -111,3 +111,24 @@ def test_matmul_shapes_benchmark_times_every_product_in_both_libraries():
   for row in fig["products"].values():
     assert row["XLA GFLOP/s"] > 0 and row["torch GFLOP/s"] > 0
   assert fig["products"]["ffn-in dW"]["m x k x n"] == "32 x 64 x 128"
+
+
+def test_profile_categories_come_from_the_hlo_and_the_model_scopes():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import profile_step  # pylint: disable=import-outside-toplevel
+
+  def f(x, w, a):
+    y = jnp.dot(x, w)
+    with jax.named_scope("layer_norm"):
+      z = y - y.mean(-1, keepdims=True)
+    with jax.named_scope("gelu"):
+      g = jax.lax.erf(z)
+    return g, jnp.transpose(a, (0, 2, 1)).copy()
+
+  text = jax.jit(f).lower(jnp.ones((64, 32)), jnp.ones((32, 48)), jnp.ones((4, 64, 32))).compile().as_text()
+  index = profile_step._hlo_index(text)  # pylint: disable=protected-access
+  entry = text[text.index("ENTRY"):].splitlines()[1:]
+  names = [line.split("=")[0].replace("ROOT", "").strip().lstrip("%") for line in entry if " = " in line]
+  found = {profile_step.categorize(n, index) for n in names}
+  assert {profile_step.MATMUL, profile_step.LAYOUT, "LayerNorm", "GELU"} <= found, found

@@ -37,8 +37,9 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   does not pull a select into a YNNPACK matmul fusion; without it XLA fused the whole FFN (dot, GELU, dot) into one,
   with GELU's constants materialised at full size, and inference at batch 32 ran 1.3x slower (benchmarks/README.md).
   """
-  y = x * 0.5 * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
-  return jnp.where(x < -10.0, jnp.zeros_like(y), y)
+  with jax.named_scope("gelu"):   # scopes name the ops in profiles (benchmarks/profile_step.py)
+    y = x * 0.5 * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
+    return jnp.where(x < -10.0, jnp.zeros_like(y), y)
 
 
 def activation(name: str):
@@ -154,12 +155,13 @@ class LayerNorm(nnx.Module):
     self.dtype = config.compute_dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-    return y.astype(self.dtype)
+    with jax.named_scope("layer_norm"):
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+      y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+      y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+      return y.astype(self.dtype)
 
 
 # ------------------------------------------------------------------------------------------------ embeddings
@@ -229,14 +231,15 @@ class ElectraLayer(nnx.Module):
     q = self.query(x).reshape(shape)
     k = self.key(x).reshape(shape)
     v = self.value(x).reshape(shape)
-    if rng is None or self.attention_rate == 0.0:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    else:  # attention-probability dropout needs the probabilities, so spell the attention out
-      scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-      probs = dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, rng).astype(self.dtype)
-      out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
-    return out.reshape(b, length, -1)
+    with jax.named_scope("attention"):
+      if rng is None or self.attention_rate == 0.0:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      else:  # attention-probability dropout needs the probabilities, so spell the attention out
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, rng).astype(self.dtype)
+        out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+      return out.reshape(b, length, -1)
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     r_att, r_out1, r_out2 = split_rng(rng, 3)

@@ -296,8 +296,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
 
   def train_step(state, batch, rng):
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
     out.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
                param_norm=optax.tree.norm(params), learning_rate=schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
