@@ -1,4 +1,4 @@
-"""layers.dropout: drop rate, scaling, both halves of the last axis, odd widths, determinism, gradient."""
+"""layers.dropout: drop rate, scaling, both halves of the last axis, odd widths, determinism, gradient; its bits."""
 
 import jax
 import jax.numpy as jnp
@@ -37,3 +37,18 @@ def test_deterministic_per_key_identity_without_key_and_gradient():
   g = jax.grad(lambda v: jnp.sum(layers.dropout(v, 0.1, jax.random.key(3))))(x)
   np.testing.assert_allclose(np.asarray(g), np.where(np.asarray(a) != 0, 1 / 0.9, 0.0), rtol=1e-6)
   assert layers.dropout(x.astype(jnp.bfloat16), 0.1, jax.random.key(3)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 16, 1, 64)])
+def test_random_bits_are_jax_random_bits(shape):
+  """The written-out threefry gives jax.random.bits' exact stream (jitted or not); other key kinds fall back to it."""
+  for key in (jax.random.key(0), jax.random.fold_in(jax.random.key(3), 11), jax.random.split(jax.random.key(5))[1]):
+    want = np.asarray(jax.random.bits(key, shape, jnp.uint32))
+    np.testing.assert_array_equal(np.asarray(layers.random_bits(key, shape)), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(layers.random_bits, static_argnums=1)(key, shape)), want)
+  for key in (jax.random.key(1, impl="rbg"), jax.random.PRNGKey(2)):   # another implementation; a raw uint32 key
+    np.testing.assert_array_equal(np.asarray(layers.random_bits(key, shape)),
+                                  np.asarray(jax.random.bits(key, shape, jnp.uint32)))
+  if shape:
+    text = jax.jit(layers.random_bits, static_argnums=1).lower(jax.random.key(0), shape).as_text()
+    assert "while" not in text   # the rounds are written out, not JAX's rolled CPU loop

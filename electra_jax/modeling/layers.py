@@ -57,13 +57,47 @@ def activation(name: str):
   raise ValueError(f"unsupported activation {name!r}")
 
 
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """jax.random.bits(rng, shape, jnp.uint32), bit for bit, with threefry's 20 rounds written out.
+
+  On CPU JAX lowers threefry as a rolled loop (5 iterations, each a pass over memory of two [shape] state arrays),
+  which took ~10% of the op time of an ELECTRA-Small pretraining step; written out, XLA computes the hash of each
+  counter in one fusion, as JAX's own TPU/GPU lowering does. Keys of another implementation, the non-partitionable
+  threefry mode and 2^32 elements or more go to jax.random.bits itself.
+  """
+  n = math.prod(shape)
+  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  if (not typed or rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32"
+      or not jax.config.jax_threefry_partitionable or n >= 2**32):
+    return jax.random.bits(rng, shape, jnp.uint32)
+  k = jax.random.key_data(rng)
+  ks = (k[0], k[1], k[0] ^ k[1] ^ jnp.uint32(0x1BD11BDA))
+  # the counter of each element: its flat index (high word 0 below 2^32 elements), as jax.random.bits numbers them
+  strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+  count = sum((jax.lax.broadcasted_iota(jnp.uint32, shape, i) * jnp.uint32(st) for i, st in enumerate(strides)),
+              jnp.zeros(shape, jnp.uint32))
+  x0, x1 = jnp.zeros(shape, jnp.uint32) + ks[0], count + ks[1]
+  for i in range(5):
+    for r in _THREEFRY_ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = (x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))
+      x1 = x0 ^ x1
+    x0 = x0 + ks[(i + 1) % 3]
+    x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x0 ^ x1
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   """Inverted dropout (kept values scaled by 1 / (1 - rate)); identity when rng is None or rate is 0.
 
   Each element is dropped when 16 random bits fall below round(rate * 2^16) (rate 0.1: drop probability 0.1000061):
-  one 32-bit word of jax.random.bits gives the masks of two elements, the two halves of the last axis. That is half
-  the threefry work of a float uniform per element, and the masks fuse into the multiply: the fine-tuning step of
-  ELECTRA-Small on CPU ran 8% faster (benchmarks/README.md). An odd last axis takes one word per element.
+  one 32-bit word of jax.random.bits (computed by `random_bits`) gives the masks of two elements, the two halves of
+  the last axis. That is half the threefry work of a float uniform per element, and the masks fuse into the
+  multiply: the fine-tuning step of ELECTRA-Small on CPU ran 8% faster (benchmarks/README.md). An odd last axis takes
+  one word per element.
   """
   if rng is None or rate == 0.0:
     return x
@@ -72,10 +106,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
   if d % 2:
     with jax.named_scope("dropout_mask"):   # names the random-bit ops in profiles (benchmarks/profile_step.py)
-      keep = (jax.random.bits(rng, x.shape, jnp.uint32) >> 16) >= threshold
+      keep = (random_bits(rng, x.shape) >> 16) >= threshold
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
   with jax.named_scope("dropout_mask"):
-    bits = jax.random.bits(rng, (*lead, 1, d // 2), jnp.uint32)
+    bits = random_bits(rng, (*lead, 1, d // 2))
     keep = jnp.concatenate([(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-2)
   halves = x.reshape(*lead, 2, d // 2)
   return jnp.where(keep, halves * scale, jnp.zeros_like(halves)).reshape(x.shape)
