@@ -10,6 +10,7 @@ parameters run either as a Python loop over layers or as one `jax.lax.scan`, opt
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -178,6 +179,35 @@ def _tied_logits_bwd(res, g):
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (two-pass variance), with its backward written out:
+
+  dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)) with gs = g * scale, from the saved xhat and rstd: two row
+  reductions and one elementwise pass, where autodiff's chain through mean, variance and rsqrt made several.
+  """
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  xc = x - jnp.mean(x, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
+  xhat = xc * rstd
+  return xhat * scale + bias, (xhat, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+  del eps
+  xhat, rstd, scale = res
+  lead = tuple(range(g.ndim - 1))
+  gs = g * scale
+  dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True) - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+  return dx, jnp.sum(g * xhat, axis=lead).reshape(scale.shape), jnp.sum(g, axis=lead).reshape(scale.shape)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis, computed in float32 and cast back to the compute dtype."""
 
@@ -190,11 +220,8 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     with jax.named_scope("layer_norm"):
-      x32 = x.astype(jnp.float32)
-      mean = jnp.mean(x32, axis=-1, keepdims=True)
-      var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-      y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-      y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+      y = layer_norm(x.astype(jnp.float32), self.scale[...].astype(jnp.float32), self.bias[...].astype(jnp.float32),
+                     self.eps)
       return y.astype(self.dtype)
 
 

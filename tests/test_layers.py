@@ -1,0 +1,36 @@
+"""layers.layer_norm: value and hand-written gradient against autodiff of the textbook formula, and torch's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from electra_jax.modeling import layers
+
+
+def _reference(x, scale, bias, eps):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-3])
+def test_layer_norm_value_and_gradient_equal_autodiff(eps):
+  k = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(k[0], (4, 7, 48)) * 3 + 1
+  scale, bias = jax.random.normal(k[1], (48,)), jax.random.normal(k[2], (48,))
+  cot = jax.random.normal(k[3], x.shape)
+  np.testing.assert_allclose(layers.layer_norm(x, scale, bias, eps), _reference(x, scale, bias, eps), atol=2e-6)
+
+  def grads(fn):
+    return jax.grad(lambda *a: jnp.sum(fn(*a) * cot), (0, 1, 2))(x, scale, bias)
+
+  for got, want in zip(grads(lambda *a: layers.layer_norm(*a, eps)), grads(lambda *a: _reference(*a, eps))):
+    np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()))
+  # torch's LayerNorm, value and input gradient
+  tx = torch.tensor(np.asarray(x), requires_grad=True)
+  ty = torch.nn.functional.layer_norm(tx, (48,), torch.tensor(np.asarray(scale)), torch.tensor(np.asarray(bias)), eps)
+  (ty * torch.tensor(np.asarray(cot))).sum().backward()
+  np.testing.assert_allclose(layers.layer_norm(x, scale, bias, eps), ty.detach().numpy(), atol=2e-6)
+  np.testing.assert_allclose(grads(lambda *a: layers.layer_norm(*a, eps))[0], tx.grad.numpy(), atol=2e-5)
