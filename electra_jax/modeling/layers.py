@@ -65,7 +65,7 @@ def random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """jax.random.bits(rng, shape, jnp.uint32), bit for bit, with threefry's 20 rounds written out.
 
   On CPU JAX lowers threefry as a rolled loop (5 iterations, each a pass over memory of two [shape] state arrays),
-  which took ~10% of the op time of an ELECTRA-Small pretraining step; written out, XLA computes the hash of each
+  which took ~8% of the op time of an ELECTRA-Small pretraining step; written out, XLA computes the hash of each
   counter in one fusion, as JAX's own TPU/GPU lowering does. Keys of another implementation, the non-partitionable
   threefry mode and 2^32 elements or more go to jax.random.bits itself.
   """
@@ -158,7 +158,8 @@ def tied_logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
   from ONE product, [x, 1]^T @ g -> [E + 1, V] (rows: the table's gradient transposed, then the bias's), with the
   small [N, E + 1] operand transposed explicitly. Left to autodiff, XLA's CPU backend ran the table's gradient as a
   transposing dot_general at ~1/3 of the matmul rate and the bias's gradient as a column reduction over the [N, V]
-  logit gradient (together ~40 ms of an ELECTRA-Small step; benchmarks/README.md). Same values, any backend.
+  logit gradient (together ~40 ms of op time per ELECTRA-Small step; benchmarks/README.md). Same values on any
+  backend.
   """
   return jnp.dot(x, table.T) + bias
 
