@@ -6,7 +6,7 @@
     python benchmarks/workers/ours.py --task=matmul --matmul_n=2048 --steps=10     # this host's float32 GFLOP/s
 
 pretrain: `electra_jax.train.pretrain_lib.build_setup` on configs/pretrain.py (the step the pretraining binary runs:
-masking, generator, Gumbel sampling, discriminator, gen + 50 * disc, AdamW without bias correction, clipping), one CPU
+masking, generator, CDF sampling, discriminator, gen + 50 * disc, AdamW without bias correction, clipping), one CPU
 device. finetune: `finetune_lib.Steps` on configs/glue.py with the HF head (ElectraForSequenceClassification), its
 train step and its predict function. Reports step times, compile time, XLA's memory analysis of the compiled step
 and the process's peak RSS. Ends with one JSON line.

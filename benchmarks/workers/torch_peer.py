@@ -8,8 +8,9 @@ uses the discriminator's embedding module (word, position and token-type tables 
 generator's LM head stays tied to that word table); the generator keeps its own embeddings_project. Each step: the
 original's masking (up to max_predictions positions, 85% [MASK] / 15% kept), generator forward (HF's ElectraForMaskedLM
 computes vocabulary logits at every position, its own behaviour), MLM loss at the masked positions, sampling of the
-replacements from the generator's softmax without gradient (torch.multinomial, torch's own sampler), discriminator forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm clip 1.0,
-torch.optim.AdamW (lr 5e-4, eps 1e-6, weight decay 0.01). Dropout on (train mode).
+replacements from the generator's softmax without gradient (torch.multinomial, torch's own sampler), discriminator
+forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm clip 1.0, torch.optim.AdamW (lr 5e-4,
+eps 1e-6, weight decay 0.01). Dropout on (train mode).
 
 finetune: ElectraForSequenceClassification, cross-entropy, backward, clip, AdamW; and inference (eval mode,
 torch.inference_mode) of the same batch. torch threads = the machine's cores. Ends with one JSON line.
