@@ -177,18 +177,43 @@ def cpu_threads() -> int:
 
 
 # ------------------------------------------------------------------------------------------------ workers
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-  """The environment of a worker: one CPU device for JAX (no simulated devices), the repo importable."""
+# --platform of the benchmark commands -> JAX_PLATFORMS of the workers (torch follows with --device).
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def worker_env(extra: dict[str, str] | None = None, platform: str = "cpu") -> dict[str, str]:
+  """The environment of a worker: one JAX device of `platform` (no simulated CPU devices), the repo importable."""
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform={platform!r}: expected one of {sorted(PLATFORMS)}")
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags)
-  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_PLATFORMS"] = PLATFORMS[platform]
   env["TOKENIZERS_PARALLELISM"] = "false"
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-  env.pop("CUDA_VISIBLE_DEVICES", None)
+  if platform == "cpu":
+    env.pop("CUDA_VISIBLE_DEVICES", None)
   if extra:
     env.update(extra)
   return env
+
+
+def platform_problem(platform: str, f32_matmul: str, dtype: str, peers: Sequence[str]) -> str | None:
+  """Why a benchmark's --platform / --f32_matmul / --dtype / --peers would not compare like with like (None: fine)."""
+  if platform not in PLATFORMS:
+    return f"--platform={platform}: expected one of {sorted(PLATFORMS)}"
+  if f32_matmul == "tf32" and platform != "gpu":
+    return "--f32_matmul=tf32 needs --platform=gpu (CPUs have no TensorFloat-32)"
+  if "flax" in peers and (platform != "cpu" or dtype != "float32"):
+    return f"the HF Flax peer runs float32 on the CPU only; use --peers=torch with --platform={platform} --dtype={dtype}"
+  return None
+
+
+def platform_args(platform: str, f32_matmul: str, dtype: str) -> tuple[list[str], list[str]]:
+  """Worker arguments (ours, the PyTorch peer's) for where they run and how they compute: the same on both sides."""
+  if platform == "cpu":
+    return [], [f"--dtype={dtype}"]
+  return [f"--f32_matmul={f32_matmul}"], ["--device=cuda", f"--dtype={dtype}", f"--f32_matmul={f32_matmul}"]
 
 
 def parse_json_line(stdout: str) -> dict[str, Any] | None:
@@ -243,6 +268,19 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
   out = [line(list(columns)), line(["-" * w for w in widths])]
   out.extend(line(row) for row in cells)
   return "\n".join(out)
+
+
+def peak_mib(figs: dict[str, Any]) -> float:
+  """The memory that bounds a run: the device's peak on an accelerator, else the process's peak RSS (MiB)."""
+  return figs["device_peak_mib"] if figs.get("device_peak_mib") is not None else figs["peak_rss_mib"]
+
+
+def where(fig: dict[str, Any]) -> str:
+  """Where and how a benchmark ran, for its header: CPU threads, or the GPU and the step's arithmetic."""
+  if fig["platform"] == "cpu":
+    return f"{fig['cpu_threads']} CPU threads"
+  precision = "" if fig["dtype"] == "bfloat16" else f", float32 products {fig['f32_matmul']}"
+  return f"{fig['device_kind']} ({fig['dtype']}{precision})"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

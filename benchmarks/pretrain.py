@@ -3,6 +3,8 @@
     python benchmarks/pretrain.py --batch_size=16 --seq_len=128                     # small, peers torch and flax
     python benchmarks/pretrain.py --batch_size=16 --seq_len=128 --size=small --peers=torch,flax --steps=10
     python benchmarks/pretrain.py --peers=none --size=tiny --steps=2 --warmup=1    # only this project (smoke test)
+    python benchmarks/pretrain.py --platform=gpu --batch_size=128 --size=small --peers=torch --f32_matmul=tf32
+    python benchmarks/pretrain.py --platform=gpu --batch_size=128 --size=small --peers=torch --dtype=bfloat16
 
 Every implementation runs in a subprocess of its own, one after the other, on the same batch (WikiText-2 text in
 `[CLS] A [SEP] B [SEP]` sequences of seq_len tokens) with the same step: ELECTRA masking (15%, 85% [MASK] / 15% kept),
@@ -17,6 +19,11 @@ Figures: median step time over --steps timed steps after --warmup, tokens/s = ba
 ours / peer, this host's float32 matmul GFLOP/s (jnp.dot of n x n matrices, median, measured before and after the
 steps), MFU = analytical model FLOPs per step (electra_jax.train.flops, what our step computes) / median time / matmul
 rate, peak memory = each process's RSS high-water mark, plus XLA's memory analysis of our compiled step.
+--platform=gpu runs ours and the PyTorch peer on the machine's first GPU (the Flax peer is CPU-only): the matmul rate
+is then the GPU's (n = 8192 unless --matmul_n says, in the step's dtype), and peak memory is the device's (JAX's
+peak_bytes_in_use, torch.cuda.max_memory_allocated). Both sides compute alike: --dtype=bfloat16 is our bfloat16
+compute dtype against torch.autocast(bfloat16); float32 products are full float32 on both (--f32_matmul=highest) or
+TensorFloat-32 on both (tf32; JAX's own GPU default, which is why the flag is explicit).
 Prints a table and ends with one JSON line.
 """
 
@@ -48,7 +55,10 @@ flags.DEFINE_integer("steps", 10, "Timed steps per implementation.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtype.")
 flags.DEFINE_bool("scan", False, "Our encoder as jax.lax.scan over layers (False: unrolled loop).")
-flags.DEFINE_integer("matmul_n", 2048, "Matrix size of the matmul measurement.")
+flags.DEFINE_integer("matmul_n", None, "Matrix size of the matmul measurement (default 2048 on CPU, 8192 on GPU).")
+flags.DEFINE_enum("platform", "cpu", sorted(common.PLATFORMS), "Where ours and the PyTorch peer run.")
+flags.DEFINE_enum("f32_matmul", "highest", ["highest", "tf32"],
+                  "float32 products on both sides: full float32, or TensorFloat-32 (GPU only).")
 flags.DEFINE_string("flax_venv", os.path.join(common.BENCH_DIR, ".venv-flax-peer"),
                     "Virtual environment of the HF Flax peer (created when missing).")
 flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
@@ -63,6 +73,7 @@ def parse_peers(text: str) -> list[str]:
   if bad:
     raise app.UsageError(f"--peers: unknown peer(s) {bad}; choose from {list(PEERS)} or 'none'")
   return names
+
 
 
 # ------------------------------------------------------------------------------------------------ the Flax peer's venv
@@ -87,28 +98,36 @@ def ensure_flax_venv(venv: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ runs
+def matmul_n() -> int:
+  return FLAGS.matmul_n or (8192 if FLAGS.platform == "gpu" else 2048)
+
+
 def run_all(peers: list[str], batch_path: str) -> dict:
   workers = common.WORKERS_DIR
+  env = common.worker_env(platform=FLAGS.platform)
+  ours_args, torch_args = common.platform_args(FLAGS.platform, FLAGS.f32_matmul, FLAGS.dtype)
   common_args = [f"--batch={batch_path}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
                  f"--warmup={FLAGS.warmup}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
-  matmul_cmd = [sys.executable, str(workers / "ours.py"), "--task=matmul", f"--matmul_n={FLAGS.matmul_n}",
-                "--steps=10", "--warmup=2"]
+  # The reference rate in the step's own arithmetic: float32 on the CPU; on a GPU the dtype and precision of the step.
+  matmul_dtype = FLAGS.dtype if FLAGS.platform == "gpu" else "float32"
+  matmul_cmd = [sys.executable, str(workers / "ours.py"), "--task=matmul", f"--matmul_n={matmul_n()}",
+                f"--dtype={matmul_dtype}", "--steps=10", "--warmup=2", *ours_args]
   results: dict = {"load_before": list(common.load_average())}
-  results["matmul_before"] = common.run_worker(matmul_cmd, name="matmul", timeout=FLAGS.timeout)
+  results["matmul_before"] = common.run_worker(matmul_cmd, env=env, name="matmul", timeout=FLAGS.timeout)
   results["ours"] = common.run_worker(
       [sys.executable, str(workers / "ours.py"), "--task=pretrain", *common_args, f"--batch_size={FLAGS.batch_size}",
-       f"--seq_len={FLAGS.seq_len}", f"--dtype={FLAGS.dtype}", f"--scan={FLAGS.scan}"],
-      name="ours", timeout=FLAGS.timeout)
+       f"--seq_len={FLAGS.seq_len}", f"--dtype={FLAGS.dtype}", f"--scan={FLAGS.scan}", *ours_args],
+      env=env, name="ours", timeout=FLAGS.timeout)
   if "torch" in peers:
     results["torch"] = common.run_worker(
-        [sys.executable, str(workers / "torch_peer.py"), "--task=pretrain", *common_args],
-        name="torch peer", timeout=FLAGS.timeout)
+        [sys.executable, str(workers / "torch_peer.py"), "--task=pretrain", *common_args, *torch_args],
+        env=env, name="torch peer", timeout=FLAGS.timeout)
   if "flax" in peers:
     python = ensure_flax_venv(FLAGS.flax_venv)
     results["flax"] = common.run_worker([python, str(workers / "flax_peer.py"), *common_args],
                                         env=common.worker_env({"PYTHONPATH": ""}), name="flax peer",
                                         timeout=FLAGS.timeout)
-  results["matmul_after"] = common.run_worker(matmul_cmd, name="matmul", timeout=FLAGS.timeout)
+  results["matmul_after"] = common.run_worker(matmul_cmd, env=env, name="matmul", timeout=FLAGS.timeout)
   results["load_after"] = list(common.load_average())
   return results
 
@@ -121,13 +140,15 @@ def figures(results: dict, peers: list[str]) -> dict:
   out = {
       "benchmark": "pretrain", "size": FLAGS.size, "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len,
       "layers": ours["layers"], "steps": FLAGS.steps, "warmup": FLAGS.warmup, "dtype": FLAGS.dtype,
-      "scan": FLAGS.scan, "cpu_threads": common.cpu_threads(),
+      "scan": FLAGS.scan, "cpu_threads": common.cpu_threads(), "platform": FLAGS.platform,
+      "device_kind": ours.get("device_kind"), "f32_matmul": FLAGS.f32_matmul, "matmul_n": matmul_n(),
       "load_before": results["load_before"], "load_after": results["load_after"],
       "matmul_gflops": matmul_gflops, "matmul_gflops_before_after": matmul,
       "flops_per_step": ours["flops_per_step"],
       "flops_per_step_head_everywhere": ours.get("flops_per_step_head_everywhere"),
       "ours": {"median_s": ours["median_s"], "tokens_per_s": tokens / ours["median_s"],
                "compile_s": ours["compile_s"], "peak_rss_mib": ours["peak_rss_mib"],
+               "device_peak_mib": ours.get("device_peak_mib"),
                "xla_peak_mib": (ours.get("xla_memory") or {}).get("peak_mib"), "loss_first": ours["loss_first"],
                "loss_last": ours["loss_last"]},
   }
@@ -137,33 +158,36 @@ def figures(results: dict, peers: list[str]) -> dict:
   for peer in peers:
     r = results[peer]
     out[peer] = {"median_s": r["median_s"], "tokens_per_s": tokens / r["median_s"], "peak_rss_mib": r["peak_rss_mib"],
+                 "device_peak_mib": r.get("device_peak_mib"),
                  "loss_first": r["loss_first"], "loss_last": r["loss_last"],
                  "version": r.get("transformers_version"), "compile_s": r.get("compile_s")}
     if ours.get("flops_per_step_head_everywhere"):
       peer_gflops = ours["flops_per_step_head_everywhere"] / r["median_s"] / 1e9
       out[peer].update(model_gflops_per_s=peer_gflops, mfu_vs_matmul=peer_gflops / matmul_gflops)
     out[f"speedup_vs_{peer}"] = r["median_s"] / ours["median_s"]
-    out[f"memory_ratio_vs_{peer}"] = ours["peak_rss_mib"] / r["peak_rss_mib"]
+    out[f"memory_ratio_vs_{peer}"] = common.ratio(common.peak_mib(out["ours"]), common.peak_mib(out[peer]))
   return out
 
 
 def print_report(fig: dict, peers: list[str]) -> None:
+  mem = "peak_rss_MiB" if fig["platform"] == "cpu" else "device_peak_MiB"
   rows = [{"impl": "ours (electra_jax)", "step_s": fig["ours"]["median_s"], "tokens/s": fig["ours"]["tokens_per_s"],
-           "ours/peer": None, "peak_rss_MiB": fig["ours"]["peak_rss_mib"], "compile_s": fig["ours"]["compile_s"],
+           "ours/peer": None, mem: common.peak_mib(fig["ours"]), "compile_s": fig["ours"]["compile_s"],
            "loss first->last": f"{fig['ours']['loss_first']:.2f}->{fig['ours']['loss_last']:.2f}"}]
   names = {"torch": "HF PyTorch", "flax": "HF Flax 4.46.3"}
   for peer in peers:
     p = fig[peer]
     rows.append({"impl": names[peer], "step_s": p["median_s"], "tokens/s": p["tokens_per_s"],
-                 "ours/peer": fig[f"speedup_vs_{peer}"], "peak_rss_MiB": p["peak_rss_mib"],
+                 "ours/peer": fig[f"speedup_vs_{peer}"], mem: common.peak_mib(p),
                  "compile_s": p["compile_s"], "loss first->last": f"{p['loss_first']:.2f}->{p['loss_last']:.2f}"})
   print()
   print(f"ELECTRA-{fig['size']} pretraining step, batch {fig['batch_size']} x seq {fig['seq_len']}, "
-        f"{fig['layers']} layers, {fig['cpu_threads']} CPU threads, median of {fig['steps']} steps "
+        f"{fig['layers']} layers, {common.where(fig)}, median of {fig['steps']} steps "
         f"(load average before {fig['load_before'][0]:.2f}, after {fig['load_after'][0]:.2f})")
-  print(common.format_table(rows, ["impl", "step_s", "tokens/s", "ours/peer", "peak_rss_MiB", "compile_s",
+  print(common.format_table(rows, ["impl", "step_s", "tokens/s", "ours/peer", mem, "compile_s",
                                    "loss first->last"]))
-  print(f"host float32 matmul ({FLAGS.matmul_n}^3, median): {fig['matmul_gflops']:.1f} GFLOP/s "
+  kind = "host float32" if fig["platform"] == "cpu" else common.where(fig)
+  print(f"{kind} matmul ({fig['matmul_n']}^3, median): {fig['matmul_gflops']:.1f} GFLOP/s "
         f"(before {fig['matmul_gflops_before_after'][0]:.1f}, after {fig['matmul_gflops_before_after'][1]:.1f})")
   for peer in peers:
     if "mfu_vs_matmul" in fig[peer]:
@@ -178,6 +202,9 @@ def print_report(fig: dict, peers: list[str]) -> None:
 def main(argv) -> None:
   del argv
   peers = parse_peers(FLAGS.peers)
+  problem = common.platform_problem(FLAGS.platform, FLAGS.f32_matmul, FLAGS.dtype, peers)
+  if problem:
+    raise app.UsageError(problem)
   start = time.time()
   with tempfile.TemporaryDirectory() as tmp:
     batch_path = os.path.join(tmp, "batch.npz")

@@ -102,6 +102,27 @@ def test_bad_peer_is_refused():
   assert proc.returncode != 0 and "unknown peer" in proc.stderr
 
 
+def test_platform_settings_compare_like_with_like():
+  # Both sides get the same arithmetic; combinations that could not compare alike are refused before anything runs.
+  assert common.platform_problem("cpu", "highest", "float32", ["torch", "flax"]) is None
+  assert common.platform_problem("gpu", "tf32", "float32", ["torch"]) is None
+  assert "needs --platform=gpu" in common.platform_problem("cpu", "tf32", "float32", ["torch"])
+  assert "Flax peer" in common.platform_problem("gpu", "highest", "bfloat16", ["flax"])
+  assert "Flax peer" in common.platform_problem("cpu", "highest", "bfloat16", ["torch", "flax"])
+  assert common.platform_args("cpu", "highest", "bfloat16") == ([], ["--dtype=bfloat16"])
+  assert common.platform_args("gpu", "tf32", "float32") == (
+      ["--f32_matmul=tf32"], ["--device=cuda", "--dtype=float32", "--f32_matmul=tf32"])
+  assert common.worker_env(platform="gpu")["JAX_PLATFORMS"] == "cuda"
+  assert common.worker_env()["JAX_PLATFORMS"] == "cpu"
+  gpu = {"platform": "gpu", "device_kind": "NVIDIA H200", "dtype": "float32", "f32_matmul": "tf32", "cpu_threads": 16}
+  assert common.where(gpu) == "NVIDIA H200 (float32, float32 products tf32)"
+  assert common.peak_mib({"peak_rss_mib": 900.0, "device_peak_mib": 300.0}) == 300.0
+  assert common.peak_mib({"peak_rss_mib": 900.0, "device_peak_mib": None}) == 900.0
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "finetune.py"), "--f32_matmul=tf32"],
+                        cwd=REPO, env=common.worker_env(), capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0 and "needs --platform=gpu" in proc.stderr
+
+
 def test_matmul_shapes_benchmark_times_every_product_in_both_libraries():
   out, fig = _run("matmul_shapes.py", "--tokens=64", "--hidden=32", "--repeats=2")
   assert fig["benchmark"] == "matmul_shapes" and "XLA / torch" in out

@@ -4,12 +4,15 @@
     python benchmarks/workers/ours.py --task=pretrain --batch=/tmp/b.npz --layers=24 --scan=false --compile_only
     python benchmarks/workers/ours.py --task=finetune --batch=/tmp/c.npz --size=small --steps=10
     python benchmarks/workers/ours.py --task=matmul --matmul_n=2048 --steps=10     # this host's float32 GFLOP/s
+    JAX_PLATFORMS=cuda python benchmarks/workers/ours.py --task=pretrain --f32_matmul=tf32 ...   # on a GPU
 
 pretrain: `electra_jax.train.pretrain_lib.build_setup` on configs/pretrain.py (the step the pretraining binary runs:
 masking, generator, CDF sampling, discriminator, gen + 50 * disc, AdamW without bias correction, clipping), one CPU
-device. finetune: `finetune_lib.Steps` on configs/glue.py with the HF head (ElectraForSequenceClassification), its
-train step and its predict function. Reports step times, compile time, XLA's memory analysis of the compiled step
-and the process's peak RSS. Ends with one JSON line.
+device (JAX_PLATFORMS picks which). finetune: `finetune_lib.Steps` on configs/glue.py with the HF head
+(ElectraForSequenceClassification), its train step and its predict function. Reports step times, compile time, XLA's
+memory analysis of the compiled step, the process's peak RSS and, on an accelerator, the device's peak bytes in use.
+--f32_matmul sets jax_default_matmul_precision for float32 products (on NVIDIA GPUs JAX's own default is TF32; the
+benchmark commands pass `highest` or `tf32` so that both sides of a comparison compute alike). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ import common  # noqa: E402  pylint: disable=wrong-import-position
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+# --f32_matmul -> jax_default_matmul_precision.
+F32_MATMUL = {"highest": "highest", "tf32": "tensorfloat32"}
 
 SPECIAL_IDS = {"pad": common.PAD_ID, "unk": common.UNK_ID, "cls": common.CLS_ID, "sep": common.SEP_ID,
                "mask": common.MASK_ID}
@@ -187,11 +193,20 @@ def main(argv=None) -> None:
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--matmul_n", type=int, default=2048)
   p.add_argument("--dump_hlo", default="", help="write the compiled step's optimized HLO to this file")
+  p.add_argument("--f32_matmul", default="default", choices=sorted(F32_MATMUL) + ["default"],
+                 help="float32 product precision (default: JAX's own for the platform)")
   args = p.parse_args(argv)
+  if args.f32_matmul != "default":
+    jax.config.update("jax_default_matmul_precision", F32_MATMUL[args.f32_matmul])
   start = time.perf_counter()
   result = {"pretrain": pretrain, "finetune": finetune, "matmul": matmul}[args.task](args)
+  device = jax.devices()[0]
   result.update(jax_version=jax.__version__, backend=jax.default_backend(), device_count=jax.device_count(),
+                device_kind=device.device_kind, f32_matmul=args.f32_matmul,
                 wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
   common.emit(result)
 
 

@@ -13,7 +13,13 @@ forward on the corrupted input, loss = gen + 50 * disc, backward, global-norm cl
 eps 1e-6, weight decay 0.01). Dropout on (train mode).
 
 finetune: ElectraForSequenceClassification, cross-entropy, backward, clip, AdamW; and inference (eval mode,
-torch.inference_mode) of the same batch. torch threads = the machine's cores. Ends with one JSON line.
+torch.inference_mode) of the same batch. torch threads = the machine's cores.
+
+--device=cuda runs on the GPU (every timed step ends in a synchronisation: the loss read back, or
+torch.cuda.synchronize after inference) and reports torch.cuda.max_memory_allocated; --dtype=bfloat16 runs the
+forward passes under torch.autocast (bfloat16), the usual mixed precision; --f32_matmul=tf32 lets float32 products
+use TensorFloat-32 (torch.set_float32_matmul_precision("high")), `highest` keeps torch's own full float32.
+Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ import common  # noqa: E402  pylint: disable=wrong-import-position
 import torch  # noqa: E402  pylint: disable=wrong-import-position
 import transformers  # noqa: E402  pylint: disable=wrong-import-position
 
+# --f32_matmul -> torch.set_float32_matmul_precision.
+F32_MATMUL = {"highest": "highest", "tf32": "high"}
+
 
 def hf_configs(size: str, layers: int | None):
   d = common.model_dims(size, layers)
@@ -42,25 +51,41 @@ def hf_configs(size: str, layers: int | None):
 def mask_inputs(input_ids, input_mask, max_pred: int, mask_prob: float, gen: torch.Generator):
   """The original ELECTRA masking: positions [B, P], their weights, original ids, and the masked input."""
   b, length = input_ids.shape
+  dev = input_ids.device
   special = ((input_ids == common.CLS_ID) | (input_ids == common.SEP_ID) | (input_ids == common.MASK_ID)
              | (input_ids == common.PAD_ID))
   candidate = input_mask.bool() & ~special
   num = torch.clamp(torch.round(input_mask.sum(1).float() * mask_prob), max=max_pred).long()
-  scores = torch.rand(b, length, generator=gen).masked_fill(~candidate, -1.0)
+  scores = torch.rand(b, length, generator=gen, device=dev).masked_fill(~candidate, -1.0)
   positions = scores.topk(max_pred, dim=1).indices
-  weights = (torch.arange(max_pred)[None, :] < num[:, None]) & candidate.gather(1, positions)
+  weights = (torch.arange(max_pred, device=dev)[None, :] < num[:, None]) & candidate.gather(1, positions)
   originals = input_ids.gather(1, positions)
-  use_mask = torch.rand(b, max_pred, generator=gen) < 0.85
+  use_mask = torch.rand(b, max_pred, generator=gen, device=dev) < 0.85
   masked = input_ids.scatter(1, positions, torch.where(weights & use_mask, common.MASK_ID, originals))
   return positions, weights, originals, masked
 
 
+def _sync(device: torch.device) -> None:
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
+def _autocast(args):
+  """bfloat16 mixed precision for --dtype=bfloat16 (forward passes only, as torch's AMP recipe has it)."""
+  return torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16,
+                        enabled=args.dtype == "bfloat16")
+
+
+def _load(args) -> dict:
+  return {k: torch.from_numpy(v).long().to(args.device) for k, v in common.load_batch(args.batch).items()}
+
+
 def pretrain(args) -> dict:
-  batch = {k: torch.from_numpy(v).long() for k, v in common.load_batch(args.batch).items()}
+  batch = _load(args)
   disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers)
   torch.manual_seed(0)
-  disc = transformers.ElectraForPreTraining(disc_cfg)
-  gen = transformers.ElectraForMaskedLM(gen_cfg)
+  disc = transformers.ElectraForPreTraining(disc_cfg).to(args.device)
+  gen = transformers.ElectraForMaskedLM(gen_cfg).to(args.device)
   gen.electra.embeddings = disc.electra.embeddings                        # share the embedding module (original)
   gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight   # LM head tied to the shared table
   disc.train()
@@ -71,13 +96,14 @@ def pretrain(args) -> dict:
   opt = torch.optim.AdamW(params, lr=5e-4, eps=1e-6, weight_decay=0.01)
   ids, mask, types = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   max_pred = common.max_predictions(ids.shape[1], mask_prob)
-  rng = torch.Generator().manual_seed(0)
+  rng = torch.Generator(device=args.device).manual_seed(0)
   losses = []
 
   def step():
     positions, weights, originals, masked = mask_inputs(ids, mask, max_pred, mask_prob, rng)
-    logits = gen(input_ids=masked, attention_mask=mask, token_type_ids=types).logits          # [B, L, V]
-    logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))          # [B, P, V]
+    with _autocast(args):
+      logits = gen(input_ids=masked, attention_mask=mask, token_type_ids=types).logits        # [B, L, V]
+    logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()  # [B, P, V]
     w = weights.float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), originals, reduction="none")
     gen_loss = (nll * w).sum() / w.sum().clamp(min=1.0)
@@ -86,8 +112,9 @@ def pretrain(args) -> dict:
       sampled = torch.multinomial(probs, 1, generator=rng).reshape(logits.shape[:-1])   # torch's own sampler
       corrupted = ids.scatter(1, positions, torch.where(weights, sampled, originals))
       labels = ((corrupted != ids) & mask.bool()).float()
-    d_logits = disc(input_ids=corrupted, attention_mask=mask, token_type_ids=types).logits     # [B, L]
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, labels, reduction="none")
+    with _autocast(args):
+      d_logits = disc(input_ids=corrupted, attention_mask=mask, token_type_ids=types).logits   # [B, L]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits.float(), labels, reduction="none")
     disc_loss = (bce * mask).sum() / mask.sum()
     loss = gen_loss + 50.0 * disc_loss
     opt.zero_grad(set_to_none=True)
@@ -103,11 +130,11 @@ def pretrain(args) -> dict:
 
 
 def finetune(args) -> dict:
-  batch = {k: torch.from_numpy(v).long() for k, v in common.load_batch(args.batch).items()}
+  batch = _load(args)
   disc_cfg, _, _ = hf_configs(args.size, args.layers)
   disc_cfg.num_labels = 2
   torch.manual_seed(0)
-  model = transformers.ElectraForSequenceClassification(disc_cfg)
+  model = transformers.ElectraForSequenceClassification(disc_cfg).to(args.device)
   params = list(model.parameters())
   opt = torch.optim.AdamW(params, lr=1e-4, eps=1e-6, weight_decay=0.01)
   kw = dict(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
@@ -116,7 +143,8 @@ def finetune(args) -> dict:
 
   def train_step():
     model.train()
-    loss = model(**kw, labels=labels).loss
+    with _autocast(args):
+      loss = model(**kw, labels=labels).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -124,8 +152,9 @@ def finetune(args) -> dict:
     losses.append(float(loss.detach()))
 
   def infer_step():
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(args):
       model(**kw).logits.argmax(-1)
+    _sync(torch.device(args.device))
 
   train_times = common.time_steps(train_step, args.warmup, args.steps)
   model.eval()
@@ -146,13 +175,23 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="bfloat16: forward passes under torch.autocast")
+  p.add_argument("--f32_matmul", default="default", choices=sorted(F32_MATMUL) + ["default"],
+                 help="float32 product precision (default: torch's own, full float32)")
   args = p.parse_args(argv)
   threads = args.threads or common.cpu_threads()
   torch.set_num_threads(threads)
+  if args.f32_matmul != "default":
+    torch.set_float32_matmul_precision(F32_MATMUL[args.f32_matmul])
   start = time.perf_counter()
   result = pretrain(args) if args.task == "pretrain" else finetune(args)
   result.update(torch_version=torch.__version__, transformers_version=transformers.__version__, threads=threads,
+                device=args.device, dtype=args.dtype, f32_matmul=args.f32_matmul,
                 wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
+  if args.device == "cuda":
+    result.update(device_kind=torch.cuda.get_device_name(), device_peak_mib=torch.cuda.max_memory_allocated() / 2**20)
   common.emit(result)
 
 
