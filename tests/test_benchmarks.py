@@ -153,3 +153,19 @@ def test_profile_categories_come_from_the_hlo_and_the_model_scopes():
   names = [line.split("=")[0].replace("ROOT", "").strip().lstrip("%") for line in entry if " = " in line]
   found = {profile_step.categorize(n, index) for n in names}
   assert {profile_step.MATMUL, profile_step.LAYOUT, "LayerNorm", "GELU"} <= found, found
+
+
+def test_product_bound_finds_every_product_of_the_step():
+  # ELECTRA-tiny inference: per layer q, k, v, output (H x H), FFN in and out (H x F), scores and weighted values;
+  # once the embedding projection (E -> H) and the classification head ([CLS]: H -> H, H -> 2).
+  b, s, e, h, f, layers = 2, 16, 32, 64, 256, 2
+  tokens = b * s
+  expected = layers * (2 * tokens * (4 * h * h + 2 * h * f) + 2 * 2 * b * s * s * h) + 2 * tokens * e * h \
+      + 2 * b * h * h + 2 * b * h * 2
+  out, fig = _run("product_bound.py", "--task=infer", "--size=tiny", f"--batch_size={b}", f"--seq_len={s}",
+                  "--repeats=1", "--target_s=1.0")
+  assert fig["products_gflop"] * 1e9 == pytest.approx(expected, rel=1e-9)
+  assert sum(p["count"] for p in fig["products"]) == layers * 8 + 3
+  assert 0 < fig["products_best_s"] <= fig["products_traced_s"] and fig["step_s"] > 0
+  assert fig["left_for_the_rest_s"] == pytest.approx(1.0 - fig["products_best_s"])
+  assert "in their best layouts" in out

@@ -554,6 +554,9 @@ class Steps:
 
     self.predict = self._in_mesh(jax.jit(predict, out_shardings=replicated))
     self.tx = self.schedule = self._train_step_jit = self._compiled_train_step = self._init = None
+    # The pure train step (params, opt_state, batch, step, rng) -> (params, opt_state, stats), before jit: what
+    # train_step compiles, for tools that trace it (benchmarks/product_bound.py).
+    self.train_step_fn = None
     if config is not None:
       self.tx, self.schedule = optim.create(config.optimizer, self.abstract_params,
                                             learning_rate=float(config.learning_rate),
@@ -572,7 +575,7 @@ class Steps:
         stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(step)}
         return params, opt_state, stats
 
-      self._train_step_fn = train_step
+      self.train_step_fn = train_step
 
   def _in_mesh(self, fn: Callable) -> Callable:
     """fn run under this mesh and rules (activations' sharding constraints are resolved while tracing)."""
@@ -597,7 +600,7 @@ class Steps:
     if self._train_step_jit is None:
       opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
       self._train_step_jit = jax.jit(
-          self._train_step_fn, donate_argnums=(0, 1),
+          self.train_step_fn, donate_argnums=(0, 1),
           out_shardings=(self.param_shardings, opt_shardings, sharding.replicated(self.mesh)))
     return opt_state
 
