@@ -205,7 +205,8 @@ def platform_problem(platform: str, f32_matmul: str, dtype: str, peers: Sequence
   if f32_matmul == "tf32" and platform != "gpu":
     return "--f32_matmul=tf32 needs --platform=gpu (CPUs have no TensorFloat-32)"
   if "flax" in peers and (platform != "cpu" or dtype != "float32"):
-    return f"the HF Flax peer runs float32 on the CPU only; use --peers=torch with --platform={platform} --dtype={dtype}"
+    return (f"the HF Flax peer runs float32 on the CPU only; use --peers=torch with --platform={platform} "
+            f"--dtype={dtype}")
   return None
 
 

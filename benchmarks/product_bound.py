@@ -1,4 +1,4 @@
-"""How long the matrix products of our step take alone: a floor under the step time, and what a target leaves for the rest.
+"""How long the matrix products of our step take alone: a floor under the step time, and what a target leaves the rest.
 
     python benchmarks/product_bound.py --task=pretrain --batch_size=16 --target_s=0.395   # 4x the PyTorch peer's 1.58 s
     python benchmarks/product_bound.py --task=finetune --batch_size=32 --target_s=0.845   # 2x its 1.69 s
