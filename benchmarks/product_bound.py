@@ -9,9 +9,11 @@ benchmarks/pretrain.py times; finetune / infer: `finetune_lib.Steps`' train step
 benchmarks/finetune.py), counted as often as the step runs it, is timed alone with XLA on this host (jitted, median of
 --repeats) in two forms: as traced (the operands' own layouts, so the transposes XLA needs are included) and in its
 best layout (operands already laid out as [batch, m, k] x [batch, k, n], transposes not counted). The sums are the time
-the products alone need at the speeds XLA reaches for them; the step itself is timed in the same process. With
---target_s, the report says how much of the target the products alone already take at their best layouts: what is
-left is all the time every other op (GELU, LayerNorm, softmax, dropout, embeddings, losses, the optimizer) could have.
+the products alone need at the speeds XLA reaches for them; the step itself is timed in the same process, and so is a
+2048^3 product, the host's reference rate (both cores near their peak): the products' FLOPs at that rate are the floor
+if every product, however small or batched, ran as fast as the best one. With --target_s, the report says how much of
+the target the products alone already take: what is left is all the time every other op (GELU, LayerNorm, softmax,
+dropout, embeddings, losses, the optimizer) could have.
 float32, one CPU device, unrolled layers (the benchmarks' settings). Prints a table and ends with one JSON line.
 """
 
@@ -95,6 +97,15 @@ def time_product(key: tuple, params: dict, repeats: int) -> dict:
   plain_s = _median_s(lambda: plain(a, b).block_until_ready(), repeats)
   return {"flops": flops, "traced_s": traced_s, "best_s": min(traced_s, plain_s),
           "shape": f"{batch} x ({m} x {k} x {n})" if batch > 1 else f"{m} x {k} x {n}"}
+
+
+def reference_rate(repeats: int, n: int = 2048) -> float:
+  """GFLOP/s of one n^3 float32 product (the rate benchmarks/pretrain.py's MFU is measured against)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a = jnp.ones((n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  return 2.0 * n**3 / _median_s(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
 
 
 def _finetune_setup(args_batch: int):
@@ -185,6 +196,7 @@ def main(argv) -> None:
                  "GFLOP/s best": r["flops"] / r["best_s"] / 1e9, "_traced_s": c * r["traced_s"],
                  "_best_s": c * r["best_s"], "_flops": c * r["flops"]})
   step_s = _median_s(run, FLAGS.repeats)
+  reference_gflops = reference_rate(FLAGS.repeats)
   traced_s = sum(r["_traced_s"] for r in rows)
   best_s = sum(r["_best_s"] for r in rows)
   flops = sum(r["_flops"] for r in rows)
@@ -194,19 +206,24 @@ def main(argv) -> None:
         f"(load average {os.getloadavg()[0]:.2f}); the {min(FLAGS.top, len(rows))} that take longest:")
   print(common.format_table(rows[:FLAGS.top], ["product", "count", "GFLOP", "ms as traced", "ms best layout",
                                                "GFLOP/s best"]))
+  at_reference_s = flops / 1e9 / reference_gflops
   print(f"{len(rows)} distinct products, {sum(r['count'] for r in rows)} in all, {flops / 1e9:.1f} GFLOP: alone they "
-        f"take {traced_s:.3f} s as traced, {best_s:.3f} s in their best layouts ({flops / best_s / 1e9:.0f} GFLOP/s); "
-        f"the step takes {step_s:.3f} s")
+        f"take {traced_s:.3f} s as traced, {best_s:.3f} s in their best layouts ({flops / best_s / 1e9:.0f} GFLOP/s), "
+        f"{at_reference_s:.3f} s at the 2048^3 reference rate ({reference_gflops:.0f} GFLOP/s); the step takes "
+        f"{step_s:.3f} s")
   out = {"benchmark": "product_bound", "task": FLAGS.task, "size": FLAGS.size, "batch_size": FLAGS.batch_size,
          "seq_len": FLAGS.seq_len, "cpu_threads": common.cpu_threads(), "load": list(os.getloadavg()),
          "products_gflop": flops / 1e9, "products_traced_s": traced_s, "products_best_s": best_s, "step_s": step_s,
+         "reference_gflops": reference_gflops, "products_at_reference_s": at_reference_s,
          "products": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]}
   if FLAGS.target_s:
     left = FLAGS.target_s - best_s
-    out.update(target_s=FLAGS.target_s, left_for_the_rest_s=left)
+    out.update(target_s=FLAGS.target_s, left_for_the_rest_s=left,
+               left_for_the_rest_at_reference_s=FLAGS.target_s - at_reference_s)
     print(f"target {FLAGS.target_s:.3f} s: the products alone at their best layouts take "
-          f"{100 * best_s / FLAGS.target_s:.0f}% of it, leaving {left:.3f} s for every other op "
-          f"(the step now spends {step_s - best_s:.3f} s beyond that floor)")
+          f"{100 * best_s / FLAGS.target_s:.0f}% of it, leaving {left:.3f} s for every other op (the step now spends "
+          f"{step_s - best_s:.3f} s beyond that floor); at the reference rate they would take "
+          f"{100 * at_reference_s / FLAGS.target_s:.0f}%, leaving {FLAGS.target_s - at_reference_s:.3f} s")
   print(json.dumps(out, sort_keys=True))
 
 

@@ -168,4 +168,5 @@ def test_product_bound_finds_every_product_of_the_step():
   assert sum(p["count"] for p in fig["products"]) == layers * 8 + 3
   assert 0 < fig["products_best_s"] <= fig["products_traced_s"] and fig["step_s"] > 0
   assert fig["left_for_the_rest_s"] == pytest.approx(1.0 - fig["products_best_s"])
+  assert fig["products_at_reference_s"] == pytest.approx(fig["products_gflop"] / fig["reference_gflops"])
   assert "in their best layouts" in out
