@@ -34,3 +34,15 @@ def test_layer_norm_value_and_gradient_equal_autodiff(eps):
   (ty * torch.tensor(np.asarray(cot))).sum().backward()
   np.testing.assert_allclose(layers.layer_norm(x, scale, bias, eps), ty.detach().numpy(), atol=2e-6)
   np.testing.assert_allclose(grads(lambda *a: layers.layer_norm(*a, eps))[0], tx.grad.numpy(), atol=2e-5)
+
+
+def test_layer_norm_gradient_keeps_nan_where_autodiff_has_it():
+  # The written-out backward (with its no-op select) hides nothing: a NaN row's gradient is NaN as autodiff's is, and
+  # the other rows' gradients are unaffected by it.
+  x = jnp.arange(3 * 8, dtype=jnp.float32).reshape(3, 8) / 7
+  x = x.at[1, 2].set(jnp.nan)
+  scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.zeros(8)
+  got = jax.grad(lambda v: jnp.sum(layers.layer_norm(v, scale, bias, 1e-12) ** 2))(x)
+  want = jax.grad(lambda v: jnp.sum(_reference(v, scale, bias, 1e-12) ** 2))(x)
+  assert np.isnan(got[1]).all() and np.isnan(want[1]).all()
+  np.testing.assert_allclose(np.asarray(got)[[0, 2]], np.asarray(want)[[0, 2]], atol=1e-4)
