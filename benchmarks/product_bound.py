@@ -19,6 +19,7 @@ float32, one CPU device, unrolled layers (the benchmarks' settings). Prints a ta
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -99,59 +100,31 @@ def time_product(key: tuple, params: dict, repeats: int) -> dict:
           "shape": f"{batch} x ({m} x {k} x {n})" if batch > 1 else f"{m} x {k} x {n}"}
 
 
-def reference_rate(repeats: int, n: int = 2048) -> float:
-  """GFLOP/s of one n^3 float32 product (the rate benchmarks/pretrain.py's MFU is measured against)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  a = jnp.ones((n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  return 2.0 * n**3 / _median_s(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
+def _worker_args(**overrides) -> argparse.Namespace:
+  """Arguments for benchmarks/workers/ours.py's setups: float32, unrolled layers, no remat, a fresh batch."""
+  return argparse.Namespace(**{"size": FLAGS.size, "layers": FLAGS.layers, "batch_size": FLAGS.batch_size,
+                               "seq_len": FLAGS.seq_len, "dtype": "float32", "scan": False, "remat": "none",
+                               "batch": "", **overrides})
 
 
-def _finetune_setup(args_batch: int):
-  from configs import glue as glue_config  # pylint: disable=import-outside-toplevel
-  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
-  dims = common.model_dims(FLAGS.size, FLAGS.layers)
-  config = glue_config.get_config(f"task=mrpc,size={'small' if FLAGS.size == 'tiny' else FLAGS.size},head=hf")
-  for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
-    config.model[k] = dims["disc"][k]
-  config.model.embedding_size = dims["embedding_size"]
-  config.model.scan_layers = False
-  config.batch_size, config.max_seq_length = args_batch, FLAGS.seq_len
-  adapter = finetune_lib.GlueAdapter(config, None)
-  spec, _, _ = finetune_lib.model_spec(config, adapter)
-  import jax  # pylint: disable=import-outside-toplevel
-  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  rules = sharding.rules_from_config(config.get("sharding_rules"))
-  steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=1000)
-  host = common.make_classification_batch(args_batch, FLAGS.seq_len)
-  batch = finetune_lib.put_batch({"input_ids": host["input_ids"], "attention_mask": host["input_mask"],
-                                  "token_type_ids": host["segment_ids"], "labels": host["labels"]}, mesh, rules)
-  return steps, batch, mesh, rules, finetune_lib.INPUT_KEYS
+def reference_rate(repeats: int) -> float:
+  """GFLOP/s of one 2048^3 float32 product: ours.py's matmul task, the rate benchmarks/pretrain.py's MFU uses."""
+  import ours  # pylint: disable=import-outside-toplevel
+  return ours.matmul(_worker_args(matmul_n=2048, warmup=2, steps=repeats))["gflops_median"]
 
 
 def step_and_jaxpr():
   """(a callable running one real step to completion, the closed jaxpr of that step)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import ours  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
   key = jax.random.key(0)
   if FLAGS.task == "pretrain":
-    import ours  # pylint: disable=import-outside-toplevel
-    from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
-
-    class Args:  # what ours.pretrain_config reads
-      size, layers, batch_size, seq_len, dtype, scan, remat = (FLAGS.size, FLAGS.layers, FLAGS.batch_size,
-                                                               FLAGS.seq_len, "float32", False, "none")
-    config = ours.pretrain_config(Args)
-    mesh = pretrain_lib.build_mesh(config, jax.devices()[:1])
-    setup = pretrain_lib.build_setup(config, mesh, vocab_size=30522, ids=ours.SPECIAL_IDS)
-    host = common.make_batch(FLAGS.batch_size, FLAGS.seq_len)
-    batch = {k: jax.device_put(jnp.asarray(host[k]), setup.batch_sharding)
-             for k in ("input_ids", "input_mask", "segment_ids")}
-    holder = {"state": pretrain_lib.init_state(setup)}
+    setup, batch, state = ours.pretrain_setup(_worker_args())
+    holder = {"state": state}
     with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
       jaxpr = setup.train_step.trace(holder["state"], batch, key).jaxpr
       compiled = setup.train_step.lower(holder["state"], batch, key).compile()
@@ -161,19 +134,19 @@ def step_and_jaxpr():
       float(out["loss"])
     return run, jaxpr
 
-  steps, batch, mesh, rules, input_keys = _finetune_setup(FLAGS.batch_size)
+  steps, batch = ours.finetune_setup(_worker_args())
   params = steps.init_params(0)
   if FLAGS.task == "infer":
-    inputs = {k: batch[k] for k in input_keys}
+    inputs = {k: batch[k] for k in finetune_lib.INPUT_KEYS}
     predict = jax.jit(lambda p, b: steps.adapter.predict(nnx.merge(steps.graphdef, p), b))
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with jax.set_mesh(steps.mesh), sharding.use_rules(steps.rules):
       jaxpr = predict.trace(params, inputs).jaxpr
 
     def run():
       jnp.argmax(steps.predict(params, inputs)["logits"], -1).block_until_ready()
     return run, jaxpr
   holder = {"params": params, "opt": steps.init_opt_state(params)}
-  with jax.set_mesh(mesh), sharding.use_rules(rules):
+  with jax.set_mesh(steps.mesh), sharding.use_rules(steps.rules):
     jaxpr = jax.jit(steps.train_step_fn).trace(holder["params"], holder["opt"], batch, jnp.int32(0), key).jaxpr
 
   def run():

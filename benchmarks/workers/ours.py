@@ -68,15 +68,21 @@ def pretrain_config(args):
   return c
 
 
-def pretrain(args) -> dict:
-  from electra_jax.train import compiling, flops, pretrain_lib  # pylint: disable=import-outside-toplevel
+def pretrain_setup(args):
+  """(pretrain_lib.Setup, the batch on the device, the initial state) for `args` on one device."""
+  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
   config = pretrain_config(args)
   mesh = pretrain_lib.build_mesh(config, jax.devices()[:1])
   setup = pretrain_lib.build_setup(config, mesh, vocab_size=30522, ids=SPECIAL_IDS)
   host = common.load_batch(args.batch) if args.batch else common.make_batch(args.batch_size, args.seq_len)
   batch = {k: jax.device_put(jnp.asarray(host[k]), setup.batch_sharding)
            for k in ("input_ids", "input_mask", "segment_ids")}
-  state = pretrain_lib.init_state(setup)
+  return setup, batch, pretrain_lib.init_state(setup)
+
+
+def pretrain(args) -> dict:
+  from electra_jax.train import compiling, flops  # pylint: disable=import-outside-toplevel
+  setup, batch, state = pretrain_setup(args)
   key = jax.random.key(0)
   with jax.set_mesh(setup.mesh):
     from electra_jax import sharding  # pylint: disable=import-outside-toplevel
@@ -116,7 +122,8 @@ def pretrain(args) -> dict:
   return result
 
 
-def finetune(args) -> dict:
+def finetune_setup(args):
+  """(finetune_lib.Steps, the labelled batch on the device) for `args` on one device: the GLUE trainer's steps."""
   from configs import glue as glue_config  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
   from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
@@ -135,12 +142,18 @@ def finetune(args) -> dict:
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=1000)
-  params = steps.init_params(0)
-  opt_state = steps.init_opt_state(params)
   host = common.load_batch(args.batch) if args.batch else common.make_classification_batch(args.batch_size,
                                                                                              args.seq_len)
   batch = finetune_lib.put_batch({"input_ids": host["input_ids"], "attention_mask": host["input_mask"],
                                   "token_type_ids": host["segment_ids"], "labels": host["labels"]}, mesh, rules)
+  return steps, batch
+
+
+def finetune(args) -> dict:
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  steps, batch = finetune_setup(args)
+  params = steps.init_params(0)
+  opt_state = steps.init_opt_state(params)
   inputs = {k: batch[k] for k in finetune_lib.INPUT_KEYS}
   key = jax.random.key(0)
   losses = []
