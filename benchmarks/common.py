@@ -198,6 +198,24 @@ def worker_env(extra: dict[str, str] | None = None, platform: str = "cpu") -> di
   return env
 
 
+def with_host_memory_reuse(env: dict[str, str], reuse: bool) -> dict[str, str]:
+  """`env`, plus (when `reuse`) the glibc settings our binaries apply to themselves
+  (electra_jax.train.compiling.keep_host_buffers_mapped), as GLIBC_TUNABLES for a process about to start."""
+  if not reuse:
+    return env
+  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), compiling.GLIBC_TUNABLES) if t)
+  return {**env, "GLIBC_TUNABLES": tunables}
+
+
+def host_memory_line(fig: dict[str, Any]) -> str:
+  """One line of a benchmark's output: which glibc host-memory setting ours and the peers ran with."""
+  ours = ("kept mapped between steps (--reuse_host_memory)" if (fig.get("ours") or {}).get("reuse_host_memory")
+          else "glibc's defaults (the binaries' default)")
+  peers = "the same settings (GLIBC_TUNABLES)" if fig.get("peers_reuse_host_memory") else "glibc's defaults"
+  return f"host memory: ours {ours}; peers {peers}"
+
+
 def platform_problem(platform: str, f32_matmul: str, dtype: str, peers: Sequence[str]) -> str | None:
   """Why a benchmark's --platform / --f32_matmul / --dtype / --peers would not compare like with like (None: fine)."""
   if platform not in PLATFORMS:

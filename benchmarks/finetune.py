@@ -42,6 +42,11 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtyp
 flags.DEFINE_enum("platform", "cpu", sorted(common.PLATFORMS), "Where ours and the PyTorch peer run.")
 flags.DEFINE_enum("f32_matmul", "highest", ["highest", "tf32"],
                   "float32 products on both sides: full float32, or TensorFloat-32 (GPU only).")
+flags.DEFINE_bool("reuse_host_memory", False,
+                  "Ours keeps XLA's per-step host buffers mapped, as the binaries' opt-in --reuse_host_memory does.")
+flags.DEFINE_bool("peers_reuse_host_memory", False,
+                  "Run the peers with the same glibc settings as ours (GLIBC_TUNABLES: one arena, no mmap, no "
+                  "trimming); by default they run as their libraries leave glibc.")
 flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
 flags.DEFINE_string("json_out", "", "Also write the JSON figures to this file.")
 
@@ -56,6 +61,8 @@ def main(argv) -> None:
     raise app.UsageError(problem)
   env = common.worker_env(platform=FLAGS.platform)
   ours_args, torch_args = common.platform_args(FLAGS.platform, FLAGS.f32_matmul, FLAGS.dtype)
+  ours_args.append(f"--reuse_host_memory={FLAGS.reuse_host_memory}")
+  peer_env = common.with_host_memory_reuse(env, FLAGS.peers_reuse_host_memory)
   start = time.time()
   common_args = [f"--size={FLAGS.size}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}"]
   common_args += [f"--layers={FLAGS.layers}"] if FLAGS.layers else []
@@ -71,7 +78,7 @@ def main(argv) -> None:
       if "torch" in peers:
         results["torch"] = common.run_worker(
             [sys.executable, str(common.WORKERS_DIR / "torch_peer.py"), "--task=finetune", f"--batch={batch_path}",
-             *common_args, *torch_args], env=env, name="torch peer", timeout=FLAGS.timeout)
+             *common_args, *torch_args], env=peer_env, name="torch peer", timeout=FLAGS.timeout)
     except common.WorkerError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
@@ -80,7 +87,9 @@ def main(argv) -> None:
   seqs = FLAGS.batch_size
   fig = {"benchmark": "finetune", "size": FLAGS.size, "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len,
          "steps": FLAGS.steps, "warmup": FLAGS.warmup, "dtype": FLAGS.dtype, "cpu_threads": common.cpu_threads(),
-         "platform": FLAGS.platform, "f32_matmul": FLAGS.f32_matmul, "device_kind": results["ours"].get("device_kind"),
+         "platform": FLAGS.platform, "f32_matmul": FLAGS.f32_matmul,
+         "reuse_host_memory": FLAGS.reuse_host_memory, "peers_reuse_host_memory": FLAGS.peers_reuse_host_memory,
+         "device_kind": results["ours"].get("device_kind"),
          "load_before": results["load_before"], "load_after": results["load_after"]}
   rows = []
   for impl in ["ours"] + peers:
@@ -89,6 +98,8 @@ def main(argv) -> None:
                  "infer_median_s": r["infer"]["median_s"], "infer_seqs_per_s": seqs / r["infer"]["median_s"],
                  "peak_rss_mib": r["peak_rss_mib"], "device_peak_mib": r.get("device_peak_mib"),
                  "loss_first": r["loss_first"], "loss_last": r["loss_last"]}
+    if impl == "ours":
+      fig[impl]["reuse_host_memory"] = r.get("reuse_host_memory")
   for peer in peers:
     fig[f"train_speedup_vs_{peer}"] = results[peer]["train"]["median_s"] / results["ours"]["train"]["median_s"]
     fig[f"infer_speedup_vs_{peer}"] = results[peer]["infer"]["median_s"] / results["ours"]["infer"]["median_s"]
@@ -109,6 +120,8 @@ def main(argv) -> None:
         f"after {fig['load_after'][0]:.2f})")
   print(common.format_table(rows, ["impl", "train_step_s", "train_seq/s", "train ours/peer", "infer_batch_s",
                                    "infer_seq/s", "infer ours/peer", mem]))
+  if FLAGS.platform == "cpu":
+    print(common.host_memory_line(fig))
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w", encoding="utf-8") as f:
       json.dump({"figures": fig, "raw": results}, f, indent=1, sort_keys=True)

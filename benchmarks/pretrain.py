@@ -61,6 +61,11 @@ flags.DEFINE_enum("f32_matmul", "highest", ["highest", "tf32"],
                   "float32 products on both sides: full float32, or TensorFloat-32 (GPU only).")
 flags.DEFINE_string("flax_venv", os.path.join(common.BENCH_DIR, ".venv-flax-peer"),
                     "Virtual environment of the HF Flax peer (created when missing).")
+flags.DEFINE_bool("reuse_host_memory", False,
+                  "Ours keeps XLA's per-step host buffers mapped, as the binaries' opt-in --reuse_host_memory does.")
+flags.DEFINE_bool("peers_reuse_host_memory", False,
+                  "Run the peers with the same glibc settings as ours (GLIBC_TUNABLES: one arena, no mmap, no "
+                  "trimming); by default they run as their libraries leave glibc.")
 flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
 flags.DEFINE_string("json_out", "", "Also write the JSON figures to this file.")
 
@@ -106,6 +111,8 @@ def run_all(peers: list[str], batch_path: str) -> dict:
   workers = common.WORKERS_DIR
   env = common.worker_env(platform=FLAGS.platform)
   ours_args, torch_args = common.platform_args(FLAGS.platform, FLAGS.f32_matmul, FLAGS.dtype)
+  ours_args.append(f"--reuse_host_memory={FLAGS.reuse_host_memory}")
+  peer_env = common.with_host_memory_reuse(env, FLAGS.peers_reuse_host_memory)
   common_args = [f"--batch={batch_path}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
                  f"--warmup={FLAGS.warmup}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
   # The reference rate in the step's own arithmetic: float32 on the CPU; on a GPU the dtype and precision of the step.
@@ -121,12 +128,12 @@ def run_all(peers: list[str], batch_path: str) -> dict:
   if "torch" in peers:
     results["torch"] = common.run_worker(
         [sys.executable, str(workers / "torch_peer.py"), "--task=pretrain", *common_args, *torch_args],
-        env=env, name="torch peer", timeout=FLAGS.timeout)
+        env=peer_env, name="torch peer", timeout=FLAGS.timeout)
   if "flax" in peers:
     python = ensure_flax_venv(FLAGS.flax_venv)
-    results["flax"] = common.run_worker([python, str(workers / "flax_peer.py"), *common_args],
-                                        env=common.worker_env({"PYTHONPATH": ""}), name="flax peer",
-                                        timeout=FLAGS.timeout)
+    flax_env = common.with_host_memory_reuse(common.worker_env({"PYTHONPATH": ""}), FLAGS.peers_reuse_host_memory)
+    results["flax"] = common.run_worker([python, str(workers / "flax_peer.py"), *common_args], env=flax_env,
+                                        name="flax peer", timeout=FLAGS.timeout)
   results["matmul_after"] = common.run_worker(matmul_cmd, env=env, name="matmul", timeout=FLAGS.timeout)
   results["load_after"] = list(common.load_average())
   return results
@@ -142,6 +149,7 @@ def figures(results: dict, peers: list[str]) -> dict:
       "layers": ours["layers"], "steps": FLAGS.steps, "warmup": FLAGS.warmup, "dtype": FLAGS.dtype,
       "scan": FLAGS.scan, "cpu_threads": common.cpu_threads(), "platform": FLAGS.platform,
       "device_kind": ours.get("device_kind"), "f32_matmul": FLAGS.f32_matmul, "matmul_n": matmul_n(),
+      "reuse_host_memory": FLAGS.reuse_host_memory, "peers_reuse_host_memory": FLAGS.peers_reuse_host_memory,
       "load_before": results["load_before"], "load_after": results["load_after"],
       "matmul_gflops": matmul_gflops, "matmul_gflops_before_after": matmul,
       "flops_per_step": ours["flops_per_step"],
@@ -150,7 +158,7 @@ def figures(results: dict, peers: list[str]) -> dict:
                "compile_s": ours["compile_s"], "peak_rss_mib": ours["peak_rss_mib"],
                "device_peak_mib": ours.get("device_peak_mib"),
                "xla_peak_mib": (ours.get("xla_memory") or {}).get("peak_mib"), "loss_first": ours["loss_first"],
-               "loss_last": ours["loss_last"]},
+               "loss_last": ours["loss_last"], "reuse_host_memory": ours.get("reuse_host_memory")},
   }
   achieved = ours["flops_per_step"] / ours["median_s"] / 1e9
   out["ours"]["model_gflops_per_s"] = achieved
@@ -197,6 +205,8 @@ def print_report(fig: dict, peers: list[str]) -> None:
   print(f"our step: {fig['flops_per_step'] / 1e9:.1f} model GFLOP (analytical) -> "
         f"{fig['ours']['model_gflops_per_s']:.1f} GFLOP/s = MFU {100 * fig['mfu_vs_matmul']:.1f}% of the matmul rate; "
         f"XLA peak buffer estimate {fig['ours']['xla_peak_mib'] or 0:.0f} MiB")
+  if fig["platform"] == "cpu":
+    print(common.host_memory_line(fig))
 
 
 def main(argv) -> None:

@@ -96,6 +96,8 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collection
 
 
 def default_sharding_rules() -> list[tuple[str, Any]]:
-  """electra_jax.sharding.DEFAULT_RULES as lists (what a ConfigDict holds; `--config.sharding_rules` may replace it)."""
-  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  return [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in sharding.DEFAULT_RULES]
+  """electra_jax.sharding.DEFAULT_RULES as lists (what a ConfigDict holds; `--config.sharding_rules` may replace it).
+
+  Read from electra_jax.sharding_rules, which does not import JAX: configs load while absl parses a binary's flags."""
+  from electra_jax import sharding_rules  # pylint: disable=import-outside-toplevel
+  return [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in sharding_rules.DEFAULT_RULES]

@@ -1,7 +1,8 @@
 """The one place where logical axis names meet the device mesh.
 
 Model code names axes logically (`nnx.Param(..., sharding=("embed", "mlp"))`); a rules table maps each logical name to
-mesh axes of a (data, fsdp, tensor) mesh. Configs carry the table (`config.sharding_rules`), defaulting to DEFAULT_RULES.
+mesh axes of a (data, fsdp, tensor) mesh. Configs carry the table (`config.sharding_rules`), defaulting to DEFAULT_RULES
+(electra_jax/sharding_rules.py, free of JAX so that configs can read it before a binary starts JAX).
 
     mesh = make_mesh({"data": -1, "fsdp": 2, "tensor": 1})           # -1 takes the remaining devices
     model = create_sharded_model(lambda: ElectraForPreTraining(cfg, rngs=nnx.Rngs(0)), mesh)   # born sharded
@@ -25,28 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
-MeshAxes = str | tuple[str, ...] | None
-Rules = Sequence[tuple[str, MeshAxes]]
-
-DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
-    # activations
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    # weights
-    ("vocab", "tensor"),          # word-embedding rows (tied generator/discriminator table, LM head)
-    ("emb", "fsdp"),              # embedding_size (factorized embeddings)
-    ("positions", None),
-    ("type_vocab", None),
-    ("embed", "fsdp"),            # hidden_size
-    ("heads", "tensor"),          # attention heads x head_dim (q/k/v outputs, attention-output inputs)
-    ("mlp", "tensor"),            # FFN inner size
-    ("norm", None),               # LayerNorm scale/bias
-    ("layers", None),             # stacked-layer axis
-    ("classes", None),            # task-head outputs
-)
+from electra_jax.sharding_rules import DEFAULT_RULES, MESH_AXES, MeshAxes, Rules  # noqa: F401  (re-exported)
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("electra_sharding_rules", default=DEFAULT_RULES)
 

@@ -25,6 +25,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from electra_jax.train import compiling  # noqa: E402  pylint: disable=wrong-import-position
+
+# Host memory as the binaries set it up first with --reuse_host_memory (distributed.initialize_from_flags): before
+# JAX starts its threads, so before `import jax`.
+_early = argparse.ArgumentParser(add_help=False)
+_early.add_argument("--reuse_host_memory", default="false")
+# Whether it was applied (False off glibc) goes into the result.
+REUSE_HOST_MEMORY = (_early.parse_known_args()[0].reuse_host_memory.lower() in ("1", "true", "yes")
+                     and compiling.keep_host_buffers_mapped())
+
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
 import jax  # noqa: E402  pylint: disable=wrong-import-position
@@ -206,6 +216,9 @@ def main(argv=None) -> None:
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--matmul_n", type=int, default=2048)
   p.add_argument("--dump_hlo", default="", help="write the compiled step's optimized HLO to this file")
+  p.add_argument("--reuse_host_memory", type=_bool, default=False,
+                 help="keep XLA's per-step host buffers mapped, as the binaries' --reuse_host_memory does (read "
+                      "before jax is imported)")
   p.add_argument("--f32_matmul", default="default", choices=sorted(F32_MATMUL) + ["default"],
                  help="float32 product precision (default: JAX's own for the platform)")
   args = p.parse_args(argv)
@@ -216,6 +229,7 @@ def main(argv=None) -> None:
   device = jax.devices()[0]
   result.update(jax_version=jax.__version__, backend=jax.default_backend(), device_count=jax.device_count(),
                 device_kind=device.device_kind, f32_matmul=args.f32_matmul,
+                reuse_host_memory=REUSE_HOST_MEMORY,
                 wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
