@@ -50,10 +50,11 @@ def keep_host_buffers_mapped() -> bool:
   faulted the whole block in again (208k page faults, 0.33-0.38 s of kernel time per step on a 2-core host). With one
   arena, no mmap and no automatic trimming, the block comes from the main heap and stays mapped for the next step
   (~200 faults per step; benchmarks/README.md has the step times). The price is memory: freed memory is not
-  returned to the OS by itself (`release_host_memory` still returns it when asked), and one heap makes fragmentation
-  possible: when small allocations settle in the hole the block left, the next step's block is placed after them,
-  so the peak RSS can grow by one or more blocks before it settles (ELECTRA-Small fine-tuning at batch 32: 2.2 GiB
-  steady without, 3.7-5.2 GiB with, in two runs). Hence opt-in.
+  returned to the OS by itself (`release_host_memory` still returns it when asked), and the heap keeps every block
+  that was ever needed at once: a run releases its block just after its outputs are ready, so the next step can
+  allocate its block while the previous one is still held, and each such overlap leaves one more step-sized block
+  resident (ELECTRA-Small fine-tuning at batch 32: 2.2 GiB steady without; 3.7 and 5.1 GiB in two of five runs with
+  it). Hence opt-in.
 
   Applies to the whole process, so it is the binaries' choice (`--reuse_host_memory`), made before JAX starts: each
   thread keeps the arena it first allocated from (XLA's threads, and those of libraries imported with it, such as

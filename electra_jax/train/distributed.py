@@ -92,7 +92,7 @@ def define_flags() -> None:
                     "CPU speed for memory: keep the host memory of XLA's per-step buffers mapped between steps (glibc: "
                     "one arena, no mmap, no trimming; electra_jax/train/compiling.py keep_host_buffers_mapped). "
                     "ELECTRA-Small pretraining step ~15% faster, but peak RSS may grow by one or more step-sized "
-                    "blocks (heap fragmentation; benchmarks/README.md).")
+                    "blocks (consecutive steps' blocks overlap; benchmarks/README.md).")
 
 
 def initialize_from_flags() -> bool:
