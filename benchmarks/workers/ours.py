@@ -27,13 +27,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from electra_jax.train import compiling  # noqa: E402  pylint: disable=wrong-import-position
 
+
+def _bool(text: str) -> bool:
+  if text.lower() in ("1", "true", "yes"):
+    return True
+  if text.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
 # Host memory as the binaries set it up first with --reuse_host_memory (distributed.initialize_from_flags): before
 # JAX starts its threads, so before `import jax`.
 _early = argparse.ArgumentParser(add_help=False)
-_early.add_argument("--reuse_host_memory", default="false")
+_early.add_argument("--reuse_host_memory", type=_bool, default=False)
 # Whether it was applied (False off glibc) goes into the result.
-REUSE_HOST_MEMORY = (_early.parse_known_args()[0].reuse_host_memory.lower() in ("1", "true", "yes")
-                     and compiling.keep_host_buffers_mapped())
+REUSE_HOST_MEMORY = _early.parse_known_args()[0].reuse_host_memory and compiling.keep_host_buffers_mapped()
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -46,14 +54,6 @@ F32_MATMUL = {"highest": "highest", "tf32": "tensorfloat32"}
 
 SPECIAL_IDS = {"pad": common.PAD_ID, "unk": common.UNK_ID, "cls": common.CLS_ID, "sep": common.SEP_ID,
                "mask": common.MASK_ID}
-
-
-def _bool(text: str) -> bool:
-  if text.lower() in ("1", "true", "yes"):
-    return True
-  if text.lower() in ("0", "false", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def pretrain_config(args):

@@ -1,7 +1,7 @@
 """Multi-host set-up behind one function, called first in every binary (before any other JAX call).
 
     from electra_jax.train import distributed
-    distributed.define_flags()                        # --coordinator_address, --num_processes, --process_id
+    distributed.define_flags()                        # --coordinator_address, --num_processes, --process_id, ...
     def main(argv):
       distributed.initialize_from_flags()             # host allocator, then maybe_initialize(FLAGS...)
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-
 
 ENV_FLAG = "ELECTRA_JAX_DISTRIBUTED"
 _TRUE = ("1", "true", "yes", "on")
