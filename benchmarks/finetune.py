@@ -42,11 +42,11 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtyp
 flags.DEFINE_enum("platform", "cpu", sorted(common.PLATFORMS), "Where ours and the PyTorch peer run.")
 flags.DEFINE_enum("f32_matmul", "highest", ["highest", "tf32"],
                   "float32 products on both sides: full float32, or TensorFloat-32 (GPU only).")
-flags.DEFINE_bool("reuse_host_memory", False,
-                  "Ours keeps XLA's per-step host buffers mapped, as the binaries' opt-in --reuse_host_memory does.")
+flags.DEFINE_bool("reuse_host_memory", True,
+                  "Ours reuses its steps' host buffers, as the binaries' --reuse_host_memory (on by default) does.")
 flags.DEFINE_bool("peers_reuse_host_memory", False,
-                  "Run the peers with the same glibc settings as ours (GLIBC_TUNABLES: one arena, no mmap, no "
-                  "trimming); by default they run as their libraries leave glibc.")
+                  "Run the peers with the same glibc settings as ours (GLIBC_TUNABLES: no mmap, no trimming); "
+                  "by default they run as their libraries leave glibc.")
 flags.DEFINE_integer("timeout", 3600, "Seconds allowed to each worker.")
 flags.DEFINE_string("json_out", "", "Also write the JSON figures to this file.")
 

@@ -1,7 +1,7 @@
 """The default logical-axis rules table (electra_jax.sharding applies it), kept free of JAX and numpy imports.
 
 Config files read it while absl parses flags (configs/common.py), before a binary's main() has set up the process
-(distributed.initialize_from_flags applies the host allocator only while JAX is not imported yet).
+(distributed.initialize_from_flags), so that parsing flags, `--help` included, loads neither JAX nor numpy.
 """
 
 from __future__ import annotations

@@ -82,8 +82,8 @@ def test_pretrain_benchmark_runs_ours_only():
   assert np.isfinite(fig["ours"]["loss_first"]) and fig["flops_per_step"] > 0
   assert fig["ours"]["peak_rss_mib"] > 0 and fig["ours"]["xla_peak_mib"] > 0
   assert not any(k.startswith("speedup_vs_") for k in fig)
-  # By default ours runs with glibc's defaults, as the binaries do (--reuse_host_memory is opt-in).
-  assert not fig["reuse_host_memory"] and not fig["peers_reuse_host_memory"] and not fig["ours"]["reuse_host_memory"]
+  # By default ours reuses its steps' host buffers, as the binaries do (one CPU device); the peers run as shipped.
+  assert fig["reuse_host_memory"] and fig["ours"]["reuse_host_memory"] and not fig["peers_reuse_host_memory"]
 
 
 @pytest.mark.slow
@@ -120,7 +120,7 @@ def test_platform_settings_compare_like_with_like():
   env = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
   assert common.with_host_memory_reuse(env, False) == env
   assert common.with_host_memory_reuse(env, True)["GLIBC_TUNABLES"].startswith(
-      "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1:")
+      "glibc.malloc.tcache_count=0:glibc.malloc.mmap_max=0:")
   gpu = {"platform": "gpu", "device_kind": "NVIDIA H200", "dtype": "float32", "f32_matmul": "tf32", "cpu_threads": 16}
   assert common.where(gpu) == "NVIDIA H200 (float32, float32 products tf32)"
   assert common.peak_mib({"peak_rss_mib": 900.0, "device_peak_mib": 300.0}) == 300.0

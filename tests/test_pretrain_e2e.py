@@ -122,6 +122,7 @@ def test_tiny_run_learns_and_exports(dirs):
                      "--config.checkpoint_every_steps=150", "--config.temperature=2.0"),
              child_env(dirs["jax_cache"]))
   assert_ok(proc)
+  assert "steps run inline and reuse their host buffers" in proc.stderr   # --reuse_host_memory's default, one device
   recs = records(work)
   assert [r["step"] for r in recs] == list(range(1, 151))
   first, last = recs[:10], recs[-30:]

@@ -26,6 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from electra_jax.train import compiling  # noqa: E402  pylint: disable=wrong-import-position
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _bool(text: str) -> bool:
@@ -35,19 +40,6 @@ def _bool(text: str) -> bool:
     return False
   raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
-
-# Host memory as the binaries set it up first with --reuse_host_memory (distributed.initialize_from_flags): before
-# JAX starts its threads, so before `import jax`.
-_early = argparse.ArgumentParser(add_help=False)
-_early.add_argument("--reuse_host_memory", type=_bool, default=False)
-# Whether it was applied (False off glibc) goes into the result.
-REUSE_HOST_MEMORY = _early.parse_known_args()[0].reuse_host_memory and compiling.keep_host_buffers_mapped()
-
-import common  # noqa: E402  pylint: disable=wrong-import-position
-
-import jax  # noqa: E402  pylint: disable=wrong-import-position
-import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
-import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 # --f32_matmul -> jax_default_matmul_precision.
 F32_MATMUL = {"highest": "highest", "tf32": "tensorfloat32"}
@@ -103,6 +95,7 @@ def pretrain(args) -> dict:
       compiled = lowered.compile()
       compile_s = time.perf_counter() - t0
       compiling.release_host_memory()   # as compiling.compile_step does in the pretraining binary
+      compiling.expect_host_block(compiled)
   result = {"impl": "ours", "task": "pretrain", "dtype": args.dtype, "scan": args.scan, "remat": args.remat,
             "layers": setup.disc_config.num_hidden_layers, "lower_s": lower_s, "compile_s": compile_s,
             "xla_memory": compiling.memory_mib(compiled),
@@ -126,6 +119,7 @@ def pretrain(args) -> dict:
     holder["state"], out = compiled(holder["state"], batch, jax.random.fold_in(key, holder["step"]))
     holder["step"] += 1
     losses.append(float(out["loss"]))   # blocks until the step is done
+    compiling.between_steps()           # as the binary's compiled step does after each call
 
   times = common.time_steps(step, args.warmup, args.steps)
   result.update(loss_first=losses[0], loss_last=losses[-1], **common.summarize(times), times=times)
@@ -177,6 +171,7 @@ def finetune(args) -> dict:
 
   def infer_step():
     jnp.argmax(steps.predict(holder["params"], inputs)["logits"], -1).block_until_ready()
+    compiling.between_steps()   # as finetune_lib.run_predictions does after each batch
 
   train_times = common.time_steps(train_step, args.warmup, args.steps)
   infer_times = common.time_steps(infer_step, args.warmup, args.steps)
@@ -216,12 +211,14 @@ def main(argv=None) -> None:
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--matmul_n", type=int, default=2048)
   p.add_argument("--dump_hlo", default="", help="write the compiled step's optimized HLO to this file")
-  p.add_argument("--reuse_host_memory", type=_bool, default=False,
-                 help="keep XLA's per-step host buffers mapped, as the binaries' --reuse_host_memory does (read "
-                      "before jax is imported)")
+  p.add_argument("--reuse_host_memory", type=_bool, default=True,
+                 help="steps reuse their host buffers, as the binaries' --reuse_host_memory (on by default) does")
   p.add_argument("--f32_matmul", default="default", choices=sorted(F32_MATMUL) + ["default"],
                  help="float32 product precision (default: JAX's own for the platform)")
   args = p.parse_args(argv)
+  # As the binaries set the process up (distributed.initialize_from_flags), before the first JAX computation; whether
+  # it was applied (only on one CPU device, with glibc) goes into the result.
+  reuse_host_memory = args.reuse_host_memory and compiling.keep_host_buffers_mapped()
   if args.f32_matmul != "default":
     jax.config.update("jax_default_matmul_precision", F32_MATMUL[args.f32_matmul])
   start = time.perf_counter()
@@ -229,7 +226,7 @@ def main(argv=None) -> None:
   device = jax.devices()[0]
   result.update(jax_version=jax.__version__, backend=jax.default_backend(), device_count=jax.device_count(),
                 device_kind=device.device_kind, f32_matmul=args.f32_matmul,
-                reuse_host_memory=REUSE_HOST_MEMORY,
+                reuse_host_memory=reuse_host_memory,
                 wall_s=time.perf_counter() - start, peak_rss_mib=common.peak_rss_mib())
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:

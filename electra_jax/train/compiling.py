@@ -8,9 +8,9 @@ pages mapped, so they stayed in the process's resident set for the whole run (EL
 RSS in `benchmarks/pretrain.py`: 2,646-2,867 MiB without the trim, 1,979-1,984 MiB with it; benchmarks/README.md).
 On accelerators the same trim lowers the host's footprint next to the input pipeline.
 
-Between runs the opposite can pay: `keep_host_buffers_mapped` (the binaries' `--reuse_host_memory`, off by default)
-keeps the block of temporaries that XLA's CPU runtime allocates for every run of a step mapped, instead of faulting it
-in anew each step: faster CPU steps for a less predictable peak RSS.
+Between runs the opposite pays: `keep_host_buffers_mapped` (the binaries' `--reuse_host_memory`, on by default) makes
+a single-device CPU step reuse the host memory of the block of temporaries that XLA's CPU runtime allocates for every
+run, instead of faulting it in anew each step.
 """
 
 from __future__ import annotations
@@ -36,39 +36,117 @@ def _libc():
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-# keep_host_buffers_mapped's settings as the environment of a process not yet started (e.g. a benchmark's peer).
-GLIBC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# keep_host_buffers_mapped's glibc settings as the environment of a process not yet started (e.g. a benchmark's peer
+# whose runtime allocates its step's buffers on the calling thread: PyTorch, or JAX before 0.4.32's async CPU
+# dispatch).
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
+
+
+def _rss_mib() -> float:
+  with open("/proc/self/statm", encoding="ascii") as f:
+    return int(f.read().split()[1]) * 4096 / 2**20
+
+
+class HeapGuard:
+  """Between steps, returns the heap's free pages to the OS when the resident set has outgrown its mark by more than
+  half a step-sized block; the mark is the resident set after the first step since the last compilation or trim.
+
+  With no trimming the heap keeps a freed block mapped for the next run. But a freed block can become a hole that
+  another allocation splits, so that the next run's block no longer fits and comes from fresh memory, the hole
+  staying resident (a toy gradient with 304 MiB of temporaries and an 8 MiB output per run: the heap grew by a block
+  in 2-5 of 30 runs, RSS 572 -> 1,181-1,485 MiB). Then `malloc_trim(0)` releases every free page, at the cost of
+  faulting in again what the next runs reuse; worst case, steps fault their blocks in as with glibc's defaults.
+  Memory that grows for other reasons (data, checkpoints) costs one trim and moves the mark up. A check reads
+  /proc/self/statm (microseconds).
+  """
+
+  def __init__(self, libc, min_slack_mib: float = 256.0):
+    self._libc, self.min_slack_mib = libc, min_slack_mib
+    self.block_mib, self.trims = 0.0, 0
+    self._mark: float | None = None
+
+  def expect_block(self, block_mib: float) -> None:
+    """Steps will allocate a block of `block_mib` MiB per run: one such block may stay resident."""
+    self.block_mib = max(self.block_mib, block_mib)
+    self._mark = None   # taken again after the next step
+
+  def check(self) -> bool:
+    """Call between steps. True if the resident set had outgrown the mark and the heap's free pages were released."""
+    rss = _rss_mib()
+    if self._mark is None:
+      self._mark = rss
+      return False
+    if rss <= self._mark + max(self.min_slack_mib, 0.5 * self.block_mib):
+      return False
+    self._libc.malloc_trim(0)
+    self.trims += 1
+    self._mark = _rss_mib() + self.block_mib   # the next step's block will be resident again
+    return True
+
+
+_GUARD: HeapGuard | None = None
 
 
 def keep_host_buffers_mapped() -> bool:
-  """Makes glibc keep the host memory of XLA's per-run buffers mapped from one step to the next; False if not applied.
+  """On a single-device CPU run, makes each step reuse the host memory of the previous step's XLA buffers instead of
+  faulting in a fresh block; returns whether the process now runs that way (False on other platforms, with several
+  devices, off glibc, or once JAX's CPU backend has started without it).
 
-  XLA's CPU runtime allocates an executable's temporaries as one block per run, from its worker threads (797 MiB for
-  the ELECTRA-Small pretraining step at batch 16 x 128). A worker thread's glibc arena holds at most 64 MiB, so glibc
-  serves that block with a fresh mmap, whatever M_MMAP_THRESHOLD says, and unmaps it when the run ends: every step
-  faulted the whole block in again (208k page faults, 0.33-0.38 s of kernel time per step on a 2-core host). With one
-  arena, no mmap and no automatic trimming, the block comes from the main heap and stays mapped for the next step
-  (~200 faults per step; benchmarks/README.md has the step times). The price is memory: freed memory is not
-  returned to the OS by itself (`release_host_memory` still returns it when asked), and the heap keeps every block
-  that was ever needed at once: a run releases its block just after its outputs are ready, so the next step can
-  allocate its block while the previous one is still held, and each such overlap leaves one more step-sized block
-  resident (ELECTRA-Small fine-tuning at batch 32: 2.2 GiB steady without; 3.7 and 5.1 GiB in two of five runs with
-  it). Hence opt-in.
-
-  Applies to the whole process, so it is the binaries' choice (`--reuse_host_memory`), made before JAX starts: each
-  thread keeps the arena it first allocated from (XLA's threads, and those of libraries imported with it, such as
-  TensorStore's), so it is not applied (returns False, with a warning) once `jax` is imported, nor off glibc. (numpy's
-  OpenBLAS threads, started at its import, do not get in the way: measured, the step's faults stay at ~270.)
+  XLA's CPU runtime allocates an executable's temporaries as one block per run (797 MiB for the ELECTRA-Small
+  pretraining step at batch 16 x 128, 1,474 MiB for fine-tuning at batch 32) and frees it when the run ends. glibc
+  serves a block that size with a fresh mmap and unmaps it on free, so every step faulted the whole block in again and
+  the kernel zeroed it: 208k page faults and ~0.3 s of kernel time per pretraining step, 410k and ~0.6 s per
+  fine-tuning step, on a 2-core host. Two settings together make the block come back mapped:
+    * JAX's CPU dispatch runs the step inline on the calling thread (`jax_cpu_enable_async_dispatch=False`, which
+      must be set before the CPU backend starts): the block is allocated from the main thread's heap, and freed
+      before the call returns, so one run's block is always free again when the next run allocates. (With async
+      dispatch a worker thread allocates it, from an arena that cannot hold it, and the next step may allocate
+      before the previous block is freed.) The call then returns when the step is done; the data loader's prefetch
+      thread keeps running meanwhile (XLA releases the GIL).
+    * glibc never serves it with mmap nor trims the heap's top on free (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1):
+      freed memory stays in the heap for the next step; `release_host_memory` still returns it when asked.
+  A `HeapGuard`, consulted between steps (`between_steps`; steps compiled by `compile_step` do it themselves),
+  releases the free heap pages whenever the resident set outgrows one kept block (fragmentation can make a step miss
+  the previous block), so the resident set stays near the step's own peak, as without (benchmarks/README.md has the figures). Computations over
+  several devices run on XLA's worker threads whatever the setting, so it is applied only where there is one device.
   """
   libc = _libc()
   if libc is None:
     return False
-  if "jax" in sys.modules:
-    logging.warning("host allocator left as it is: call keep_host_buffers_mapped() before importing jax")
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  if xla_bridge.backends_are_initialized():
+    if xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value:  # pylint: disable=protected-access
+      logging.warning("host allocator left as it is: JAX's CPU backend already started with async dispatch; call "
+                      "keep_host_buffers_mapped() before the first JAX computation")
+      return False
+  else:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    logging.info("host allocator left as it is: %d %s device(s), not one CPU device", jax.device_count(),
+                 jax.default_backend())
     return False
-  return bool(libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-              and libc.mallopt(_M_TRIM_THRESHOLD, -1))   # -1: never trim on free
+  if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1)):   # -1: never trim on free
+    return False
+  global _GUARD
+  if _GUARD is None:
+    _GUARD = HeapGuard(libc)
+  return True
+
+
+def between_steps() -> None:
+  """Where keep_host_buffers_mapped is on, the heap guard's look between two steps (loops that run steps call it)."""
+  if _GUARD is not None:
+    _GUARD.check()
+
+
+def expect_host_block(compiled: Any) -> None:
+  """Tells the heap guard (when keep_host_buffers_mapped is on) the size of the temporaries `compiled` allocates per
+  run, so that it keeps one such block resident and releases anything beyond it."""
+  m = memory_mib(compiled)
+  if _GUARD is not None and m is not None:
+    _GUARD.expect_block(m["temp_mib"])
 
 
 def release_host_memory() -> bool:
@@ -94,15 +172,32 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
   return out
 
 
+class _Step:
+  """A compiled step that looks at the heap guard after each call (the same call, outputs and attributes)."""
+
+  def __init__(self, compiled: Any):
+    self._compiled = compiled
+
+  def __call__(self, *args: Any) -> Any:
+    out = self._compiled(*args)
+    between_steps()
+    return out
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._compiled, name)
+
+
 def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:
   """Lowers and compiles `jitted` for `args` (shapes, shardings, donation as the jitted function has them), logs the
-  compile time and XLA's buffer estimate, releases the compiler's host memory, and returns the compiled callable."""
+  compile time and XLA's buffer estimate, releases the compiler's host memory, and returns the compiled callable
+  (which consults the heap guard after each call)."""
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - start
   release_host_memory()
+  expect_host_block(compiled)
   m = memory_mib(compiled)
   estimate = "" if m is None else (f"; XLA buffers per device {m['peak_mib']:,.0f} MiB "
                                    f"(temporaries {m['temp_mib']:,.0f})")
   logging.info("compiled %s in %.1f s%s", name, seconds, estimate)
-  return compiled
+  return _Step(compiled)

@@ -626,6 +626,7 @@ def run_predictions(steps: Steps, params, arrays: Mapping[str, np.ndarray], batc
     rows = np.where(rows < n, rows, 0)
     batch = put_batch({k: v[rows] for k, v in arrays.items()}, steps.mesh, steps.rules)
     out = jax.device_get(steps.predict(params, batch))
+    compiling.between_steps()
     keep = min(batch_size, n - start)
     for k, v in out.items():
       chunks.setdefault(k, []).append(np.asarray(v)[:keep])
