@@ -211,7 +211,8 @@ def with_host_memory_reuse(env: dict[str, str], reuse: bool) -> dict[str, str]:
 def host_memory_line(fig: dict[str, Any]) -> str:
   """One line of a benchmark's output: which glibc host-memory setting ours and the peers ran with."""
   ours = ("steps reuse their host buffers (--reuse_host_memory, the binaries' default)"
-          if (fig.get("ours") or {}).get("reuse_host_memory") else "glibc's defaults, async dispatch (--noreuse_host_memory)")
+          if (fig.get("ours") or {}).get("reuse_host_memory")
+          else "glibc's defaults, async dispatch (--noreuse_host_memory)")
   peers = "the same settings (GLIBC_TUNABLES)" if fig.get("peers_reuse_host_memory") else "glibc's defaults"
   return f"host memory: ours {ours}; peers {peers}"
 

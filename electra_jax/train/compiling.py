@@ -190,17 +190,23 @@ class _Step:
     return getattr(self._compiled, name)
 
 
+def ready_step(compiled: Any) -> Any:
+  """A freshly compiled step made ready to run: the compiler's host memory released, the heap guard told the step's
+  block size, and the callable wrapped so that it consults the guard after each call."""
+  release_host_memory()
+  expect_host_block(compiled)
+  return _Step(compiled)
+
+
 def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:
   """Lowers and compiles `jitted` for `args` (shapes, shardings, donation as the jitted function has them), logs the
-  compile time and XLA's buffer estimate, releases the compiler's host memory, and returns the compiled callable
-  (which consults the heap guard after each call)."""
+  compile time and XLA's buffer estimate, and returns the compiled callable made ready by `ready_step`."""
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - start
-  release_host_memory()
-  expect_host_block(compiled)
+  step = ready_step(compiled)
   m = memory_mib(compiled)
   estimate = "" if m is None else (f"; XLA buffers per device {m['peak_mib']:,.0f} MiB "
                                    f"(temporaries {m['temp_mib']:,.0f})")
   logging.info("compiled %s in %.1f s%s", name, seconds, estimate)
-  return _Step(compiled)
+  return step
