@@ -14,7 +14,7 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   gelu_erfc   exact GELU as jax.nn.gelu(approximate=False), which XLA lowers through erfc (the model before it took
               torch's form, x / 2 * (1 + erf(x / sqrt 2)), layers.gelu_exact); the same function
   dropout_float  dropout masks from a float32 uniform per element (jax.random.bernoulli: 32 random bits each), as
-              the model did before its masks took 16 bits per element (two per random word)
+              the model did before its masks took 16 bits per element (four per threefry hash since change 13)
   attn_heads_major  attention computed in [B, heads, L, head_dim] order: q/k/v projected straight into it with
               einsum('blh,hnd->bnld') on the reshaped kernels, the output projection contracting (heads, head_dim)
               directly; the same arithmetic without the [B, L, N, D] <-> [B, N, L, D] transposes (candidate fix)

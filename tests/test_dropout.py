@@ -1,4 +1,4 @@
-"""layers.dropout: drop rate, scaling, both halves of the last axis, odd widths, determinism, gradient; its bits."""
+"""layers.dropout: drop rate, scaling, the parts of the last axis, odd widths, determinism, gradient; its bits."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import pytest
 from electra_jax.modeling import layers
 
 
-@pytest.mark.parametrize("shape", [(64, 4, 128, 128), (512, 256), (1000, 333)])
+@pytest.mark.parametrize("shape", [(64, 4, 128, 128), (512, 256), (1024, 130), (1000, 333)])
 @pytest.mark.parametrize("rate", [0.1, 0.5])
 def test_drop_rate_and_scale(shape, rate):
   x = jnp.ones(shape, jnp.float32)
@@ -19,13 +19,16 @@ def test_drop_rate_and_scale(shape, rate):
   p = round(rate * 65536) / 65536
   assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
   np.testing.assert_allclose(y[~dropped], 1.0 / (1.0 - rate), rtol=1e-6)
-  if shape[-1] % 2 == 0:   # each half of the last axis uses its own 16 bits: both drop at the rate, independently
-    half = shape[-1] // 2
-    lo, hi = dropped[..., :half], dropped[..., half:]
-    for part in (lo, hi):
-      assert abs(part.mean() - p) < 5 * np.sqrt(p * (1 - p) / part.size)
-    both = (lo & hi).mean()
-    assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / lo.size)
+  parts = 4 if shape[-1] % 4 == 0 else 2 if shape[-1] % 2 == 0 else 1
+  # each part of the last axis takes its own 16 bits of one hash: every part drops at the rate, each pair of parts
+  # independently (both dropped at rate^2)
+  split = np.split(dropped, parts, axis=-1)
+  for part in split:
+    assert abs(part.mean() - p) < 5 * np.sqrt(p * (1 - p) / part.size)
+  for i in range(parts):
+    for j in range(i + 1, parts):
+      both = (split[i] & split[j]).mean()
+      assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / split[i].size)
 
 
 def test_deterministic_per_key_identity_without_key_and_gradient():
@@ -52,3 +55,24 @@ def test_random_bits_are_jax_random_bits(shape):
   if shape:
     text = jax.jit(layers.random_bits, static_argnums=1).lower(jax.random.key(0), shape).as_text()
     assert "while" not in text   # the rounds are written out, not JAX's rolled CPU loop
+
+
+@pytest.mark.parametrize("shape", [(7,), (2, 16, 1, 64)])
+def test_threefry_words_are_both_outputs_of_the_hash(shape):
+  """Dropout's four masks per hash: threefry_words gives both words of threefry2x32 of each element's counter (high
+  word 0, low word the flat index), whose xor is jax.random.bits; other keys get None (dropout then asks
+  jax.random.bits)."""
+  import jax.extend.random as jex_random   # pylint: disable=import-outside-toplevel
+  key = jax.random.fold_in(jax.random.key(7), 3)
+  x0, x1 = layers.threefry_words(key, shape)
+  n = int(np.prod(shape))
+  want = np.asarray(jex_random.threefry_2x32(jax.random.key_data(key),
+                                             jnp.concatenate([jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)])))
+  np.testing.assert_array_equal(np.asarray(x0).ravel(), want[:n])
+  np.testing.assert_array_equal(np.asarray(x1).ravel(), want[n:])
+  np.testing.assert_array_equal(np.asarray(x0 ^ x1), np.asarray(jax.random.bits(key, shape, jnp.uint32)))
+  assert layers.threefry_words(jax.random.key(1, impl="rbg"), shape) is None
+  # an rbg key still drops at the rate through the fallback's two words
+  y = np.asarray(layers.dropout(jnp.ones((256, 512)), 0.1, jax.random.key(1, impl="rbg")))
+  p = 6554 / 65536
+  assert abs((y == 0).mean() - p) < 5 * np.sqrt(p * (1 - p) / y.size)

@@ -69,11 +69,18 @@ def random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   counter in one fusion, as JAX's own TPU/GPU lowering does. Keys of another implementation, the non-partitionable
   threefry mode and 2^32 elements or more go to jax.random.bits itself.
   """
+  words = threefry_words(rng, shape)
+  return jax.random.bits(rng, shape, jnp.uint32) if words is None else words[0] ^ words[1]
+
+
+def threefry_words(rng: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array] | None:
+  """Both 32-bit output words of threefry2x32 for each counter (jax.random.bits keeps only their xor), or None for
+  keys that `random_bits` hands to jax.random.bits (see there)."""
   n = math.prod(shape)
   typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
   if (not typed or rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32"
       or not jax.config.jax_threefry_partitionable or n >= 2**32):
-    return jax.random.bits(rng, shape, jnp.uint32)
+    return None
   k = jax.random.key_data(rng)
   ks = (k[0], k[1], k[0] ^ k[1] ^ jnp.uint32(0x1BD11BDA))
   # the counter of each element: its flat index (high word 0 below 2^32 elements), as jax.random.bits numbers them
@@ -88,32 +95,59 @@ def random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
       x1 = x0 ^ x1
     x0 = x0 + ks[(i + 1) % 3]
     x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-  return x0 ^ x1
+  return x0, x1
+
+
+def _random_halfwords(rng: jax.Array, shape: tuple[int, ...], parts: int) -> list[jax.Array]:
+  """`parts` (1, 2 or 4) independent arrays of 16 random bits (as uint32), each of `shape`: the halves of one 32-bit
+  word per element (parts 1 takes the high half), or of both words of one threefry hash (parts 4)."""
+  if parts == 4:
+    words = threefry_words(rng, shape)
+    if words is None:   # other keys: two words of jax.random.bits
+      words = tuple(jax.random.bits(rng, (2, *shape), jnp.uint32))
+    return [h for w in words for h in (w & 0xFFFF, w >> 16)]
+  bits = random_bits(rng, shape)
+  return [bits >> 16] if parts == 1 else [bits & 0xFFFF, bits >> 16]
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   """Inverted dropout (kept values scaled by 1 / (1 - rate)); identity when rng is None or rate is 0.
 
-  Each element is dropped when 16 random bits fall below round(rate * 2^16) (rate 0.1: drop probability 0.1000061):
-  one 32-bit word of jax.random.bits (computed by `random_bits`) gives the masks of two elements, the two halves of
-  the last axis. That is half the threefry work of a float uniform per element, and the masks fuse into the
-  multiply: the fine-tuning step of ELECTRA-Small on CPU ran 8% faster (benchmarks/README.md). An odd last axis takes
-  one word per element.
+  Each element is dropped when 16 random bits fall below round(rate * 2^16) (rate 0.1: drop probability 0.1000061).
+  One threefry hash (`threefry_words`: two 32-bit words) gives the masks of four elements, one in each quarter of the
+  last axis: a quarter of the hashing of a float uniform per element, and the masks fuse into the multiply
+  (benchmarks/README.md, changes 3 and 13). A last axis not divisible by 4 takes one 32-bit word (jax.random.bits'
+  xor of the two) per two elements, or per element when odd.
   """
   if rng is None or rate == 0.0:
     return x
   threshold = jnp.uint32(round(rate * 65536))
   *lead, d = x.shape
   scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
-  if d % 2:
-    with jax.named_scope("dropout_mask"):   # names the random-bit ops in profiles (benchmarks/profile_step.py)
-      keep = (random_bits(rng, x.shape) >> 16) >= threshold
-    return jnp.where(keep, x * scale, jnp.zeros_like(x))
-  with jax.named_scope("dropout_mask"):
-    bits = random_bits(rng, (*lead, 1, d // 2))
-    keep = jnp.concatenate([(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-2)
-  halves = x.reshape(*lead, 2, d // 2)
-  return jnp.where(keep, halves * scale, jnp.zeros_like(halves)).reshape(x.shape)
+  parts = 4 if d % 4 == 0 else 2 if d % 2 == 0 else 1
+  with jax.named_scope("dropout_mask"):   # names the random-bit ops in profiles (benchmarks/profile_step.py)
+    keep = jnp.concatenate([h >= threshold for h in _random_halfwords(rng, (*lead, 1, d // parts), parts)], axis=-2)
+  return _keep_scaled(x.reshape(*lead, parts, d // parts), keep, scale).reshape(x.shape)
+
+
+@jax.custom_vjp
+def _keep_scaled(x: jax.Array, keep: jax.Array, scale: jax.Array) -> jax.Array:
+  """where(keep, x * scale, 0) with its gradient written in the same form: autodiff's where(keep, g, 0) * scale made
+  XLA's CPU backend pull the multiply into the following YNNPACK fusion with `scale` materialised at full size
+  (fine-tuning step ~3% slower; benchmarks/README.md, change 13)."""
+  return jnp.where(keep, x * scale, jnp.zeros_like(x))
+
+
+def _keep_scaled_fwd(x, keep, scale):
+  return _keep_scaled(x, keep, scale), (keep, scale)
+
+
+def _keep_scaled_bwd(res, g):
+  keep, scale = res
+  return jnp.where(keep, g * scale, jnp.zeros_like(g)), None, None
+
+
+_keep_scaled.defvjp(_keep_scaled_fwd, _keep_scaled_bwd)
 
 
 def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
