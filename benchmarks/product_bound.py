@@ -43,6 +43,9 @@ flags.DEFINE_enum("size", "small", sorted(common.SIZES), "Model size.")
 flags.DEFINE_integer("layers", None, "Override the number of layers.")
 flags.DEFINE_integer("repeats", 15, "Timed repetitions per product and of the step (median), after two warm-ups.")
 flags.DEFINE_float("target_s", None, "A target step time to set the products' floor against.")
+flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their host buffers, as the binaries' "
+                  "--reuse_host_memory (their default) sets the process up "
+                  "(electra_jax.train.compiling.keep_host_buffers_mapped).")
 flags.DEFINE_integer("top", 12, "Rows of the table (the products that take longest in all).")
 
 
@@ -120,14 +123,14 @@ def step_and_jaxpr():
   import ours  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import compiling, finetune_lib  # pylint: disable=import-outside-toplevel
   key = jax.random.key(0)
   if FLAGS.task == "pretrain":
     setup, batch, state = ours.pretrain_setup(_worker_args())
     holder = {"state": state}
     with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
       jaxpr = setup.train_step.trace(holder["state"], batch, key).jaxpr
-      compiled = setup.train_step.lower(holder["state"], batch, key).compile()
+      compiled = compiling.ready_step(setup.train_step.lower(holder["state"], batch, key).compile())
 
     def run():
       holder["state"], out = compiled(holder["state"], batch, key)
@@ -158,6 +161,9 @@ def step_and_jaxpr():
 
 def main(argv) -> None:
   del argv
+  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  if FLAGS.reuse_host_memory:   # before the first JAX computation, as the binaries do
+    compiling.keep_host_buffers_mapped()
   run, jaxpr = step_and_jaxpr()
   found = products(jaxpr)
   rows = []

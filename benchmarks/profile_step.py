@@ -52,6 +52,9 @@ flags.DEFINE_integer("batch_size", 16, "Sequences per step.")
 flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
 flags.DEFINE_list("variants", ["base", "rbg", "no_dropout", "bf16", "scan", "parts"], f"Any of {VARIANTS}.")
 flags.DEFINE_integer("rounds", 6, "Timed rounds (one step of every variant per round) after one warm-up round.")
+flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their host buffers, as the binaries' "
+                  "--reuse_host_memory (their default) sets the process up "
+                  "(electra_jax.train.compiling.keep_host_buffers_mapped).")
 flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
 flags.DEFINE_string("trace_dir", "", "Trace 2 base steps with jax.profiler into this folder and print the time per "
                     "category of XLA op (needs 'base' in --variants).")
@@ -253,6 +256,9 @@ def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, floa
 
 def main(argv) -> None:
   del argv
+  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  if FLAGS.reuse_host_memory:   # before the first JAX computation, as the binaries do
+    compiling.keep_host_buffers_mapped()
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
@@ -277,9 +283,10 @@ def main(argv) -> None:
       compiled = setup.train_step.lower(state, batch, key).compile()
       compile_s[name] = time.perf_counter() - t0
     holder = {"state": state}
+    step = compiling.ready_step(compiled)   # as compiling.compile_step readies the binaries' step
 
     def run():
-      holder["state"], out = compiled(holder["state"], batch, key)
+      holder["state"], out = step(holder["state"], batch, key)
       float(out["loss"])
 
     runners[name] = run
@@ -377,7 +384,8 @@ def main(argv) -> None:
               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])]
     print(common.format_table(rows_b, ["category", "ms_per_step", "share"]))
   print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
-                    "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts, "op_time_ms_per_step": breakdown,
+                    "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
+                    "op_time_ms_per_step": breakdown, "reuse_host_memory": FLAGS.reuse_host_memory,
                     "load": list(os.getloadavg())}, sort_keys=True))
 
 

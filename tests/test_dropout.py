@@ -66,8 +66,8 @@ def test_threefry_words_are_both_outputs_of_the_hash(shape):
   key = jax.random.fold_in(jax.random.key(7), 3)
   x0, x1 = layers.threefry_words(key, shape)
   n = int(np.prod(shape))
-  want = np.asarray(jex_random.threefry_2x32(jax.random.key_data(key),
-                                             jnp.concatenate([jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)])))
+  counters = jnp.concatenate([jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)])   # (high words, low words)
+  want = np.asarray(jex_random.threefry_2x32(jax.random.key_data(key), counters))
   np.testing.assert_array_equal(np.asarray(x0).ravel(), want[:n])
   np.testing.assert_array_equal(np.asarray(x1).ravel(), want[n:])
   np.testing.assert_array_equal(np.asarray(x0 ^ x1), np.asarray(jax.random.bits(key, shape, jnp.uint32)))
