@@ -1,11 +1,15 @@
-"""Where the time of our pretraining step goes: interleaved A/B timings of step variants and of its parts, plus HLO facts.
+"""Where our pretraining step's time goes: interleaved A/B timings of step variants and of its parts, plus HLO facts.
 
     python benchmarks/profile_step.py                                   # ELECTRA-Small, batch 16 x 128, all variants
     python benchmarks/profile_step.py --variants=base,rbg,no_dropout --rounds=8
     python benchmarks/profile_step.py --size=tiny --rounds=2 --variants=base,parts   # smoke test
+    # on a GPU (JAX's default device there), the setting of benchmarks/gpu.sh, with a kernel-level profile:
+    python benchmarks/profile_step.py --dtype=bfloat16 --batch_size=128 --variants=base --trace_dir=/tmp/tr --top_ops=45
+
+It runs on JAX's default device. On a GPU each variant compiles for 45-90 s (XLA autotunes its GEMMs), so name few.
 
 Variants (each the real `pretrain_lib` step with one thing changed; `parts` times pieces of it):
-  base        float32, unrolled layers, threefry keys (what benchmarks/pretrain.py runs)
+  base        --dtype (float32 unless told), unrolled layers, threefry keys (what benchmarks/pretrain.py runs)
   rbg         the same step with `jax.random.key(seed, impl="rbg")` (XLA's RngBitGenerator instead of threefry)
   unsafe_rbg  the same with impl="unsafe_rbg"
   no_dropout  hidden and attention dropout 0 (an upper bound of what dropout and its random bits cost)
@@ -21,7 +25,8 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   parts       generator fwd+bwd, discriminator fwd+bwd, the optimizer update, each jitted alone
 All variants are compiled first; then rounds of one step of each, in turn, so that the load of a shared machine hits
 them alike. Reported: median and min seconds per step and the ratio to base. HLO facts of the base step: op counts
-(fusions, dots, random-bit generation, scatters, sorts, gathers) and the largest temporary buffers.
+(fusions, dots, random-bit generation, scatters, sorts, gathers). With --trace_dir: op (or GPU kernel) time per step
+by category, the ops per step, the device's busy time on an accelerator, and with --top_ops the busiest ops.
 Ends with one JSON line.
 """
 
@@ -56,8 +61,12 @@ flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their h
                   "--reuse_host_memory (their default) sets the process up "
                   "(electra_jax.train.compiling.keep_host_buffers_mapped).")
 flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
-flags.DEFINE_string("trace_dir", "", "Trace 2 base steps with jax.profiler into this folder and print the time per "
-                    "category of XLA op (needs 'base' in --variants).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of every variant but bf16 (parameters "
+                  "float32); bfloat16 with --batch_size=128 is the GPU setting of benchmarks/gpu.sh.")
+flags.DEFINE_string("trace_dir", "", "Trace --trace_steps base steps with jax.profiler into this folder and print the "
+                    "time per category of XLA op (needs 'base' in --variants).")
+flags.DEFINE_integer("trace_steps", 2, "Steps traced with --trace_dir.")
+flags.DEFINE_integer("top_ops", 0, "With --trace_dir, also list the N ops that take the most time per step.")
 
 # Categories of XLA ops. Matrix products and pure layout copies are recognised from the HLO itself (a fusion is a
 # matmul when its computation holds a dot); the rest by the named scope of the JAX code they came from (the model
@@ -180,8 +189,9 @@ def hlo_facts(text: str) -> dict:
 def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (category by HLO content or "", JAX op_name metadata)} of an optimized HLO module.
 
-  A fusion (or op) is a matrix product when its computation holds a dot, and a layout op when its result is a copy,
-  transpose or slice (seen through bitcasts): e.g. a bias add fused into the transposition that follows it.
+  A fusion (or op) is a matrix product when its computation holds a dot (or it calls a GEMM library, as on a GPU), and
+  a layout op when its result is a copy, transpose or slice (seen through bitcasts): e.g. a bias add fused into the
+  transposition that follows it.
   """
   comps: dict[str, dict] = {}
   instrs = []
@@ -203,7 +213,9 @@ def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
         current["root"] = name
     called = re.search(r"calls=%?([\w.-]+)", rest)
     op = re.search(r'op_name="([^"]*)"', rest)
-    instrs.append((name, opcode, called.group(1) if called else None, op.group(1) if op else ""))
+    target = re.search(r'custom_call_target="([^"]*)"', rest)
+    instrs.append((name, opcode, called.group(1) if called else None, op.group(1) if op else "",
+                   target.group(1) if target else ""))
 
   def result_op(comp):   # the opcode that makes a computation's result, looking through bitcasts
     name = comp["root"]
@@ -212,10 +224,10 @@ def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
     return comp["ops"].get(name, ("", ""))[0]
 
   index = {}
-  for name, opcode, called, op_name in instrs:
+  for name, opcode, called, op_name, target in instrs:
     comp = comps.get(called) if opcode == "fusion" else None
     ops = {o for o, _ in comp["ops"].values()} if comp else {opcode}
-    if ops & {"dot", "convolution"}:
+    if ops & {"dot", "convolution"} or re.search(r"gemm|matmul|conv", target):   # GPU: cuBLAS / cuDNN calls
       kind = MATMUL
     elif (result_op(comp) if comp else opcode) in _LAYOUT_ROOTS:
       kind = LAYOUT
@@ -235,8 +247,8 @@ def categorize(name: str, index: dict[str, tuple[str, str]]) -> str:
   return OTHER
 
 
-def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, float]:
-  """ms per step of each op category, from the perfetto trace jax.profiler wrote (op events named as in the HLO)."""
+def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict:
+  """Op time per step from the perfetto trace that jax.profiler wrote into `trace_dir` (see `events_breakdown`)."""
   import glob  # pylint: disable=import-outside-toplevel
   import gzip  # pylint: disable=import-outside-toplevel
   files = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))
@@ -244,14 +256,58 @@ def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, floa
     raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
   with gzip.open(files[-1]) as f:
     data = json.load(f)
-  events = data["traceEvents"] if isinstance(data, dict) else data
+  return events_breakdown(data["traceEvents"] if isinstance(data, dict) else data, hlo_text, steps)
+
+
+_GEMM_KERNEL = re.compile(r"gemm|nvjet|cutlass|cublas|xmma|matmul", re.IGNORECASE)
+
+
+def events_breakdown(events: list[dict], hlo_text: str, steps: int) -> dict:
+  """ms per step of each op category, the busiest ops, and (on an accelerator) the device's busy time, the union of
+  its kernels' intervals, from trace events of `steps` runs of the step whose optimized HLO is `hlo_text`.
+
+  On a CPU the op events carry the HLO instruction's name. On a GPU the kernels sit on the device's tracks, named
+  after their instruction with '.' and '-' as '_' (kernels of identical fusions share the first one's name; inside a
+  CUDA graph, args.hlo_op names the command buffer); library GEMM kernels (cuBLAS's nvjet, cutlass) have their own
+  names and count as matrix products. Other kernels that name no instruction count as "unattributed".
+  """
+  processes = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  devices = {pid for pid, name in processes.items() if re.search(r"/device:(GPU|TPU)", name)}
   index = _hlo_index(hlo_text)
-  out: dict[str, float] = collections.Counter()
+  kernel_names = {re.sub(r"[.-]", "_", name): name for name in index}
+  categories: dict[str, float] = collections.Counter()
+  per_op: dict[str, list] = {}
+  intervals = []
   for e in events:
-    if e.get("ph") != "X" or e.get("name") not in index:
+    if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
       continue
-    out[categorize(e["name"], index)] += e.get("dur", 0) / 1e3 / steps
-  return dict(out)
+    name = e.get("name", "")
+    if name not in index:
+      name = kernel_names.get(name) or (e.get("args") or {}).get("hlo_op", name) if devices else None
+      if name not in index and not devices:
+        continue
+    if name in index:
+      category = categorize(name, index)
+    else:
+      name = e.get("name", "")
+      category = MATMUL if _GEMM_KERNEL.search(name) else "unattributed"
+    ms = e.get("dur", 0) / 1e3 / steps
+    categories[category] += ms
+    entry = per_op.setdefault(name, [category, 0.0, 0])
+    entry[1] += ms
+    entry[2] += 1
+    if devices:
+      intervals.append((e["ts"], e["ts"] + e.get("dur", 0)))
+  busy, end = 0.0, float("-inf")
+  for a, b in sorted(intervals):
+    busy += max(0.0, b - max(a, end))
+    end = max(end, b)
+  top = sorted(([name, *v] for name, v in per_op.items()), key=lambda r: -r[2])
+  return {"categories": dict(categories), "device_busy_ms": busy / 1e3 / steps if devices else None,
+          "ops_per_step": sum(v[2] for v in per_op.values()) / steps,
+          "top": [{"op": n, "category": c, "ms_per_step": ms, "calls_per_step": k / steps,
+                   "scope": index.get(n, ("", ""))[1][-60:]} for n, c, ms, k in top]}
 
 
 def main(argv) -> None:
@@ -292,7 +348,7 @@ def main(argv) -> None:
     runners[name] = run
     return compiled
 
-  base_dims = dict(size=FLAGS.size, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len)
+  base_dims = dict(size=FLAGS.size, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len, dtype=FLAGS.dtype)
   for v in FLAGS.variants:
     if v == "base":
       compiled = add_step(v, _setup(**base_dims))
@@ -306,7 +362,7 @@ def main(argv) -> None:
     elif v == "no_dropout":
       add_step(v, _setup(**base_dims, dropout=False))
     elif v == "bf16":
-      add_step(v, _setup(**base_dims, dtype="bfloat16"))
+      add_step(v, _setup(**{**base_dims, "dtype": "bfloat16"}))
     elif v == "scan":
       add_step(v, _setup(**base_dims, scan=True))
     elif v in ("gelu_erfc", "dropout_float", "attn_heads_major"):
@@ -348,13 +404,16 @@ def main(argv) -> None:
       upd = jax.jit(opt_update).lower(params, state["opt_state"]).compile()
       runners["optimizer_update"] = lambda: jax.block_until_ready(upd(params, state["opt_state"]))
 
-  breakdown = {}
+  breakdown, trace = {}, {}
   if FLAGS.trace_dir and "base" in runners:
     runners["base"]()
+    t0 = time.perf_counter()
     with jax.profiler.trace(FLAGS.trace_dir, create_perfetto_trace=True):
-      for _ in range(2):
+      for _ in range(FLAGS.trace_steps):
         runners["base"]()
-    breakdown = trace_breakdown(FLAGS.trace_dir, text, 2)
+    traced_s = (time.perf_counter() - t0) / FLAGS.trace_steps
+    trace = trace_breakdown(FLAGS.trace_dir, text, FLAGS.trace_steps)
+    breakdown = trace["categories"]
   times: dict[str, list[float]] = {name: [] for name in runners}
   for r in range(FLAGS.rounds + 1):
     for name, run in runners.items():
@@ -383,9 +442,20 @@ def main(argv) -> None:
     rows_b = [{"category": k, "ms_per_step": v, "share": v / total}
               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])]
     print(common.format_table(rows_b, ["category", "ms_per_step", "share"]))
+    print(f"{trace['ops_per_step']:.0f} ops per step; wall time per traced step {traced_s * 1e3:.1f} ms", end="")
+    if trace["device_busy_ms"] is not None:
+      print(f", device busy {trace['device_busy_ms']:.1f} ms (idle {traced_s * 1e3 - trace['device_busy_ms']:.1f})")
+    else:
+      print()
+    if FLAGS.top_ops:
+      print(f"\nthe {FLAGS.top_ops} ops with the most time per step:")
+      print(common.format_table(trace["top"][:FLAGS.top_ops], ["op", "category", "ms_per_step", "calls_per_step",
+                                                                   "scope"]))
   print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
                     "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
                     "op_time_ms_per_step": breakdown, "reuse_host_memory": FLAGS.reuse_host_memory,
+                    "dtype": FLAGS.dtype, "device_kind": jax.devices()[0].device_kind,
+                    "trace": {k: v for k, v in trace.items() if k != "top"} | {"top": trace.get("top", [])[:50]},
                     "load": list(os.getloadavg())}, sort_keys=True))
 
 

@@ -162,6 +162,41 @@ def test_profile_categories_come_from_the_hlo_and_the_model_scopes():
   assert {profile_step.MATMUL, profile_step.LAYOUT, "LayerNorm", "GELU"} <= found, found
 
 
+def test_trace_breakdown_reads_cpu_ops_and_gpu_kernels():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import profile_step  # pylint: disable=import-outside-toplevel
+
+  def f(x, w):
+    with jax.named_scope("gelu"):
+      return jax.lax.erf(jnp.dot(x, w) * 3.0)
+
+  text = jax.jit(f).lower(jnp.ones((64, 32)), jnp.ones((32, 48))).compile().as_text()
+  index = profile_step._hlo_index(text)  # pylint: disable=protected-access
+  gelu = next(n for n, (kind, scope) in index.items() if not kind and "gelu" in scope)
+  dot = next(n for n, (kind, _) in index.items() if kind == profile_step.MATMUL)
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  in_graph = {"hlo_op": "command_buffer_1"}
+  # Two steps on a GPU: kernels named after their instruction ('.' and '-' as '_'), a cuBLAS kernel, an unknown
+  # kernel, and a host event that must not count; the first two kernels overlap by 1 us.
+  gpu = meta + [
+      {"ph": "X", "pid": 1, "ts": 0, "dur": 4, "name": gelu.replace(".", "_").replace("-", "_"), "args": in_graph},
+      {"ph": "X", "pid": 1, "ts": 3, "dur": 10, "name": "nvjet_sm90_tst_128x128_64x6_2x1_v_bz_NNT", "args": in_graph},
+      {"ph": "X", "pid": 1, "ts": 20, "dur": 2, "name": "memcpy32_post", "args": in_graph},
+      {"ph": "X", "pid": 2, "ts": 0, "dur": 100, "name": gelu},
+  ]
+  out = profile_step.events_breakdown(gpu, text, steps=2)
+  assert out["categories"] == pytest.approx({"GELU": 0.002, profile_step.MATMUL: 0.005, "unattributed": 0.001})
+  assert out["device_busy_ms"] == pytest.approx((13 + 2) / 1e3 / 2)
+  assert out["ops_per_step"] == 1.5 and out["top"][0]["category"] == profile_step.MATMUL
+  # On a CPU every op event names its instruction; events that name none (the runtime's own) are skipped.
+  cpu = [{"ph": "X", "pid": 7, "ts": 0, "dur": 6, "name": dot},
+         {"ph": "X", "pid": 7, "ts": 0, "dur": 50, "name": "Execute"}]
+  out = profile_step.events_breakdown(cpu, text, steps=1)
+  assert out["categories"] == pytest.approx({profile_step.MATMUL: 0.006}) and out["device_busy_ms"] is None
+
+
 def test_product_bound_finds_every_product_of_the_step():
   # ELECTRA-tiny inference: per layer q, k, v, output (H x H), FFN in and out (H x F), scores and weighted values;
   # once the embedding projection (E -> H) and the classification head ([CLS]: H -> H, H -> 2).
