@@ -1,4 +1,4 @@
-"""layers.layer_norm: value and hand-written gradient against autodiff of the textbook formula, and torch's."""
+"""Hand-written gradients (layers.layer_norm, layers.matmul) against autodiff of the textbook formula, and torch's."""
 
 import jax
 import jax.numpy as jnp
@@ -46,3 +46,21 @@ def test_layer_norm_gradient_keeps_nan_where_autodiff_has_it():
   want = jax.grad(lambda v: jnp.sum(_reference(v, scale, bias, 1e-12) ** 2))(x)
   assert np.isnan(got[1]).all() and np.isnan(want[1]).all()
   np.testing.assert_allclose(np.asarray(got)[[0, 2]], np.asarray(want)[[0, 2]], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (24, 24)])
+def test_matmul_gradients_equal_autodiff_in_either_orientation(shape):
+  # On CPU a kernel with more rows than columns takes its gradient as (g^T x)^T (layers.matmul): the same values.
+  k = jax.random.split(jax.random.key(1), 3)
+  x, w = jax.random.normal(k[0], (40, shape[0])), jax.random.normal(k[1], shape)
+  cot = jax.random.normal(k[2], (40, shape[1]))
+  np.testing.assert_allclose(layers.matmul(x, w), x @ w, rtol=1e-6)
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b) * cot), (0, 1)))(x, w)
+
+  for got, want in zip(grads(layers.matmul), grads(jnp.dot)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  swapped = "optimization_barrier" in str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.matmul(x, a))))(w))
+  assert swapped == (shape[0] > shape[1] and jax.default_backend() == "cpu")
