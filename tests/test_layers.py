@@ -62,5 +62,13 @@ def test_matmul_gradients_equal_autodiff_in_either_orientation(shape):
   for got, want in zip(grads(layers.matmul), grads(jnp.dot)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  swapped = "optimization_barrier" in str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.matmul(x, a))))(w))
-  assert swapped == (shape[0] > shape[1] and jax.default_backend() == "cpu")
+
+  def swapped():
+    return "optimization_barrier" in str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.matmul(x, a))))(w))
+
+  assert swapped() == (shape[0] > shape[1] and jax.default_backend() == "cpu")
+  # The platform of the mesh in context decides (launch/tpu_aot.py traces for TPU devices on a CPU host).
+  from jax._src.mesh import AbstractDevice  # pylint: disable=import-outside-toplevel
+  tpu = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=AbstractDevice("TPU v5 lite", None, "tpu"))
+  with jax.sharding.use_abstract_mesh(tpu):
+    assert not swapped()

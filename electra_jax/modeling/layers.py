@@ -157,6 +157,13 @@ def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
 
 
 # ------------------------------------------------------------------------------------------------ primitives
+def _compiling_for_cpu() -> bool:
+  """Whether the computation being traced targets CPUs: the platform of the mesh in context (`jax.set_mesh`, as the
+  trainers and launch/tpu_aot.py's compile-only TPU devices set it), else JAX's default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return (device.platform if device is not None else jax.default_backend()) == "cpu"
+
+
 @jax.custom_vjp
 def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x [N, in] @ kernel [in, out] (Dense's product), with the kernel's gradient in the faster orientation on CPU.
@@ -166,7 +173,7 @@ def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   (the FFN output layer) over 4,096 tokens it took 9.8 ms, against 6.5 ms for (g^T x)^T, the [256, 1024] product
   transposed after it; [256, 64] 0.81 -> 0.49 ms, [256, 1024] itself 6.5 ms as is and 9.8 transposed
   (benchmarks/README.md). So on CPU a kernel with in > out gets its gradient as (g^T x)^T, the barrier keeping XLA
-  from folding the transpose back into the product. The same sums; on other backends autodiff's form.
+  from folding the transpose back into the product. The same sums; for other platforms autodiff's form.
   """
   return jnp.dot(x, kernel)
 
@@ -179,7 +186,7 @@ def _matmul_bwd(res, g):
   x, kernel = res
   dx = jax.lax.dot_general(g, kernel, (((1,), (1,)), ((), ())))            # g @ kernel^T
   tokens = (((0,), (0,)), ((), ()))
-  if kernel.shape[0] > kernel.shape[1] and jax.default_backend() == "cpu":
+  if kernel.shape[0] > kernel.shape[1] and _compiling_for_cpu():
     dk = jax.lax.optimization_barrier(jax.lax.dot_general(g, x, tokens)).T   # (g^T x)^T
   else:
     dk = jax.lax.dot_general(x, g, tokens)                                   # x^T g
