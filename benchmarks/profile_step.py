@@ -282,16 +282,14 @@ def events_breakdown(events: list[dict], hlo_text: str, steps: int) -> dict:
   for e in events:
     if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
       continue
-    name = e.get("name", "")
-    if name not in index:
-      name = kernel_names.get(name) or (e.get("args") or {}).get("hlo_op", name) if devices else None
-      if name not in index and not devices:
-        continue
+    kernel = e.get("name", "")
+    name = kernel if kernel in index else kernel_names.get(kernel) or (e.get("args") or {}).get("hlo_op")
     if name in index:
       category = categorize(name, index)
+    elif devices:
+      name, category = kernel, MATMUL if _GEMM_KERNEL.search(kernel) else "unattributed"
     else:
-      name = e.get("name", "")
-      category = MATMUL if _GEMM_KERNEL.search(name) else "unattributed"
+      continue   # on a CPU, the runtime's own events
     ms = e.get("dur", 0) / 1e3 / steps
     categories[category] += ms
     entry = per_op.setdefault(name, [category, 0.0, 0])
@@ -455,7 +453,7 @@ def main(argv) -> None:
                     "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
                     "op_time_ms_per_step": breakdown, "reuse_host_memory": FLAGS.reuse_host_memory,
                     "dtype": FLAGS.dtype, "device_kind": jax.devices()[0].device_kind,
-                    "trace": {k: v for k, v in trace.items() if k != "top"} | {"top": trace.get("top", [])[:50]},
+                    "trace": {**trace, "top": trace.get("top", [])[:50]},
                     "load": list(os.getloadavg())}, sort_keys=True))
 
 
