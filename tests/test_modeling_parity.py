@@ -221,6 +221,61 @@ def test_scan_and_remat_equal_the_loop():
     np.testing.assert_allclose(other(ids, attention_mask=mask, token_type_ids=types).logits, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", [{}, dict(scan_layers=True), dict(scan_layers=True, remat_policy="full"),
+                                     dict(remat_policy="dots"), dict(is_decoder=True)])
+def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
+  # ElectraModel(last_layer_positions=n), as the [CLS] heads call it: the last layer at the first n positions only,
+  # with the same values and parameter gradients as the full model's first n positions (causal masks included).
+  cfg = ElectraConfig(**CONFIGS["factorized"]).replace(**variant)
+  model = ElectraModel(cfg, rngs=nnx.Rngs(0))
+  ids, types, mask = _inputs("x", cfg.vocab_size)
+  graphdef, params = nnx.split(model, nnx.Param)
+  cot = jax.random.normal(jax.random.key(3), (3, 2, cfg.hidden_size))
+
+  def run(p, n):
+    h = nnx.merge(graphdef, p)(ids, attention_mask=mask, token_type_ids=types, last_layer_positions=n)
+    return h.last_hidden_state[:, :2]
+
+  full, pruned = run(params, None), run(params, 2)
+  assert pruned.shape == (3, 2, cfg.hidden_size)
+  np.testing.assert_allclose(pruned, full, atol=1e-6)
+  grads = [jax.tree.leaves(jax.grad(lambda p, n=n: jnp.sum(run(p, n) * cot))(params)) for n in (None, 2)]
+  for want, got in zip(*grads):
+    np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.abs(want).max()) + 1e-9)
+
+
+def test_sequence_classification_gradients_equal_transformers(tmp_path):
+  """The [CLS] head's last layer runs at [CLS] alone; every parameter's gradient still equals torch's."""
+  cfg = CONFIGS["factorized"]
+  hf, path = _hf_model("ElectraForSequenceClassification", cfg, tmp_path)
+  ours = from_hf(path)
+  ids, types, mask = _inputs("x", cfg["vocab_size"])
+  y = np.array([0, 2, 1])
+  hf(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
+     labels=torch.tensor(y)).loss.backward()
+  graphdef, params = nnx.split(ours, nnx.Param)
+
+  def loss(p):
+    return nnx.merge(graphdef, p)(jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types),
+                                  labels=jnp.asarray(y)).loss
+
+  g = nnx.to_pure_dict(jax.grad(loss)(params))
+  layers = g["electra"]["encoder"]["layers"]
+  last = cfg["num_hidden_layers"] - 1
+  hf_last = hf.electra.encoder.layer[last]
+  pairs = [(g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
+           (g["classifier"]["dense"]["kernel"], hf.classifier.dense.weight.grad.T),
+           (layers["query"]["kernel"][last], hf_last.attention.self.query.weight.grad.T),
+           (layers["key"]["kernel"][last], hf_last.attention.self.key.weight.grad.T),
+           (layers["output"]["kernel"][last], hf_last.output.dense.weight.grad.T),
+           (layers["output_norm"]["scale"][last], hf_last.output.LayerNorm.weight.grad),
+           (layers["intermediate"]["kernel"][0], hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)]
+  for got, want in pairs:
+    want = want.numpy()
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6 * np.abs(want).max() + 1e-8, rtol=1e-4)
+
+
 def test_bfloat16_compute_stays_close():
   cfg = ElectraConfig(**CONFIGS["factorized"])
   ids, types, mask = _inputs("x", cfg.vocab_size)

@@ -364,12 +364,12 @@ class ElectraLayer(nnx.Module):
     self.attention_rate = config.attention_probs_dropout_prob
     self.dtype = config.compute_dtype
 
-  def _attention(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+  def _attention(self, xq: jax.Array, x: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+    """Queries from xq [B, Lq, H], keys and values from x [B, L, H] -> [B, Lq, H]."""
     b, length, _ = x.shape
-    shape = (b, length, self.num_heads, self.head_dim)
-    q = self.query(x).reshape(shape)
-    k = self.key(x).reshape(shape)
-    v = self.value(x).reshape(shape)
+    q = self.query(xq).reshape(b, xq.shape[1], self.num_heads, self.head_dim)
+    k = self.key(x).reshape(b, length, self.num_heads, self.head_dim)
+    v = self.value(x).reshape(b, length, self.num_heads, self.head_dim)
     with jax.named_scope("attention"):
       if rng is None or self.attention_rate == 0.0:
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
@@ -378,12 +378,19 @@ class ElectraLayer(nnx.Module):
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, rng).astype(self.dtype)
         out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
-      return out.reshape(b, length, -1)
+      return out.reshape(b, xq.shape[1], -1)
 
-  def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None = None,
+               positions: int | None = None) -> jax.Array:
+    """x [B, L, H] -> [B, L, H]; with `positions=n`, the layer's output at the first n positions only, [B, n, H]
+    (their queries still attend to every key): what a head that reads only [CLS] needs of the last layer."""
     r_att, r_out1, r_out2 = split_rng(rng, 3)
-    a = self.attention_output(self._attention(x, mask, r_att))
-    x = self.attention_norm(dropout(a, self.hidden_rate, r_out1) + x)
+    xq = x
+    if positions is not None:
+      xq = x[:, :positions]
+      mask = mask[:, :, :positions] if mask.shape[2] > 1 else mask   # a causal mask has a row per query
+    a = self.attention_output(self._attention(xq, x, mask, r_att))
+    x = self.attention_norm(dropout(a, self.hidden_rate, r_out1) + xq)
     f = self.output(self.act(self.intermediate(x)))
     x = self.output_norm(dropout(f, self.hidden_rate, r_out2) + x)
     return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -405,24 +412,33 @@ class ElectraEncoder(nnx.Module):
     self.scan = config.scan_layers
     self.remat_policy = config.remat_policy
 
-  def __call__(self, x: jax.Array, mask: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, dropout_rng: jax.Array | None = None,
+               last_layer_positions: int | None = None) -> jax.Array:
+    """[B, L, H] -> [B, L, H], or [B, n, H] with `last_layer_positions=n`: the last layer computed at the first n
+    positions only (ElectraLayer's `positions`); every earlier layer at all of them, as the last layer's keys and
+    values need."""
     graphdef, stacked = nnx.split(self.layers)
     rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.num_layers)
 
-    def layer(h, params_and_rng):
+    def layer(h, params_and_rng, positions):
       params, rng = params_and_rng
-      return nnx.merge(graphdef, params)(h, mask, rng)
+      return nnx.merge(graphdef, params)(h, mask, rng, positions)
 
     if self.remat_policy != "none":
-      layer = jax.checkpoint(layer, policy=_REMAT[self.remat_policy])
+      layer = jax.checkpoint(layer, policy=_REMAT[self.remat_policy], static_argnums=(2,))
     if self.scan:
-      x, _ = jax.lax.scan(lambda h, xs: (layer(h, xs), None), x, (stacked, rngs))
-      return x
+      if last_layer_positions is None:
+        x, _ = jax.lax.scan(lambda h, xs: (layer(h, xs, None), None), x, (stacked, rngs))
+        return x
+      head, last = jax.tree.map(lambda a: a[:-1], (stacked, rngs)), jax.tree.map(lambda a: a[-1], (stacked, rngs))
+      x, _ = jax.lax.scan(lambda h, xs: (layer(h, xs, None), None), x, head)
+      return layer(x, last, last_layer_positions)
     # Unstack with one split per parameter: its gradient is one concatenate. (Indexing a[i] per layer would make
     # every layer's gradient a full-size padded array, summed L times.)
     leaves, treedef = jax.tree.flatten(stacked)
     per_layer = [jnp.split(leaf, self.num_layers) for leaf in leaves]
     for i in range(self.num_layers):
       params_i = jax.tree.unflatten(treedef, [p[i][0] for p in per_layer])
-      x = layer(x, (params_i, None if rngs is None else rngs[i]))
+      x = layer(x, (params_i, None if rngs is None else rngs[i]),
+                last_layer_positions if i == self.num_layers - 1 else None)
     return x

@@ -77,7 +77,9 @@ class ElectraModel(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None, *,
-               dropout_rng: jax.Array | None = None) -> BaseModelOutput:
+               dropout_rng: jax.Array | None = None, last_layer_positions: int | None = None) -> BaseModelOutput:
+    """`last_layer_positions=n`: last_hidden_state only at the first n positions, [B, n, H], the last layer computed
+    there alone (its attention still reads every token), for heads that read [CLS] only; the same values."""
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -95,7 +97,7 @@ class ElectraModel(nnx.Module):
       x = self.embeddings_project(x)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     mask = attention_mask_bias(attention_mask, causal=self.config.is_decoder)
-    return BaseModelOutput(last_hidden_state=self.encoder(x, mask, r_enc))
+    return BaseModelOutput(last_hidden_state=self.encoder(x, mask, r_enc, last_layer_positions))
 
 
 class _Head(nnx.Module):
@@ -110,9 +112,10 @@ class _Head(nnx.Module):
     c = self.config
     return c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
 
-  def _body(self, input_ids, attention_mask, token_type_ids, position_ids, dropout_rng):
+  def _body(self, input_ids, attention_mask, token_type_ids, position_ids, dropout_rng, last_layer_positions=None):
     r_body, r_head = split_rng(dropout_rng, 2)
-    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body).last_hidden_state
+    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
+                     last_layer_positions=last_layer_positions).last_hidden_state
     return h, r_head
 
 
@@ -249,7 +252,10 @@ def sequence_classification_loss(logits: jax.Array, labels: jax.Array, config: E
 
 
 class ElectraForSequenceClassification(_Head):
-  """Sentence(-pair) classification or regression: logits [B, num_labels]."""
+  """Sentence(-pair) classification or regression: logits [B, num_labels].
+
+  The head reads [CLS] only, so the last layer is computed at that position alone (`last_hidden_state` is [B, 1, H]).
+  """
 
   def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
@@ -257,7 +263,7 @@ class ElectraForSequenceClassification(_Head):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *, labels=None,
                dropout_rng=None) -> LogitsOutput:
-    h, r_head = self._body(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng)
+    h, r_head = self._body(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng, 1)
     logits = self.classifier(h, r_head)
     loss = None if labels is None else sequence_classification_loss(logits, jnp.asarray(labels), self.config)
     return LogitsOutput(logits=logits, loss=loss, last_hidden_state=h)
@@ -290,7 +296,8 @@ class ElectraSequenceSummary(nnx.Module):
 
 
 class ElectraForMultipleChoice(_Head):
-  """Inputs [B, C, L] -> one score per choice: logits [B, C]."""
+  """Inputs [B, C, L] -> one score per choice: logits [B, C]. With summary_type "first" (ELECTRA's) the last layer is
+  computed at [CLS] alone (`last_hidden_state` [B, C, 1, H])."""
 
   def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
@@ -304,11 +311,13 @@ class ElectraForMultipleChoice(_Head):
       raise ValueError(f"multiple choice input_ids must be [batch, choices, length], got shape {input_ids.shape}")
     b, c, length = input_ids.shape
     flat = lambda x: None if x is None else jnp.asarray(x).reshape(b * c, length)  # noqa: E731
+    # a summary of the first token reads [CLS] only: the last layer is computed there alone
+    first = 1 if self.sequence_summary.summary_type == "first" else None
     h, r_head = self._body(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           dropout_rng)
+                           dropout_rng, first)
     logits = self.classifier(self.sequence_summary(h, r_head)).astype(jnp.float32).reshape(b, c)
     loss = None if labels is None else cross_entropy(logits, jnp.asarray(labels), ignore_index=IGNORE_INDEX)
-    return LogitsOutput(logits=logits, loss=loss, last_hidden_state=h.reshape(b, c, length, -1))
+    return LogitsOutput(logits=logits, loss=loss, last_hidden_state=h.reshape(b, c, h.shape[1], -1))
 
 
 class ElectraForTokenClassification(_Head):

@@ -57,7 +57,9 @@ class OriginalElectraForSequenceClassification(nnx.Module):
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *, labels=None,
                dropout_rng=None) -> LogitsOutput:
     r_body, r_head = split_rng(dropout_rng, 2)
-    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body).last_hidden_state
+    # only [CLS] is read: the last layer is computed there alone (last_hidden_state [B, 1, H])
+    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
+                     last_layer_positions=1).last_hidden_state
     logits = self.classifier(dropout(h[:, 0], self.rate, r_head)).astype(jnp.float32)
     loss = None
     if labels is not None:
