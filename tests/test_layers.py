@@ -72,3 +72,18 @@ def test_matmul_gradients_equal_autodiff_in_either_orientation(shape):
   tpu = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=AbstractDevice("TPU v5 lite", None, "tpu"))
   with jax.sharding.use_abstract_mesh(tpu):
     assert not swapped()
+
+
+@pytest.mark.parametrize("queries,causal", [(9, False), (9, True), (2, False)])
+def test_attention_heads_major_equals_dot_product_attention(queries, causal):
+  # The CPU inference attention (operands copied into heads-major order) against jax.nn.dot_product_attention:
+  # padding, causal masks, and fewer queries than keys (the pruned last layer).
+  k = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(k[0], (3, queries, 2, 8))
+  kk, v = jax.random.normal(k[1], (3, 9, 2, 8)), jax.random.normal(k[2], (3, 9, 2, 8))
+  pad = jnp.asarray([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
+  mask = layers.attention_mask_bias(pad, causal=causal)[:, :, :queries]
+  want = jax.nn.dot_product_attention(q, kk, v, mask=mask)
+  got = jax.jit(layers._attention_heads_major, static_argnums=4)(q, kk, v, mask, jnp.float32)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=2e-6)
