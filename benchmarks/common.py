@@ -34,6 +34,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
 WORKERS_DIR = BENCH_DIR / "workers"
+if str(REPO_ROOT) not in sys.path:   # the benchmarks import electra_jax from this checkout, installed or not
+  sys.path.insert(0, str(REPO_ROOT))
 
 # BERT uncased special ids (data/vocab/bert-base-uncased-vocab.txt); the peers use the same ones.
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
@@ -78,7 +80,6 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
 # ------------------------------------------------------------------------------------------------ batches
 def _wikitext_ids(limit_tokens: int) -> np.ndarray | None:
   """Token ids of WikiText-2 valid (our tokenizer), or None when the shared data is absent."""
-  sys.path.insert(0, str(REPO_ROOT))
   try:
     from electra_jax import paths  # pylint: disable=import-outside-toplevel
     from electra_jax.data.tokenization import load_tokenizer  # pylint: disable=import-outside-toplevel
