@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from tests.conftest import shared_data
@@ -134,8 +136,8 @@ def test_tiny_run_learns_and_exports(dirs):
   assert mean(last, "disc_accuracy") > mean(first, "disc_accuracy")
   # above the majority class (predicting "original" everywhere scores 1 - replaced fraction)
   assert mean(last, "disc_accuracy") > 1 - mean(last, "disc_replaced_fraction")
-  for key in ("learning_rate", "grad_norm", "tokens_per_sec", "mfu", "eta_seconds", "disc_precision", "disc_recall",
-              "mlm_accuracy", "model_flops_per_step"):
+  for key in ("learning_rate", "grad_norm", "param_norm", "tokens_per_sec", "mfu", "eta_seconds", "disc_precision",
+              "disc_recall", "mlm_accuracy", "model_flops_per_step"):
     assert key in recs[-1], key
   assert glob.glob(os.path.join(work, "events.out.tfevents.*"))
   for part in ("discriminator", "generator"):
@@ -148,6 +150,9 @@ def test_tiny_run_learns_and_exports(dirs):
   from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
   meta, params = checkpointing.load_params(work)
   assert meta["kind"] == "pretraining" and meta["discriminator"]["hidden_size"] == 64
+  # param_norm (measured when metrics are logged) is the norm of the parameters after that step: the last checkpoint's
+  norm = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(params)))
+  assert abs(recs[-1]["param_norm"] - norm) < 1e-5 * norm, (recs[-1]["param_norm"], norm)
   assert "generator" in params and "discriminator" in params
 
 
