@@ -197,6 +197,22 @@ def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999, eps: fl
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """tf.clip_by_global_norm as the original uses it: every gradient times max_norm / max(global_norm, max_norm).
+
+  One scalar factor multiplies every element (optax.clip_by_global_norm divides each element by the norm): a multiply
+  is cheap enough for XLA to repeat in each of its consumers, so the clipped gradient is never written out (on the CPU
+  backend, one pass over every parameter's gradient less per step). Below max_norm the factor is exactly 1.
+  """
+
+  def update_fn(updates, state, params=None):
+    del params
+    scale = max_norm / jnp.maximum(optax.tree.norm(updates), max_norm)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
           weight_decay: float = 0.01, mask: PyTree | Callable[[PyTree], PyTree] | None = weight_decay_mask,
           clip_norm: float | None = 1.0, bias_correction: bool = False,
@@ -204,7 +220,7 @@ def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float =
   """clip -> Adam -> decoupled weight decay (masked) -> layer-wise multipliers -> -learning_rate."""
   parts = []
   if clip_norm:
-    parts.append(optax.clip_by_global_norm(float(clip_norm)))
+    parts.append(clip_by_global_norm(float(clip_norm)))
   if bias_correction:
     parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
   else:
