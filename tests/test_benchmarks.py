@@ -198,12 +198,14 @@ def test_trace_breakdown_reads_cpu_ops_and_gpu_kernels():
 
 
 def test_product_bound_finds_every_product_of_the_step():
-  # ELECTRA-tiny inference: per layer q, k, v, output (H x H), FFN in and out (H x F), scores and weighted values;
-  # once the embedding projection (E -> H) and the classification head ([CLS]: H -> H, H -> 2).
+  # ELECTRA-tiny inference: per layer q, k, v, output (H x H), FFN in and out (H x F), scores and weighted values,
+  # the last layer at [CLS] alone but for its keys and values (every token); once the embedding projection (E -> H)
+  # and the classification head ([CLS]: H -> H, H -> 2).
   b, s, e, h, f, layers = 2, 16, 32, 64, 256, 2
   tokens = b * s
-  expected = layers * (2 * tokens * (4 * h * h + 2 * h * f) + 2 * 2 * b * s * s * h) + 2 * tokens * e * h \
-      + 2 * b * h * h + 2 * b * h * 2
+  full_layer = 2 * tokens * (4 * h * h + 2 * h * f) + 2 * 2 * b * s * s * h
+  last_layer = 2 * tokens * 2 * h * h + 2 * b * (2 * h * h + 2 * h * f) + 2 * 2 * b * 1 * s * h
+  expected = (layers - 1) * full_layer + last_layer + 2 * tokens * e * h + 2 * b * h * h + 2 * b * h * 2
   out, fig = _run("product_bound.py", "--task=infer", "--size=tiny", f"--batch_size={b}", f"--seq_len={s}",
                   "--repeats=1", "--target_s=1.0")
   assert fig["products_gflop"] * 1e9 == pytest.approx(expected, rel=1e-9)
