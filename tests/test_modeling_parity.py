@@ -112,13 +112,13 @@ def test_losses_equal_transformers(head, labels, tmp_path):
   assert abs(float(got) - want) < 1e-5
 
 
-def test_masked_lm_gradients_equal_transformers(tmp_path):
-  """The tied LM head's hand-written backward (layers.tied_logits): table, bias and the layers below, against torch."""
+def _gradients_and_torch_model(head, labels, tmp_path):
+  """Our parameter gradients of `head`'s loss (a nested dict) and the torch model after its loss.backward()."""
   cfg = CONFIGS["factorized"]
-  hf, path = _hf_model("ElectraForMaskedLM", cfg, tmp_path)
+  hf, path = _hf_model(head, cfg, tmp_path)
   ours = from_hf(path)
   ids, types, mask = _inputs("x", cfg["vocab_size"])
-  y = np.where(mask == 1, np.random.RandomState(2).randint(0, cfg["vocab_size"], ids.shape), -100)
+  y = labels(mask)
   hf(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
      labels=torch.tensor(y)).loss.backward()
   graphdef, params = nnx.split(ours, nnx.Param)
@@ -127,16 +127,30 @@ def test_masked_lm_gradients_equal_transformers(tmp_path):
     return nnx.merge(graphdef, p)(jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types),
                                   labels=jnp.asarray(y)).loss
 
-  g = nnx.to_pure_dict(jax.grad(loss)(params))
-  pairs = [(g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
-           (g["generator_lm_head"]["bias"], hf.generator_lm_head.bias.grad),
-           (g["generator_predictions"]["dense"]["kernel"], hf.generator_predictions.dense.weight.grad.T),
-           (g["electra"]["encoder"]["layers"]["intermediate"]["kernel"][0],
-            hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)]
+  return nnx.to_pure_dict(jax.grad(loss)(params)), hf
+
+
+def _assert_gradients_close(pairs):
   for got, want in pairs:
     want = want.numpy()
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-6 * np.abs(want).max() + 1e-8, rtol=1e-4)
+
+
+def test_masked_lm_gradients_equal_transformers(tmp_path):
+  """The tied LM head's hand-written backward (layers.tied_logits): table, bias and the layers below, against torch."""
+  vocab = CONFIGS["factorized"]["vocab_size"]
+
+  def labels(mask):
+    return np.where(mask == 1, np.random.RandomState(2).randint(0, vocab, mask.shape), -100)
+
+  g, hf = _gradients_and_torch_model("ElectraForMaskedLM", labels, tmp_path)
+  _assert_gradients_close([
+      (g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
+      (g["generator_lm_head"]["bias"], hf.generator_lm_head.bias.grad),
+      (g["generator_predictions"]["dense"]["kernel"], hf.generator_predictions.dense.weight.grad.T),
+      (g["electra"]["encoder"]["layers"]["intermediate"]["kernel"][0],
+       hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)])
 
 
 def test_gelu_is_torchs_exact_gelu():
@@ -246,34 +260,18 @@ def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
 
 def test_sequence_classification_gradients_equal_transformers(tmp_path):
   """The [CLS] head's last layer runs at [CLS] alone; every parameter's gradient still equals torch's."""
-  cfg = CONFIGS["factorized"]
-  hf, path = _hf_model("ElectraForSequenceClassification", cfg, tmp_path)
-  ours = from_hf(path)
-  ids, types, mask = _inputs("x", cfg["vocab_size"])
-  y = np.array([0, 2, 1])
-  hf(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
-     labels=torch.tensor(y)).loss.backward()
-  graphdef, params = nnx.split(ours, nnx.Param)
-
-  def loss(p):
-    return nnx.merge(graphdef, p)(jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types),
-                                  labels=jnp.asarray(y)).loss
-
-  g = nnx.to_pure_dict(jax.grad(loss)(params))
+  g, hf = _gradients_and_torch_model("ElectraForSequenceClassification", lambda mask: np.array([0, 2, 1]), tmp_path)
   layers = g["electra"]["encoder"]["layers"]
-  last = cfg["num_hidden_layers"] - 1
+  last = CONFIGS["factorized"]["num_hidden_layers"] - 1
   hf_last = hf.electra.encoder.layer[last]
-  pairs = [(g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
-           (g["classifier"]["dense"]["kernel"], hf.classifier.dense.weight.grad.T),
-           (layers["query"]["kernel"][last], hf_last.attention.self.query.weight.grad.T),
-           (layers["key"]["kernel"][last], hf_last.attention.self.key.weight.grad.T),
-           (layers["output"]["kernel"][last], hf_last.output.dense.weight.grad.T),
-           (layers["output_norm"]["scale"][last], hf_last.output.LayerNorm.weight.grad),
-           (layers["intermediate"]["kernel"][0], hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)]
-  for got, want in pairs:
-    want = want.numpy()
-    assert np.abs(want).max() > 0
-    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6 * np.abs(want).max() + 1e-8, rtol=1e-4)
+  _assert_gradients_close([
+      (g["electra"]["embeddings"]["word_embeddings"], hf.electra.embeddings.word_embeddings.weight.grad),
+      (g["classifier"]["dense"]["kernel"], hf.classifier.dense.weight.grad.T),
+      (layers["query"]["kernel"][last], hf_last.attention.self.query.weight.grad.T),
+      (layers["key"]["kernel"][last], hf_last.attention.self.key.weight.grad.T),
+      (layers["output"]["kernel"][last], hf_last.output.dense.weight.grad.T),
+      (layers["output_norm"]["scale"][last], hf_last.output.LayerNorm.weight.grad),
+      (layers["intermediate"]["kernel"][0], hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)])
 
 
 def test_bfloat16_compute_stays_close():

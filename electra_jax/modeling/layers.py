@@ -392,10 +392,9 @@ class ElectraLayer(nnx.Module):
     k = self.key(x).reshape(b, length, self.num_heads, self.head_dim)
     v = self.value(x).reshape(b, length, self.num_heads, self.head_dim)
     with jax.named_scope("attention"):
-      if (rng is None or self.attention_rate == 0.0) and _compiling_for_cpu():
-        out = _attention_heads_major(q, k, v, mask, self.dtype)
-      elif rng is None or self.attention_rate == 0.0:
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      if rng is None or self.attention_rate == 0.0:
+        out = (_attention_heads_major(q, k, v, mask, self.dtype) if _compiling_for_cpu() else
+               jax.nn.dot_product_attention(q, k, v, mask=mask))
       else:  # attention-probability dropout needs the probabilities, so spell the attention out
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
