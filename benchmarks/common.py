@@ -201,11 +201,11 @@ def worker_env(extra: dict[str, str] | None = None, platform: str = "cpu") -> di
 
 def with_host_memory_reuse(env: dict[str, str], reuse: bool) -> dict[str, str]:
   """`env`, plus (when `reuse`) the glibc settings our binaries apply to themselves
-  (electra_jax.train.compiling.keep_host_buffers_mapped), as GLIBC_TUNABLES for a process about to start."""
+  (electra_jax.train.host_memory.keep_host_buffers_mapped), as GLIBC_TUNABLES for a process about to start."""
   if not reuse:
     return env
-  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
-  tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), compiling.GLIBC_TUNABLES) if t)
+  from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
+  tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), host_memory.GLIBC_TUNABLES) if t)
   return {**env, "GLIBC_TUNABLES": tunables}
 
 

@@ -123,7 +123,8 @@ def step_and_jaxpr():
   import ours  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import compiling, finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
   key = jax.random.key(0)
   if FLAGS.task == "pretrain":
     setup, batch, state = ours.pretrain_setup(_worker_args())
@@ -161,7 +162,7 @@ def step_and_jaxpr():
 
 def main(argv) -> None:
   del argv
-  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
   if FLAGS.reuse_host_memory:   # before the first JAX computation, as the binaries do
     compiling.keep_host_buffers_mapped()
   run, jaxpr = step_and_jaxpr()

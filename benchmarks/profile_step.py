@@ -59,7 +59,7 @@ flags.DEFINE_list("variants", ["base", "rbg", "no_dropout", "bf16", "scan", "par
 flags.DEFINE_integer("rounds", 6, "Timed rounds (one step of every variant per round) after one warm-up round.")
 flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their host buffers, as the binaries' "
                   "--reuse_host_memory (their default) sets the process up "
-                  "(electra_jax.train.compiling.keep_host_buffers_mapped).")
+                  "(electra_jax.train.host_memory.keep_host_buffers_mapped).")
 flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of every variant but bf16 (parameters "
                   "float32); bfloat16 with --batch_size=128 is the GPU setting of benchmarks/gpu.sh.")
@@ -310,9 +310,10 @@ def events_breakdown(events: list[dict], hlo_text: str, steps: int) -> dict:
 
 def main(argv) -> None:
   del argv
-  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   if FLAGS.reuse_host_memory:   # before the first JAX computation, as the binaries do
-    compiling.keep_host_buffers_mapped()
+    host_memory.keep_host_buffers_mapped()
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel

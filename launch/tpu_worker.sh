@@ -9,7 +9,7 @@
 #
 # Creates a virtualenv in ~/electra_venv on first use (pinned versions from third_party/constraints.txt plus
 # jax[tpu]), then runs `python -m "$@"` from the repository root with ELECTRA_JAX_DISTRIBUTED=1, so that
-# electra_jax.train.distributed calls jax.distributed.initialize() (JAX finds the other workers itself).
+# electra_jax.runtime.distributed calls jax.distributed.initialize() (JAX finds the other workers itself).
 # Environment: VENV (default ~/electra_venv), EXTRA_PIP (more packages), PYTHON (default python3).
 set -euo pipefail
 

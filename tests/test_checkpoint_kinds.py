@@ -6,7 +6,7 @@ from flax import nnx
 
 from electra_jax.modeling import ElectraConfig
 from electra_jax.modeling.original_heads import OriginalElectraForQuestionAnswering
-from electra_jax.train import checkpointing
+from electra_jax import checkpointing
 
 
 def test_original_head_checkpoint_round_trips(tmp_path):

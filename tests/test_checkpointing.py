@@ -16,8 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from electra_jax import sharding
 from electra_jax.modeling import ElectraConfig, ElectraForPreTraining, ElectraPretrainingModel, generator_config
-from electra_jax.train import checkpointing
-from electra_jax.train.checkpointing import CheckpointError, Checkpointer
+from electra_jax import checkpointing
+from electra_jax.checkpointing import CheckpointError, Checkpointer
 
 # A failed tensorstore read leaves a callback for asyncio's already-closed loop; harmless, reported as unraisable.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from electra_jax.train import compiling
+from electra_jax.runtime import compile as compiling
+from electra_jax.runtime import host_memory
 
 
 def test_compile_step_matches_jit_and_keeps_donation():
@@ -37,9 +38,9 @@ def _rss_mib() -> float:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-@pytest.mark.skipif(compiling._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
 def test_release_host_memory_returns_freed_heap_pages():
-  libc = compiling._libc()  # pylint: disable=protected-access
+  libc = host_memory._libc()  # pylint: disable=protected-access
   libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
   libc.free.argtypes = [ctypes.c_void_p]
   blocks = [libc.malloc(64 * 1024) for _ in range(3200)]       # 200 MiB in heap-sized blocks (below mmap's threshold)
@@ -49,7 +50,7 @@ def test_release_host_memory_returns_freed_heap_pages():
   for b in blocks:
     libc.free(b)
   before = _rss_mib()
-  assert compiling.release_host_memory()
+  assert host_memory.release_host_memory()
   after = _rss_mib()
   libc.free(pin)
   assert before - after > 100, (before, after)                 # most of the freed 200 MiB left the resident set
@@ -63,8 +64,8 @@ def test_release_host_memory_returns_freed_heap_pages():
 _FAULTS_SCRIPT = r"""
 import json, os, resource, sys
 import jax, jax.numpy as jnp
-from electra_jax.train import compiling
-applied = compiling.keep_host_buffers_mapped() if sys.argv[1] == "keep" else False
+from electra_jax.runtime import compile as compiling, host_memory
+applied = host_memory.keep_host_buffers_mapped() if sys.argv[1] == "keep" else False
 
 def loss(w, x):
   h = x
@@ -89,7 +90,7 @@ for _ in range(12):
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
   with open("/proc/self/statm") as f:
     rss_mib.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
-again = compiling.keep_host_buffers_mapped()   # idempotent once applied; refused once the backend runs async
+again = host_memory.keep_host_buffers_mapped()   # idempotent once applied; refused once the backend runs async
 print(json.dumps({"applied": applied, "again": again, "temp_mib": temp_mib,
                   "faulted_mib": min(faults[2:]) * 4096 / 2**20, "rss_mib": rss_mib}))
 """
@@ -106,7 +107,7 @@ def _run_fresh(code: str, *args: str, tunables: str = "") -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(compiling._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
 def test_keep_host_buffers_mapped_stops_refaulting_the_temporaries_every_run():
   system, kept = _run_fresh(_FAULTS_SCRIPT, "system", "train"), _run_fresh(_FAULTS_SCRIPT, "keep", "train")
   assert kept["applied"] and kept["again"] and not system["applied"] and not system["again"]
@@ -116,7 +117,7 @@ def test_keep_host_buffers_mapped_stops_refaulting_the_temporaries_every_run():
   assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"], kept   # one block, not one per run
 
 
-@pytest.mark.skipif(compiling._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
 def test_heap_guard_bounds_the_resident_set_when_runs_miss_the_freed_block():
   kept = _run_fresh(_FAULTS_SCRIPT, "keep", "grad")
   # Runs that need a fresh block happen here; the guard keeps the resident set within half a block of where it was
@@ -124,12 +125,12 @@ def test_heap_guard_bounds_the_resident_set_when_runs_miss_the_freed_block():
   assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"] + 64, kept
 
 
-@pytest.mark.skipif(compiling._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
 def test_heap_guard_releases_free_pages_once_past_one_block():
-  libc = compiling._libc()  # pylint: disable=protected-access
+  libc = host_memory._libc()  # pylint: disable=protected-access
   libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
   libc.free.argtypes = [ctypes.c_void_p]
-  guard = compiling.HeapGuard(libc, min_slack_mib=16)
+  guard = host_memory.HeapGuard(libc, min_slack_mib=16)
   guard.expect_block(64)
   assert not guard.check()                        # the mark: now
   blocks = [libc.malloc(64 * 1024) for _ in range(2400)]       # 150 MiB of heap chunks, touched, then freed
@@ -162,10 +163,10 @@ print(json.dumps({"faulted_mib": [f * 4096 / 2**20 for f in faults]}))
 """
 
 
-@pytest.mark.skipif(compiling._libc() is None, reason="needs glibc's malloc tunables (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc tunables (Linux)")  # pylint: disable=protected-access
 def test_glibc_tunables_keep_a_main_thread_block_mapped():
   system = _run_fresh(_MALLOC_SCRIPT)["faulted_mib"]
-  kept = _run_fresh(_MALLOC_SCRIPT, tunables=compiling.GLIBC_TUNABLES)["faulted_mib"]
+  kept = _run_fresh(_MALLOC_SCRIPT, tunables=host_memory.GLIBC_TUNABLES)["faulted_mib"]
   assert min(system) > 200, system              # glibc's defaults: a fresh mmap every time
   assert max(kept[1:]) < 10, kept               # the block comes back from the heap, already mapped
 
@@ -173,7 +174,7 @@ def test_glibc_tunables_keep_a_main_thread_block_mapped():
 def test_keep_host_buffers_mapped_is_refused_where_it_cannot_apply():
   # This process's CPU backend started with async dispatch and 8 devices (conftest): nothing is changed.
   assert jax.device_count() > 1
-  assert not compiling.keep_host_buffers_mapped()
+  assert not host_memory.keep_host_buffers_mapped()
 
 
 @pytest.mark.parametrize("binary,args", [

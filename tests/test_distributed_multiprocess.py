@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from electra_jax.train import distributed
+from electra_jax.runtime import distributed
 from tests.test_pretrain_e2e import REPO, checkpoint_steps, child_env, command, losses, records
 from tests.conftest import shared_data
 

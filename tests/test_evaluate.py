@@ -65,7 +65,8 @@ def test_evaluate_mnli_scores_both_halves_and_writes_mnli_and_ax_files(tmp_path)
   from configs import glue as glue_config
   from electra_jax.data import glue
   from electra_jax.modeling import ElectraConfig
-  from electra_jax.train import checkpointing, finetune_lib
+  from electra_jax import checkpointing
+  from electra_jax.train import finetune_lib
   pairs = glue.read_split("rte", shared_data("glue_data"), "dev")[:12]
   labels = ("contradiction", "entailment", "neutral")
   mnli = tmp_path / "glue_data" / "MNLI"

@@ -14,7 +14,8 @@ import pytest
 from configs import glue as glue_config
 from electra_jax.data import glue
 from electra_jax.eval import glue as glue_eval
-from electra_jax.train import checkpointing, finetune_lib, metrics
+from electra_jax import checkpointing
+from electra_jax.train import finetune_lib, metrics
 from tests.conftest import shared_data
 
 

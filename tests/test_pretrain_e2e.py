@@ -147,7 +147,7 @@ def test_tiny_run_learns_and_exports(dirs):
   with open(os.path.join(work, "export", "generator", "config.json"), encoding="utf-8") as f:
     gen = json.load(f)
   assert gen["hidden_size"] == 16 and gen["architectures"] == ["ElectraForMaskedLM"]
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   meta, params = checkpointing.load_params(work)
   assert meta["kind"] == "pretraining" and meta["discriminator"]["hidden_size"] == 64
   # param_norm (measured when metrics are logged) is the norm of the parameters after that step: the last checkpoint's

@@ -25,7 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from electra_jax.train import compiling  # noqa: E402  pylint: disable=wrong-import-position
+from electra_jax.runtime import compile as compiling  # noqa: E402  pylint: disable=wrong-import-position
+from electra_jax.runtime import host_memory  # noqa: E402  pylint: disable=wrong-import-position
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
 import jax  # noqa: E402  pylint: disable=wrong-import-position
@@ -83,7 +84,8 @@ def pretrain_setup(args):
 
 
 def pretrain(args) -> dict:
-  from electra_jax.train import compiling, flops  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import flops  # pylint: disable=import-outside-toplevel
   setup, batch, state = pretrain_setup(args)
   key = jax.random.key(0)
   with jax.set_mesh(setup.mesh):
@@ -169,7 +171,7 @@ def finetune(args) -> dict:
 
   def infer_step():
     jnp.argmax(steps.predict(holder["params"], inputs)["logits"], -1).block_until_ready()
-    compiling.between_steps()   # as finetune_lib.run_predictions does after each batch
+    host_memory.after_step()   # as finetune_lib.run_predictions does after each batch
 
   train_times = common.time_steps(train_step, args.warmup, args.steps)
   infer_times = common.time_steps(infer_step, args.warmup, args.steps)
@@ -216,7 +218,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   # As the binaries set the process up (distributed.initialize_from_flags), before the first JAX computation; whether
   # it was applied (only on one CPU device, with glibc) goes into the result.
-  reuse_host_memory = args.reuse_host_memory and compiling.keep_host_buffers_mapped()
+  reuse_host_memory = args.reuse_host_memory and host_memory.keep_host_buffers_mapped()
   if args.f32_matmul != "default":
     jax.config.update("jax_default_matmul_precision", F32_MATMUL[args.f32_matmul])
   start = time.perf_counter()

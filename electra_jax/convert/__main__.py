@@ -39,7 +39,7 @@ flags.DEFINE_string("out", None, "Output folder.")
 
 
 def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir: str | None = None) -> str:
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   if hf_generator_dir is None:
     model = convert.from_hf(hf_dir, head)
     meta = checkpointing.head_meta(type(model).__name__, model.config)
@@ -67,7 +67,7 @@ def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir
 
 def orbax_to_hf(checkpoint: str, out: str, part: str = "discriminator", step: int | None = None,
                 vocab_file: str | None = None, lowercase: bool = True, dtype: str | None = None) -> str:
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   model = checkpointing.load_model(checkpoint, step)
   if isinstance(model, ElectraPretrainingModel):
     model = getattr(model, part)

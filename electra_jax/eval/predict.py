@@ -60,7 +60,7 @@ def load_model(model_dir: str, task: str, vocab_file: str | None = None, lowerca
 
 
 def _load_project_checkpoint(path: str, vocab_file: str | None):
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   meta, params = checkpointing.load_params(path)
   if meta.get("kind") == "pretraining":
     raise PredictError(f"{path} is a pretraining checkpoint (generator + discriminator): it has no task head; "

@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from electra_jax.train import distributed
+from electra_jax.runtime import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config (configs/glue.py or configs/squad.py).",
                                           lock_config=True)
@@ -33,7 +33,8 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize_from_flags()
-  from electra_jax.train import checkpointing, finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
   try:
     finetune_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (*USER_ERRORS, checkpointing.CheckpointError) as e:

@@ -47,7 +47,11 @@ from electra_jax.eval import glue as glue_eval
 from electra_jax.eval import squad as squad_eval
 from electra_jax.modeling import ElectraConfig, head_class
 from electra_jax.modeling import original_heads
-from electra_jax.train import checkpointing, compiling, distributed, flops, metrics, optim
+from electra_jax import checkpointing
+from electra_jax.runtime import compile as compiling
+from electra_jax.runtime import host_memory
+from electra_jax.runtime import distributed
+from electra_jax.train import flops, metrics, optim
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ORIGINAL_HEADS = original_heads.ORIGINAL_HEADS
@@ -626,7 +630,7 @@ def run_predictions(steps: Steps, params, arrays: Mapping[str, np.ndarray], batc
     rows = np.where(rows < n, rows, 0)
     batch = put_batch({k: v[rows] for k, v in arrays.items()}, steps.mesh, steps.rules)
     out = jax.device_get(steps.predict(params, batch))
-    compiling.between_steps()
+    host_memory.after_step()
     keep = min(batch_size, n - start)
     for k, v in out.items():
       chunks.setdefault(k, []).append(np.asarray(v)[:keep])

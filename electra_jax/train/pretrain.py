@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from electra_jax.train import distributed
+from electra_jax.runtime import distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Pretraining configuration (configs/pretrain.py:size=...).",
@@ -37,7 +37,8 @@ def main(argv) -> None:
   # pylint: disable=import-outside-toplevel
   from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
   from electra_jax.data.tokenization import VocabError
-  from electra_jax.train import checkpointing, pretrain_lib
+  from electra_jax import checkpointing
+  from electra_jax.train import pretrain_lib
   logging.getLogger().setLevel(logging.INFO)
   checkpointing.quiet_orbax_logging()
   try:

@@ -44,7 +44,10 @@ import optax
 from flax import nnx, struct
 
 from electra_jax import modeling, sharding
-from electra_jax.train import checkpointing, compiling, distributed, flops, metrics as metrics_lib, optim
+from electra_jax import checkpointing
+from electra_jax.runtime import compile as compiling
+from electra_jax.runtime import distributed
+from electra_jax.train import flops, metrics as metrics_lib, optim
 
 OBJECTIVES = ("electra", "mlm")
 MASKINGS = ("electra", "bert")

@@ -1,6 +1,4 @@
-"""Checkpoints: the only module that imports Orbax (pinned in third_party/constraints.txt).
-
-Training (pretraining and fine-tuning):
+"""Orbax checkpoints of a training run, and params-only checkpoints for tools (the only module importing Orbax).
 
     ckpt = Checkpointer(workdir + "/checkpoints", keep=5, model_meta=pretraining_meta(disc_cfg, gen_cfg))
     restored = ckpt.restore(abstract_params, abstract_opt_state)   # ShapeDtypeStructs with shardings, or None
@@ -11,16 +9,11 @@ Training (pretraining and fine-tuning):
       ckpt.save(step, params, opt_state, {"loader": loader.state(), "seed": seed})   # async
     ckpt.close()                                                   # waits for the last save
 
-Tools (converters, evaluation, fine-tuning init):
-
-    meta, params = load_params("workdir")                 # latest complete step; params: nested dict of numpy arrays
-    meta["kind"]                                         # "pretraining" or an HF head class name
-    model = load_model("workdir")                        # the nnx module that `meta` describes, filled with params
+    meta, params = load_params("workdir")    # latest complete step; params: nested dict of numpy arrays
     save_params("out_dir", {"kind": "ElectraForPreTraining", "config": cfg.to_hf_dict()}, params)
 
 Layout: DIR/<step>/{params, opt_state, train_meta, model_config} (Orbax items; params and opt_state are PyTrees,
-train_meta and model_config JSON) and DIR/model_config.json. `model_config` is {"kind": "pretraining",
-"discriminator": <HF config>, "generator": <HF config>} or {"kind": "<HF head class>", "config": <HF config>}.
+train_meta and model_config JSON) and DIR/model_config.json.
 
 Completeness: Orbax writes each step into a temporary directory and renames it when every process has finished, so a
 save cut short leaves `<step>.orbax-checkpoint-tmp-*` (removed at start-up, never listed). A listed step that cannot be
@@ -46,7 +39,6 @@ from etils import epath
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
-_ITEMS = ("params", "opt_state", "train_meta", "model_config")
 
 
 class CheckpointError(RuntimeError):
@@ -58,31 +50,6 @@ class Restored(NamedTuple):
   params: Any
   opt_state: Any
   train_meta: dict[str, Any]
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-  return dict(config) if isinstance(config, Mapping) else config.to_hf_dict()
-
-
-def pretraining_meta(discriminator_config: Any, generator_config: Any,
-                     tokenizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """model_config for the joint ELECTRA model (ElectraConfig objects or HF config dicts).
-
-  tokenizer: optional {"vocab_file", "lowercase", "strip_accents"}, so tools can rebuild the tokenizer.
-  """
-  meta = {"kind": "pretraining", "discriminator": _as_dict(discriminator_config),
-          "generator": _as_dict(generator_config)}
-  if tokenizer is not None:
-    meta["tokenizer"] = dict(tokenizer)
-  return meta
-
-
-def head_meta(head: str, config: Any, tokenizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """model_config for one HF head class (e.g. "ElectraForMaskedLM")."""
-  meta = {"kind": head, "config": _as_dict(config)}
-  if tokenizer is not None:
-    meta["tokenizer"] = dict(tokenizer)
-  return meta
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -379,36 +346,3 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
   if jax.process_index() == 0:
     _write_json(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
   return directory
-
-
-def build_model(model_meta: Mapping[str, Any], seed: int = 0, abstract: bool = False, **runtime):
-  """The nnx module a model_config describes (randomly initialised, or abstract shapes with abstract=True)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from electra_jax import modeling  # pylint: disable=import-outside-toplevel
-  kind = model_meta.get("kind")
-  if kind == "pretraining":
-    disc = modeling.ElectraConfig.from_hf_dict(model_meta["discriminator"], **runtime)
-    gen = modeling.ElectraConfig.from_hf_dict(model_meta["generator"], **runtime)
-    ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))  # noqa: E731
-  elif kind:
-    config = modeling.ElectraConfig.from_hf_dict(model_meta["config"], **runtime)
-    cls = modeling.head_class(kind)   # an HF head or an original ELECTRA head
-    options = dict(model_meta.get("head_options") or {})
-    ctor = lambda: cls(config, rngs=nnx.Rngs(seed), **options)  # noqa: E731
-  else:
-    raise CheckpointError(f"model_config has no 'kind': {sorted(model_meta)}")
-  return nnx.eval_shape(ctor) if abstract else ctor()
-
-
-def load_model(path: str | os.PathLike, step: int | None = None, **runtime):
-  """The module saved in a checkpoint, with its parameters (on the default device), e.g. for conversion to HF."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  meta, params = load_params(path, step)
-  model = build_model(meta, abstract=True, **runtime)
-  graphdef, state = nnx.split(model)
-  wanted = nnx.to_pure_dict(state)
-  problems = _shape_mismatches(wanted, params, "params")
-  if problems:
-    raise CheckpointError(f"checkpoint {path} does not match its model_config: " + "; ".join(problems[:5]))
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda a, x: jax.numpy.asarray(x, a.dtype), wanted, params))
-  return nnx.merge(graphdef, state)

@@ -1,6 +1,6 @@
 """Multi-host set-up behind one function, called first in every binary (before any other JAX call).
 
-    from electra_jax.train import distributed
+    from electra_jax.runtime import distributed
     distributed.define_flags()                        # --coordinator_address, --num_processes, --process_id, ...
     def main(argv):
       distributed.initialize_from_flags()             # maybe_initialize(FLAGS...), then the host allocator
@@ -89,20 +89,18 @@ def define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
   flags.DEFINE_bool("reuse_host_memory", True,
                     "On a single-device CPU run, each step reuses the host memory of the previous step's XLA buffers "
-                    "instead of faulting in a fresh block (steps run inline on the calling thread; glibc: no mmap, no "
-                    "trimming; electra_jax/train/compiling.py keep_host_buffers_mapped). ELECTRA-Small pretraining "
-                    "and fine-tuning steps ~25% faster on a 2-core host (benchmarks/README.md). No effect on "
-                    "accelerators or with several devices.")
+                    "instead of faulting in a fresh block (electra_jax/runtime/host_memory.py; figures in "
+                    "benchmarks/README.md). No effect on accelerators or with several devices.")
 
 
 def initialize_from_flags() -> bool:
   """Process set-up, first thing in a binary's main: `maybe_initialize` from the flags, then (--reuse_host_memory)
   the host allocator, before the first JAX computation."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
   initialized = maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
-  if f.reuse_host_memory and compiling.keep_host_buffers_mapped():
+  if f.reuse_host_memory and host_memory.keep_host_buffers_mapped():
     logging.info("host memory: steps run inline and reuse their host buffers (--reuse_host_memory)")
   return initialized
 

@@ -1,0 +1,72 @@
+"""Steps compiled ahead of their first call, then run under the host-memory policy (runtime/host_memory.py).
+
+    step = compile.compile_step(jax.jit(train_step, donate_argnums=0), state, batch, rng, name="pretraining step")
+    state, metrics = step(state, batch, rng)     # the same call as the jitted function, no recompilation
+
+Compiling first lets the compiler's host memory go back to the OS before the step runs; `memory_mib` reports XLA's
+buffer estimate of the compiled step (also what launch/tpu_aot.py prints per chip).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from electra_jax.runtime import host_memory
+
+
+def memory_mib(compiled: Any) -> dict[str, float] | None:
+  """XLA's buffer sizes of a compiled executable in MiB, with their peak estimate (arguments + outputs - aliased +
+  temporaries); None where the backend does not report them."""
+  try:
+    m = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError, RuntimeError):   # not every backend reports it
+    return None
+  if m is None:
+    return None
+  mib = lambda b: float(b) / 2**20  # noqa: E731
+  out = {"argument_mib": mib(m.argument_size_in_bytes), "output_mib": mib(m.output_size_in_bytes),
+         "alias_mib": mib(m.alias_size_in_bytes), "temp_mib": mib(m.temp_size_in_bytes),
+         "generated_code_mib": mib(m.generated_code_size_in_bytes)}
+  out["peak_mib"] = out["argument_mib"] + out["output_mib"] - out["alias_mib"] + out["temp_mib"]
+  return out
+
+
+class _Step:
+  """A compiled step that looks at the heap guard after each call (the same call, outputs and attributes)."""
+
+  def __init__(self, compiled: Any):
+    self._compiled = compiled
+
+  def __call__(self, *args: Any) -> Any:
+    out = self._compiled(*args)
+    host_memory.after_step()
+    return out
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._compiled, name)
+
+
+def ready_step(compiled: Any) -> Any:
+  """A freshly compiled step made ready to run: the compiler's host memory released, the heap guard told the step's
+  block size, and the callable wrapped so that it consults the guard after each call."""
+  host_memory.release_host_memory()
+  m = memory_mib(compiled)
+  if m is not None:
+    host_memory.expect_host_block(m["temp_mib"])
+  return _Step(compiled)
+
+
+def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:
+  """Lowers and compiles `jitted` for `args` (shapes, shardings, donation as the jitted function has them), logs the
+  compile time and XLA's buffer estimate, and returns the compiled callable made ready by `ready_step`."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  step = ready_step(compiled)
+  m = memory_mib(compiled)
+  estimate = "" if m is None else (f"; XLA buffers per device {m['peak_mib']:,.0f} MiB "
+                                   f"(temporaries {m['temp_mib']:,.0f})")
+  logging.info("compiled %s in %.1f s%s", name, seconds, estimate)
+  return step
