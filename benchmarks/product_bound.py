@@ -124,7 +124,7 @@ def step_and_jaxpr():
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
   from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.eval.tasks import INPUT_KEYS  # pylint: disable=import-outside-toplevel
   key = jax.random.key(0)
   if FLAGS.task == "pretrain":
     setup, batch, state = ours.pretrain_setup(_worker_args())
@@ -141,7 +141,7 @@ def step_and_jaxpr():
   steps, batch = ours.finetune_setup(_worker_args())
   params = steps.init_params(0)
   if FLAGS.task == "infer":
-    inputs = {k: batch[k] for k in finetune_lib.INPUT_KEYS}
+    inputs = {k: batch[k] for k in INPUT_KEYS}
     predict = jax.jit(lambda p, b: steps.adapter.predict(nnx.merge(steps.graphdef, p), b))
     with jax.set_mesh(steps.mesh), sharding.use_rules(steps.rules):
       jaxpr = predict.trace(params, inputs).jaxpr
@@ -149,13 +149,12 @@ def step_and_jaxpr():
     def run():
       jnp.argmax(steps.predict(params, inputs)["logits"], -1).block_until_ready()
     return run, jaxpr
-  holder = {"params": params, "opt": steps.init_opt_state(params)}
+  holder = {"state": steps.init_state(params)}
   with jax.set_mesh(steps.mesh), sharding.use_rules(steps.rules):
-    jaxpr = jax.jit(steps.train_step_fn).trace(holder["params"], holder["opt"], batch, jnp.int32(0), key).jaxpr
+    jaxpr = jax.jit(steps.train_step_fn).trace(holder["state"], batch, key).jaxpr
 
   def run():
-    holder["params"], holder["opt"], stats = steps.train_step(holder["params"], holder["opt"], batch, jnp.int32(0),
-                                                              key)
+    holder["state"], stats = steps.train_step(holder["state"], batch, key)
     float(stats["loss"])
   return run, jaxpr
 

@@ -1,6 +1,6 @@
 """SQuAD v1.1 / v2.0 fine-tuning.
 
-    python -m electra_jax.train.squad --config=configs/squad.py:version=2.0,size=base --workdir=/tmp/squad2 \
+    python -m electra_jax.train.finetune --config=configs/squad.py:version=2.0,size=base --workdir=/tmp/squad2 \
         --config.init_checkpoint=/ckpt/electra_base --config.train_file=/data/squad/train-v2.0.json
     python -m electra_jax.eval.evaluate --config=configs/squad.py:version=1.1 --checkpoint=/tmp/squad1/seed_0 \
         --workdir=/tmp/squad1_eval

@@ -20,16 +20,6 @@ def data_dir() -> Path:
   return (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
-def require(relative: str) -> Path:
-  """Returns `data_dir()/relative`, or raises FileNotFoundError that says how to provide it."""
-  path = data_dir() / relative
-  if not path.exists():
-    raise FileNotFoundError(
-        f"{path} does not exist. Set {ENV_VAR} to the folder that holds the benchmark data "
-        f"(glue_data/, squad/, vocab/, corpus/), or pass explicit paths in the config.")
-  return path
-
-
 def default_vocab() -> Path:
   return data_dir() / "vocab" / "bert-base-uncased-vocab.txt"
 

@@ -157,6 +157,27 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules | None = None, ndim: in
   return NamedSharding(mesh, spec)
 
 
+def batch_axes(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> tuple[str, ...]:
+  """The mesh axes a batch's leading dim is split over (what activation_batch maps to in the rules)."""
+  spec = batch_sharding(mesh, rules).spec[0]
+  return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def batch_shards(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> int:
+  """How many ways a batch is split."""
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh, rules)]))
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Rules | None = None
+              ) -> dict[str, jax.Array]:
+  """Host arrays (the same global batch on every process) -> global jax.Arrays placed by the rules' batch sharding."""
+  out = {}
+  for k, x in batch.items():
+    sh = batch_sharding(mesh, rules, ndim=x.ndim)
+    out[k] = jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
+  return out
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -170,17 +191,13 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-def describe(state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None) -> str:
-  """A table of parameters, shapes and partition specs (logged at start-up by the trainers)."""
-  lines = []
-  shardings = logical_to_sharding(state, mesh, rules)
-  flat_state = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]
-  flat_sh = jax.tree_util.tree_leaves(shardings, is_leaf=_is_variable)
-  total = 0
-  for (path, var), sh in zip(flat_state, flat_sh):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    shape = var.get_value().shape
-    total += int(np.prod(shape))
-    lines.append(f"{name:70s} {str(tuple(shape)):22s} {sh.get_value().spec}")
-  lines.append(f"total parameters: {total:,}")
+def describe(abstract: Any) -> str:
+  """A table of parameters, shapes and partition specs (logged at start-up by the trainers): `abstract` is a tree of
+  arrays or ShapeDtypeStructs that carry their sharding."""
+  lines, total = [], 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    total += int(np.prod(leaf.shape))
+    lines.append(f"  {name:72s} {str(tuple(leaf.shape)):20s} {leaf.sharding.spec}")
+  lines.append(f"  total parameters: {total:,}")
   return "\n".join(lines)

@@ -66,7 +66,7 @@ def test_evaluate_mnli_scores_both_halves_and_writes_mnli_and_ax_files(tmp_path)
   from electra_jax.data import glue
   from electra_jax.modeling import ElectraConfig
   from electra_jax import checkpointing
-  from electra_jax.train import finetune_lib
+  from electra_jax.eval import evaluation
   pairs = glue.read_split("rte", shared_data("glue_data"), "dev")[:12]
   labels = ("contradiction", "entailment", "neutral")
   mnli = tmp_path / "glue_data" / "MNLI"
@@ -88,12 +88,12 @@ def test_evaluate_mnli_scores_both_halves_and_writes_mnli_and_ax_files(tmp_path)
   config.max_seq_length = 64
   config.eval_batch_size = 16
   arch = ElectraConfig(**glue_config.MODEL_SIZES["tiny"], vocab_size=30522, max_position_embeddings=64)
-  spec = finetune_lib.ModelSpec("OriginalElectraForSequenceClassification", arch.replace(num_labels=3))
+  spec = checkpointing.ModelSpec("OriginalElectraForSequenceClassification", arch.replace(num_labels=3))
   params = nnx.to_pure_dict(nnx.state(spec.build(0), nnx.Param))
   checkpointing.save_params(os.fspath(tmp_path / "ckpt" / "checkpoints"), spec.meta(),
                             {k: v for k, v in params.items()}, step=5)
   out = tmp_path / "out"
-  results = finetune_lib.evaluate_checkpoint(config, os.fspath(tmp_path / "ckpt"), os.fspath(out))
+  results = evaluation.evaluate_checkpoint(config, os.fspath(tmp_path / "ckpt"), os.fspath(out))
   assert set(results["metrics"]) == {"dev_matched", "dev_mismatched"}
   assert results["metrics"]["dev_matched"] == results["metrics"]["dev_mismatched"]  # same rows in both files
   assert sorted(os.listdir(out / "predictions")) == ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "MNLI_dev_matched.tsv",

@@ -15,6 +15,8 @@ from configs import glue as glue_config
 from electra_jax.data import glue
 from electra_jax.eval import glue as glue_eval
 from electra_jax import checkpointing
+from electra_jax import sharding
+from electra_jax.eval import evaluation, tasks
 from electra_jax.train import finetune_lib, metrics
 from tests.conftest import shared_data
 
@@ -82,7 +84,7 @@ def test_loss_decreases(mrpc_run):
 
 def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
   config, workdir, results = mrpc_run
-  evaluated = finetune_lib.evaluate_checkpoint(config, os.path.join(workdir, "seed_0"), os.fspath(tmp_path))
+  evaluated = evaluation.evaluate_checkpoint(config, os.path.join(workdir, "seed_0"), os.fspath(tmp_path))
   for k, v in results["trials"][0]["metrics"]["dev"].items():
     assert evaluated["metrics"]["dev"][k] == pytest.approx(v, abs=1e-6)
   assert open(tmp_path / "predictions" / "MRPC_dev.tsv").read() == \
@@ -93,7 +95,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
   """Preempted at step 4, then resumed from its checkpoint == 8 steps straight (same data order and dropout rngs)."""
   config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False,
                             eval_every_steps=4)
-  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  _, adapter, mesh, rules = finetune_lib.setup(config)
   spec, init_kind, meta = finetune_lib.model_spec(config, adapter)
   train, _ = adapter.train_arrays()
   eval_sets = adapter.eval_sets(include_test=False)
@@ -150,9 +152,9 @@ def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
   assert lines[0] == "index\tprediction" and len(lines) == 25
   [float(line.split("\t")[1]) for line in lines[1:]]
   # The encoder came from the HF folder: its values are what init_values loads.
-  _, adapter, _, _ = finetune_lib._setup(config)  # pylint: disable=protected-access
+  _, adapter, _, _ = finetune_lib.setup(config)
   spec, kind, meta = finetune_lib.model_spec(config, adapter)
-  steps = finetune_lib.Steps(spec, adapter, finetune_lib.sharding.make_mesh({"data": -1}), None)
+  steps = finetune_lib.Steps(spec, adapter, sharding.make_mesh({"data": -1}), None)
   values = finetune_lib.init_values(spec, config, kind, meta, steps.shapes)
   tensors = read_hf_weights(hf)
   np.testing.assert_array_equal(values["electra/embeddings/word_embeddings"],
@@ -174,7 +176,7 @@ def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
 def test_init_from_a_finetuned_checkpoint_takes_its_encoder(mrpc_run):
   _, workdir, _ = mrpc_run
   config = tiny_glue_config("rte", init_checkpoint=os.path.join(workdir, "seed_0"))
-  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  _, adapter, mesh, rules = finetune_lib.setup(config)
   spec, kind, meta = finetune_lib.model_spec(config, adapter)
   assert kind == "orbax" and meta["kind"] == "OriginalElectraForSequenceClassification"
   values = finetune_lib.init_values(spec, config, kind, meta, finetune_lib.Steps(spec, adapter, mesh, rules).shapes)
@@ -194,7 +196,7 @@ def test_init_from_orbax_pretraining_checkpoint(tmp_path):
   meta = checkpointing.pretraining_meta(disc, model.generator.config)
   checkpointing.save_params(os.fspath(ckpt / "checkpoints"), meta, params, step=100)
   config = tiny_glue_config("rte", init_checkpoint=os.fspath(ckpt))
-  _, adapter, mesh, rules = finetune_lib._setup(config)  # pylint: disable=protected-access
+  _, adapter, mesh, rules = finetune_lib.setup(config)
   spec, kind, meta = finetune_lib.model_spec(config, adapter)
   assert kind == "orbax" and spec.config.hidden_size == disc.hidden_size and spec.config.num_labels == 2
   steps = finetune_lib.Steps(spec, adapter, mesh, rules)
@@ -203,7 +205,7 @@ def test_init_from_orbax_pretraining_checkpoint(tmp_path):
   np.testing.assert_array_equal(values["electra/encoder/layers/output/kernel"],
                                 params["discriminator"]["electra"]["encoder"]["layers"]["output"]["kernel"])
   # Placed into the sharded model, the values are what the model holds.
-  loaded = finetune_lib._overwrite(steps.init_params(0), values)  # pylint: disable=protected-access
+  loaded = steps.overwrite(steps.init_params(0), values)
   np.testing.assert_array_equal(np.asarray(loaded["electra"]["embeddings"]["word_embeddings"]),
                                 params["discriminator"]["electra"]["embeddings"]["word_embeddings"])
 
@@ -219,7 +221,7 @@ def test_malformed_training_row_names_file_and_line(tmp_path):
     finetune_lib.train_and_evaluate(config, os.fspath(tmp_path / "run"))
   # skip_malformed: the row is left out, counted, and reported in the run's data summary.
   config.skip_malformed = True
-  _, adapter, _, _ = finetune_lib._setup(config)  # pylint: disable=protected-access
+  _, adapter, _, _ = finetune_lib.setup(config)
   arrays, info = adapter.train_arrays()
   assert info["train_examples"] == 8 and arrays["input_ids"].shape[0] == 8
   assert "9 data rows, 8 examples, 1 malformed rows skipped (line 4: expected 4" in adapter.read_summaries[0]
@@ -241,7 +243,7 @@ def test_glue_from_tfds_feeds_the_same_arrays():
             for ex in rte[ours]]
 
   with tfds.testing.mock_data(as_data_source_fn=fake_source):
-    adapter = finetune_lib.make_adapter(config, tok)
+    adapter = tasks.make_adapter(config, tok)
     train, info = adapter.train_arrays()
     eval_sets = adapter.eval_sets(include_test=True)
   expected = glue.featurize(rte["train"], tok, config.max_seq_length)

@@ -14,6 +14,7 @@ import pytest
 
 from configs import squad as squad_config
 from electra_jax.eval import squad as squad_eval
+from electra_jax.eval import tasks
 from electra_jax.train import finetune_lib
 from tests.conftest import shared_data
 
@@ -69,7 +70,7 @@ def test_squad_v11_hf_head(tmp_path):
   # The same file scored by the official-equivalent CLI gives the run's numbers (on the 24-question slice).
   subset = tmp_path / "subset.json"
   with open(shared_data(V11), encoding="utf-8") as f:
-    subset.write_text(json.dumps(finetune_lib.subset_squad(json.load(f), set(by_id))))
+    subset.write_text(json.dumps(tasks.subset_squad(json.load(f), set(by_id))))
   assert _official_cli(os.fspath(subset), os.fspath(pred_dir / "predictions.json")) == pytest.approx(dev)
 
 
@@ -95,7 +96,7 @@ def test_squad_v20_original_head(tmp_path):
     assert text == ("" if null_odds[qid] > -2.75 else predictions[qid])
   subset = tmp_path / "subset.json"
   with open(shared_data(V20), encoding="utf-8") as f:
-    subset.write_text(json.dumps(finetune_lib.subset_squad(json.load(f), set(predictions))))
+    subset.write_text(json.dumps(tasks.subset_squad(json.load(f), set(predictions))))
   official = _official_cli(os.fspath(subset), os.fspath(pred_dir / "predictions.json"), "--na-prob-file",
                            os.fspath(pred_dir / "null_odds.json"), "--na-prob-thresh", "-2.75")
   assert official == pytest.approx(dev)
@@ -106,7 +107,7 @@ def test_squad_v20_original_head(tmp_path):
 
 def test_squad_version_mismatch_is_reported(tmp_path):
   config = tiny_squad_config("1.1", "original", V20)
-  with pytest.raises(finetune_lib.FinetuneError, match=r"dev-v2\.0\.cs224n-dev-half\.json is SQuAD v2\.0 data"):
+  with pytest.raises(tasks.TaskError, match=r"dev-v2\.0\.cs224n-dev-half\.json is SQuAD v2\.0 data"):
     finetune_lib.train_and_evaluate(config, os.fspath(tmp_path))
 
 
@@ -147,7 +148,7 @@ def test_squad_from_tfds_is_scored_like_the_json(tmp_path):
                              max_train_examples=-1, max_eval_examples=-1)
   tok = load_tokenizer(config.vocab_file)
   with tfds.testing.mock_data(as_data_source_fn=fake_source):
-    adapter = finetune_lib.make_adapter(config, tok)
+    adapter = tasks.make_adapter(config, tok)
     train, info = adapter.train_arrays()
     [dev] = adapter.eval_sets(include_test=True)
   assert info["train_examples"] == 10 and set(train) == {"input_ids", "attention_mask", "token_type_ids",

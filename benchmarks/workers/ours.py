@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from electra_jax.runtime import compile as compiling  # noqa: E402  pylint: disable=wrong-import-position
 from electra_jax.runtime import host_memory  # noqa: E402  pylint: disable=wrong-import-position
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -130,6 +129,7 @@ def finetune_setup(args):
   """(finetune_lib.Steps, the labelled batch on the device) for `args` on one device: the GLUE trainer's steps."""
   from configs import glue as glue_config  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.eval import tasks  # pylint: disable=import-outside-toplevel
   from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
   dims = common.model_dims(args.size, args.layers)
   config = glue_config.get_config(f"task=mrpc,size={'small' if args.size == 'tiny' else args.size},head=hf")
@@ -141,36 +141,33 @@ def finetune_setup(args):
   config.model.remat_policy = args.remat
   config.batch_size = args.batch_size
   config.max_seq_length = args.seq_len
-  adapter = finetune_lib.GlueAdapter(config, None)
+  adapter = tasks.GlueAdapter(config, None)
   spec, _, _ = finetune_lib.model_spec(config, adapter)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=1000)
   host = common.load_batch(args.batch) if args.batch else common.make_classification_batch(args.batch_size,
                                                                                              args.seq_len)
-  batch = finetune_lib.put_batch({"input_ids": host["input_ids"], "attention_mask": host["input_mask"],
-                                  "token_type_ids": host["segment_ids"], "labels": host["labels"]}, mesh, rules)
+  batch = sharding.put_batch({"input_ids": host["input_ids"], "attention_mask": host["input_mask"],
+                               "token_type_ids": host["segment_ids"], "labels": host["labels"]}, mesh, rules)
   return steps, batch
 
 
 def finetune(args) -> dict:
-  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.eval.tasks import INPUT_KEYS  # pylint: disable=import-outside-toplevel
   steps, batch = finetune_setup(args)
   params = steps.init_params(0)
-  opt_state = steps.init_opt_state(params)
-  inputs = {k: batch[k] for k in finetune_lib.INPUT_KEYS}
+  inputs = {k: batch[k] for k in INPUT_KEYS}
   key = jax.random.key(0)
   losses = []
-  holder = {"params": params, "opt": opt_state, "step": 0}
+  holder = {"state": steps.init_state(params)}
 
   def train_step():
-    holder["params"], holder["opt"], stats = steps.train_step(holder["params"], holder["opt"], batch,
-                                                              jnp.int32(holder["step"]), key)
-    holder["step"] += 1
+    holder["state"], stats = steps.train_step(holder["state"], batch, key)
     losses.append(float(stats["loss"]))
 
   def infer_step():
-    jnp.argmax(steps.predict(holder["params"], inputs)["logits"], -1).block_until_ready()
+    jnp.argmax(steps.predict(holder["state"]["params"], inputs)["logits"], -1).block_until_ready()
     host_memory.after_step()   # as finetune_lib.run_predictions does after each batch
 
   train_times = common.time_steps(train_step, args.warmup, args.steps)

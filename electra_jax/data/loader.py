@@ -33,7 +33,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from electra_jax.data.pretraining import RecordError, decode_records, read_manifest
 
-FEATURES = ("input_ids", "input_mask", "segment_ids")
 _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"  # tuned for random access
 
 

@@ -33,9 +33,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize_from_flags()
   from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.eval import evaluation  # pylint: disable=import-outside-toplevel
   try:
-    finetune_lib.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
+    evaluation.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, checkpointing.CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -70,3 +70,17 @@ def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:
                                    f"(temporaries {m['temp_mib']:,.0f})")
   logging.info("compiled %s in %.1f s%s", name, seconds, estimate)
   return step
+
+
+class LazyStep:
+  """A jitted step compiled by `compile_step` at its first call (with that call's arguments), then reused: one
+  compilation for every later call with the same shapes, e.g. every trial of a fine-tuning run."""
+
+  def __init__(self, jitted: Any, name: str = "step"):
+    self.jitted, self.name = jitted, name
+    self._compiled = None
+
+  def __call__(self, *args: Any) -> Any:
+    if self._compiled is None:
+      self._compiled = compile_step(self.jitted, *args, name=self.name)
+    return self._compiled(*args)

@@ -17,7 +17,6 @@ import ctypes.util
 import functools
 import logging
 import sys
-from typing import Any
 
 
 @functools.cache
@@ -96,9 +95,16 @@ def keep_host_buffers_mapped() -> bool:
   if libc is None:
     return False
   import jax  # pylint: disable=import-outside-toplevel
-  # Takes effect only if JAX's CPU backend has not started yet (the binaries call this first, before any computation);
-  # called later, steps still run correctly, dispatched asynchronously, with the heap guard bounding memory.
-  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  from jax.extend import backend  # pylint: disable=import-outside-toplevel
+  # The dispatch setting is read when JAX's CPU client starts; every computation obtains its backend through
+  # get_backend (a cache), so an empty cache means no client has started yet.
+  if backend.get_backend.cache_info().currsize:
+    if jax.config.read("jax_cpu_enable_async_dispatch"):
+      logging.warning("host allocator left as it is: JAX's CPU backend already started with async dispatch; call "
+                      "keep_host_buffers_mapped() before the first JAX computation")
+      return False
+  else:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     logging.info("host allocator left as it is: %d %s device(s), not one CPU device", jax.device_count(),
                  jax.default_backend())

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,18 +42,14 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from electra_jax import modeling, sharding
-from electra_jax import checkpointing
-from electra_jax.runtime import compile as compiling
+from electra_jax import checkpointing, modeling, sharding
 from electra_jax.runtime import distributed
-from electra_jax.train import flops, metrics as metrics_lib, optim
+from electra_jax.runtime.compile import LazyStep
+from electra_jax.train import flops, loop, metrics as metrics_lib, optim
+from electra_jax.train.loop import NonFiniteLossError  # noqa: F401  (re-exported: the binary catches it)
 
 OBJECTIVES = ("electra", "mlm")
 MASKINGS = ("electra", "bert")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient norm became NaN or Inf."""
 
 
 # ------------------------------------------------------------------------------------------------ masking
@@ -295,16 +290,17 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: StepConfig) -> Ca
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
-  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}."""
+  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}; the step's
+  randomness is fold_in(rng, state["step"]), so the loop passes one base key."""
 
   def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
     with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
-    # The parameters' norm is measured where metrics are logged (run(): param_norm), not here: on XLA's CPU backend,
-    # which has no multi-output fusion, a reduction over the new parameters or the updates split AdamW's one pass per
-    # parameter into several (optimizer op time 34 -> 16 ms per ELECTRA-Small step without them).
+    # The parameters' norm is measured where metrics are logged (loop.Loop.log_extras), not in every step: nobody
+    # reads it in between (benchmarks/README.md, change 17).
     out.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 
@@ -440,7 +436,7 @@ def merge_model(setup: Setup, params: Any) -> nnx.Module:
   return nnx.merge(setup.graphdef, params, setup.rest)
 
 
-# ------------------------------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------------------------------------ the run
 @dataclasses.dataclass
 class TrainResult:
   step: int                        # the last step trained (and checkpointed)
@@ -515,7 +511,6 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
   if total_steps <= 0:
     raise ValueError(f"config.num_train_steps={total_steps}: must be positive")
 
-  # ------------------------------------------------------------------ data and model set-up
   dataset_dir, tok, ids = prepare_data(config, workdir)
   mesh = build_mesh(config)
   setup = build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
@@ -526,12 +521,12 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   logging.info("mesh %s; parameters and shardings:\n%s", dict(mesh.shape),
-               _describe_params(setup.abstract_state["params"]))
+               sharding.describe(setup.abstract_state["params"]))
 
-  # ------------------------------------------------------------------ restore or initialise
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
                                     keep=int(config.keep_checkpoints), model_meta=model_meta)
   loader = PretrainingLoader(dataset_dir, int(config.batch_size), mesh, seed=int(config.seed),
+                             batch_axes=sharding.batch_axes(mesh, setup.rules),
                              prefetch=int(config.data.get("prefetch", 2)))
   base_key = jax.random.key(int(config.seed))
   restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
@@ -558,80 +553,33 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
   meter = metrics_lib.Throughput(tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step,
                                  num_devices=jax.device_count(), peak_flops_per_device=_peak_flops(config),
                                  total_steps=total_steps)
-  log_every = max(1, int(config.log_every_steps))
-  ckpt_every = max(1, int(config.checkpoint_every_steps))
   key_data = np.asarray(jax.random.key_data(base_key)).tolist()
-
-  def train_meta():
-    return {"loader": loader.state(), "rng_key": key_data, "seed": int(config.seed)}
-
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
   param_norm = jax.jit(optax.tree.norm)
-  last: dict[str, float] = {}
 
-  def flush(log_step: int | None):
-    """Fetches the queued step metrics, stops on a non-finite loss (naming the step), logs the latest."""
-    nonlocal pending, last
-    if not pending:
-      return
-    fetched = jax.device_get(pending)
-    pending = []
-    for s, values in fetched:
-      for key in ("loss", "grad_norm"):
-        if not math.isfinite(float(values[key])):
-          raise NonFiniteLossError(f"non-finite {key} ({float(values[key])}) at step {s}: stopping (last "
-                                   f"checkpoint: {ckpt.latest_step()}); lower learning_rate or check the data")
-    if log_step is None:
-      return
-    s, values = fetched[-1]
-    last = {k: float(v) for k, v in values.items()}
-    last["param_norm"] = float(param_norm(state["params"]))   # the parameters after step s: the state now
-    scalars = {**last, **meter.update(s)}
-    writer.write_scalars(s, scalars)
-    if distributed.is_primary():
-      logging.info(metrics_lib.format_step_line(s, total_steps, scalars))
+  def save(at: int, state) -> None:
+    ckpt.save(at, state["params"], state["opt_state"],
+              {"loader": loader.state(), "rng_key": key_data, "seed": int(config.seed)})
 
-  # ------------------------------------------------------------------ train
-  preempted = False
   logging.info("training steps %d..%d: batch %d x %d tokens, %.3g model FLOPs per step", step + 1, total_steps,
                batch_size, seq_len, flops_per_step)
   try:
-    with jax.set_mesh(mesh), sharding.use_rules(setup.rules):
-      train_step, first = None, True
-      while step < total_steps:
-        batch = next(loader)
-        rng = jax.random.fold_in(base_key, step)
-        if train_step is None:   # compiled ahead of the first step, so the compiler's memory is freed before it runs
-          train_step = compiling.compile_step(setup.train_step, state, batch, rng, name="pretraining step")
-        state, out = train_step(state, batch, rng)
-        step += 1
-        pending.append((step, out))
-        if first:  # exclude the first step (warm-up) from the throughput
-          jax.block_until_ready(out)
-          meter.start(step)
-          first = False
-        stop = ckpt.preemption_requested(step)
-        save = step % ckpt_every == 0 or step == total_steps or stop
-        if step % log_every == 0 or step == total_steps or stop:
-          flush(step)
-        elif save:
-          flush(None)
-        if save:
-          ckpt.save(step, state["params"], state["opt_state"], train_meta())
-        if stop and step < total_steps:
-          logging.warning("stopping at step %d after a preemption notice (checkpoint saved)", step)
-          preempted = True
-          break
+    trained = loop.run(
+        loop.Loop(step_fn=LazyStep(setup.train_step, name="pretraining step"), total_steps=total_steps, mesh=mesh,
+                  rules=setup.rules, writer=writer, meter=meter, checkpointer=ckpt, save=save,
+                  log_every=int(config.log_every_steps), checkpoint_every=int(config.checkpoint_every_steps),
+                  # the parameters after the logged step: the state the loop holds then
+                  log_extras=lambda state: {"param_norm": param_norm(state["params"])}),
+        state, start_step=step, batch_at=lambda _: next(loader), rng=base_key)
   finally:
     loader.close()
     ckpt.close()
     writer.close()
 
-  # ------------------------------------------------------------------ export
   export_dirs: dict[str, str] = {}
-  if not preempted and config.get("export", True):
-    export_dirs = export_hf(setup, state["params"], os.path.join(workdir, "export"), tokenizer_meta)
-  return TrainResult(step=step, preempted=preempted, last_metrics=last, export_dirs=export_dirs)
+  if not trained.preempted and config.get("export", True):
+    export_dirs = export_hf(setup, trained.state["params"], os.path.join(workdir, "export"), tokenizer_meta)
+  return TrainResult(step=trained.step, preempted=trained.preempted, last_metrics=trained.last_metrics,
+                     export_dirs=export_dirs)
 
 
 def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[str, Any]) -> dict[str, str]:
@@ -649,18 +597,3 @@ def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[s
                                lowercase=tokenizer_meta["lowercase"], strip_accents=tokenizer_meta["strip_accents"])
     logging.info("exported %s to %s", name, dirs[name])
   return dirs
-
-
-def _describe_params(abstract_params: Any) -> str:
-  lines, total = [], 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-    total += int(np.prod(leaf.shape))
-    lines.append(f"  {'/'.join(optim.path_names(path)):72s} {str(tuple(leaf.shape)):20s} {leaf.sharding.spec}")
-  lines.append(f"  total parameters: {total:,}")
-  return "\n".join(lines)
-
-
-def read_losses(workdir: str) -> dict[int, float]:
-  """{step: loss} from WORKDIR/metrics.jsonl (the last record of a step wins)."""
-  return {int(r["step"]): r["loss"] for r in metrics_lib.read_metrics(workdir) if "loss" in r}
-

@@ -38,6 +38,7 @@ def _rss_mib() -> float:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
 def test_release_host_memory_returns_freed_heap_pages():
   libc = host_memory._libc()  # pylint: disable=protected-access
@@ -107,6 +108,7 @@ def _run_fresh(code: str, *args: str, tunables: str = "") -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
 def test_keep_host_buffers_mapped_stops_refaulting_the_temporaries_every_run():
   system, kept = _run_fresh(_FAULTS_SCRIPT, "system", "train"), _run_fresh(_FAULTS_SCRIPT, "keep", "train")
@@ -117,6 +119,7 @@ def test_keep_host_buffers_mapped_stops_refaulting_the_temporaries_every_run():
   assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"], kept   # one block, not one per run
 
 
+@pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
 def test_heap_guard_bounds_the_resident_set_when_runs_miss_the_freed_block():
   kept = _run_fresh(_FAULTS_SCRIPT, "keep", "grad")
@@ -125,6 +128,7 @@ def test_heap_guard_bounds_the_resident_set_when_runs_miss_the_freed_block():
   assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"] + 64, kept
 
 
+@pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
 def test_heap_guard_releases_free_pages_once_past_one_block():
   libc = host_memory._libc()  # pylint: disable=protected-access
@@ -163,6 +167,7 @@ print(json.dumps({"faulted_mib": [f * 4096 / 2**20 for f in faults]}))
 """
 
 
+@pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc tunables (Linux)")  # pylint: disable=protected-access
 def test_glibc_tunables_keep_a_main_thread_block_mapped():
   system = _run_fresh(_MALLOC_SCRIPT)["faulted_mib"]
@@ -175,20 +180,3 @@ def test_keep_host_buffers_mapped_is_refused_where_it_cannot_apply():
   # This process's CPU backend started with async dispatch and 8 devices (conftest): nothing is changed.
   assert jax.device_count() > 1
   assert not host_memory.keep_host_buffers_mapped()
-
-
-@pytest.mark.parametrize("binary,args", [
-    ("electra_jax.train.pretrain", "'--config=configs/pretrain.py:size=small', '--workdir=/tmp/unused'"),
-    ("electra_jax.train.finetune", "'--config=configs/glue.py:task=mrpc,size=small', '--workdir=/tmp/unused'"),
-    ("electra_jax.eval.evaluate", "'--config=configs/glue.py:task=mrpc', '--checkpoint=/tmp/c', '--workdir=/tmp/w'")])
-def test_binaries_leave_jax_unimported_until_main(binary, args):
-  # distributed.initialize_from_flags sets the process up first in main(), before JAX's backends start; parsing the
-  # flags (and --help) loads neither JAX nor the libraries that come with it: neither the binaries' modules nor the
-  # configs that absl loads while parsing the flags import them.
-  code = (f"import os, sys; import {binary}; from absl import flags; "
-          f"flags.FLAGS(['x', {args}]); "
-          "print(sorted(m for m in ('jax', 'flax', 'orbax', 'tensorstore') if m in sys.modules))")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.strip() == "[]", proc.stdout
