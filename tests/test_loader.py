@@ -183,3 +183,26 @@ def test_background_errors_reach_the_caller(small_dataset):
   with pytest.raises(OSError, match="disk gone"):
     next(loader)
   assert loader.state()["next_step"] == 2
+
+
+@pytest.mark.parametrize("rule,spec", [(["data", "fsdp"], P(("data", "fsdp"))), (["data"], P(("data",))),
+                                       (["fsdp", "tensor"], P(("fsdp", "tensor")))])
+def test_pretraining_batches_follow_the_rules_table(small_dataset, rule, spec):
+  """config.sharding_rules' activation_batch decides how the trainer's loader splits batches over the mesh."""
+  from configs import pretrain as pretrain_config
+  from electra_jax import sharding
+  from electra_jax.train import pretrain_lib
+  config = pretrain_config.get_config("size=tiny")
+  config.batch_size, config.max_seq_length = 8, 16
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  config.sharding_rules = [[name, rule if name == "activation_batch" else axes]
+                           for name, axes in config.sharding_rules]
+  setup = pretrain_lib.build_setup(config, pretrain_lib.build_mesh(config), vocab_size=30522,
+                                   ids={"pad": 0, "cls": 101, "sep": 102, "mask": 103})
+  assert setup.batch_sharding.spec[0] in (spec[0], spec[0][0])
+  with pretrain_lib.make_loader(config, str(small_dataset), setup) as loader:
+    batch = next(loader)
+  assert batch["input_ids"].sharding.spec == spec
+  axes = (spec[0],) if isinstance(spec[0], str) else spec[0]
+  ways = int(np.prod([setup.mesh.shape[a] for a in axes]))
+  assert len({str(s.index) for s in batch["input_ids"].addressable_shards}) == ways

@@ -502,9 +502,16 @@ def prepare_data(config: Any, workdir: str):
   return dataset_dir, tok, tokenization.special_ids(tok)
 
 
+def make_loader(config: Any, dataset_dir: str, setup: Setup):
+  """The batches of `dataset_dir`, split over the mesh axes that the rules map activation_batch to."""
+  from electra_jax.data.loader import PretrainingLoader  # pylint: disable=import-outside-toplevel
+  return PretrainingLoader(dataset_dir, int(config.batch_size), setup.mesh, seed=int(config.seed),
+                           batch_axes=sharding.batch_axes(setup.mesh, setup.rules),
+                           prefetch=int(config.data.get("prefetch", 2)))
+
+
 def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
   """Pretrains from config, resuming from `workdir` when it holds a checkpoint; exports HF folders at the end."""
-  from electra_jax.data.loader import PretrainingLoader  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   total_steps = int(config.num_train_steps)
@@ -525,9 +532,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
                                     keep=int(config.keep_checkpoints), model_meta=model_meta)
-  loader = PretrainingLoader(dataset_dir, int(config.batch_size), mesh, seed=int(config.seed),
-                             batch_axes=sharding.batch_axes(mesh, setup.rules),
-                             prefetch=int(config.data.get("prefetch", 2)))
+  loader = make_loader(config, dataset_dir, setup)
   base_key = jax.random.key(int(config.seed))
   restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
   if restored is not None:
