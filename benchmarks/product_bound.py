@@ -161,9 +161,9 @@ def step_and_jaxpr():
 
 def main(argv) -> None:
   del argv
-  from electra_jax.runtime import compile as compiling  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   if FLAGS.reuse_host_memory:   # before the first JAX computation, as the binaries do
-    compiling.keep_host_buffers_mapped()
+    host_memory.keep_host_buffers_mapped()
   run, jaxpr = step_and_jaxpr()
   found = products(jaxpr)
   rows = []

@@ -1,5 +1,6 @@
 """The converter command: HF <-> Orbax, both ways, for a head and for a generator + discriminator pair."""
 
+import pytest
 import subprocess
 import sys
 
@@ -36,6 +37,7 @@ def test_head_round_trip_through_orbax(tmp_path):
   assert transformers.ElectraForTokenClassification.from_pretrained(tmp_path / "back").config.num_labels == 5
 
 
+@pytest.mark.slow
 def test_generator_and_discriminator_through_a_pretraining_checkpoint(tmp_path):
   torch.manual_seed(0)
   disc = transformers.ElectraForPreTraining(transformers.ElectraConfig(**CFG))

@@ -45,6 +45,7 @@ def mrpc_run(tmp_path_factory):
   return config, os.fspath(workdir), finetune_lib.train_and_evaluate(config, os.fspath(workdir))
 
 
+@pytest.mark.slow
 def test_mrpc_run_writes_official_files_and_scores_them(mrpc_run):
   config, workdir, results = mrpc_run
   assert results["num_train_steps"] == 40
@@ -91,6 +92,7 @@ def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
       open(os.path.join(workdir, "seed_0", "predictions", "MRPC_dev.tsv")).read()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, monkeypatch):
   """Preempted at step 4, then resumed from its checkpoint == 8 steps straight (same data order and dropout rngs)."""
   config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False,
@@ -132,6 +134,7 @@ def _tiny_hf_folder(path):
   return path
 
 
+@pytest.mark.slow
 def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
   from electra_jax.convert import read_hf_weights
   hf = _tiny_hf_folder(tmp_path / "hf")

@@ -51,6 +51,7 @@ def _official_cli(*args) -> dict:
   return json.loads(out.getvalue())
 
 
+@pytest.mark.slow
 def test_squad_v11_hf_head(tmp_path):
   config = tiny_squad_config("1.1", "hf", V11)
   results = finetune_lib.train_and_evaluate(config, os.fspath(tmp_path))
@@ -74,6 +75,7 @@ def test_squad_v11_hf_head(tmp_path):
   assert _official_cli(os.fspath(subset), os.fspath(pred_dir / "predictions.json")) == pytest.approx(dev)
 
 
+@pytest.mark.slow
 def test_squad_v20_original_head(tmp_path):
   config = tiny_squad_config("2.0", "original", V20)
   assert config.answerable_classifier and config.na_threshold == -2.75

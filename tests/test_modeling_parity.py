@@ -137,6 +137,7 @@ def _assert_gradients_close(pairs):
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-6 * np.abs(want).max() + 1e-8, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_masked_lm_gradients_equal_transformers(tmp_path):
   """The tied LM head's hand-written backward (layers.tied_logits): table, bias and the layers below, against torch."""
   vocab = CONFIGS["factorized"]["vocab_size"]
@@ -214,6 +215,7 @@ def test_parameter_counts_equal_hugging_face():
   assert count_params(nnx.eval_shape(lambda: ElectraModel(base, rngs=nnx.Rngs(0)))) == 108_891_648
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_real_tokens():
   cfg = ElectraConfig(**CONFIGS["factorized"])
   model = ElectraForPreTraining(cfg, rngs=nnx.Rngs(0))
@@ -237,6 +239,7 @@ def test_scan_and_remat_equal_the_loop():
 
 @pytest.mark.parametrize("variant", [{}, dict(scan_layers=True), dict(scan_layers=True, remat_policy="full"),
                                      dict(remat_policy="dots"), dict(is_decoder=True)])
+@pytest.mark.slow
 def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
   # ElectraModel(last_layer_positions=n), as the [CLS] heads call it: the last layer at the first n positions only,
   # with the same values and parameter gradients as the full model's first n positions (causal masks included).
@@ -258,6 +261,7 @@ def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
     np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.abs(want).max()) + 1e-9)
 
 
+@pytest.mark.slow
 def test_sequence_classification_gradients_equal_transformers(tmp_path):
   """The [CLS] head's last layer runs at [CLS] alone; every parameter's gradient still equals torch's."""
   g, hf = _gradients_and_torch_model("ElectraForSequenceClassification", lambda mask: np.array([0, 2, 1]), tmp_path)
@@ -285,6 +289,7 @@ def test_bfloat16_compute_stays_close():
   np.testing.assert_allclose(bf16, f32, atol=0.05)
 
 
+@pytest.mark.slow
 def test_sharded_forward_equals_single_device(tmp_path):
   assert jax.device_count() == 8
   _, path = _hf_model("ElectraForMaskedLM", dict(CONFIGS["factorized"], vocab_size=128, intermediate_size=64), tmp_path)

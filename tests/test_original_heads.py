@@ -43,6 +43,7 @@ def _params(model):
 
 
 # ------------------------------------------------------------------------------------------------ GLUE head
+@pytest.mark.slow
 def test_classification_head_shapes_loss_and_dropout():
   model = OriginalElectraForSequenceClassification(CFG.replace(num_labels=3), rngs=nnx.Rngs(0))
   ids, mask, types = _qa_inputs()
@@ -169,6 +170,7 @@ def test_beam_search_matches_teacher_forced_end_logits(qa_model):
       assert allowed[b, np.asarray(out.end_top_index[b, i])].all()
 
 
+@pytest.mark.slow
 def test_beam_decoding_on_real_squad_gives_valid_spans(qa_model):
   from electra_jax.data import squad
   from electra_jax.data.tokenization import load_tokenizer
@@ -197,6 +199,7 @@ def test_beam_decoding_on_real_squad_gives_valid_spans(qa_model):
 
 
 # ------------------------------------------------------------------------------------------------ layer-wise decay
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,top", [("original", 2), ("paper", 1)])
 def test_layerwise_lr_decay_on_the_original_heads_param_tree(qa_model, mode, top):
   """Through the fine-tuning config's optimizer: the update of each parameter scales with decay^(depth from top)."""

@@ -1,5 +1,6 @@
 """The prediction command gives what transformers.pipeline gives on the same exported folder."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def _cli(path, task, stdin):
                         input=stdin, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_empty_and_overlong_input(tmp_path):
   path = _export("ElectraForSequenceClassification", tmp_path)
   empty = _cli(path, "text-classification", "")

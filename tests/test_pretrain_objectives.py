@@ -20,6 +20,7 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, parts", [("mlm", ["mlm"]), ("electra", ["discriminator", "generator"])])
 def test_objective_trains_and_exports(objective, parts, tmp_path, fast_compile):
   del fast_compile

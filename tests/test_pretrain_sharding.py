@@ -57,6 +57,7 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", False)
 
 
+@pytest.mark.slow
 def test_222_mesh_equals_one_device(fast_compile):
   del fast_compile
   config = _config()

@@ -1,5 +1,6 @@
 """The joint generator + discriminator shares the embedding module, and both losses train it."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,7 @@ def test_generator_shape_and_shared_embeddings():
   assert count_params(model) == separate - shared
 
 
+@pytest.mark.slow
 def test_both_losses_reach_the_shared_embeddings():
   model = _model()
   graphdef, params = nnx.split(model, nnx.Param)

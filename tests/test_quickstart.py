@@ -1,6 +1,7 @@
 """The README's first command, shrunk: every stage runs, a dev score and the export path are printed, and
 transformers.pipeline on the exported folder predicts what our predict command predicts."""
 
+import pytest
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ from electra_jax import paths
 from tests.conftest import shared_data
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
   shared_data("glue_data/MRPC")
   shared_data("corpus/wikitext-2-raw")
