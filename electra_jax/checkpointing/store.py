@@ -35,7 +35,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -85,7 +87,6 @@ def _all_agree(ok: bool) -> bool:
   """True only if `ok` holds on every process (so all processes take the same branch)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
 
 
@@ -110,11 +111,7 @@ class _BelowWarningFromOrbax(logging.Filter):
 def quiet_orbax_logging() -> None:
   """Drops Orbax's INFO chatter (dozens of lines per save) from the log handlers; its warnings still show."""
   handlers = list(logging.getLogger().handlers)
-  try:
-    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    handlers.append(absl_logging.get_absl_handler())
-  except ImportError:
-    pass
+  handlers.append(absl_logging.get_absl_handler())
   for handler in handlers:
     if not any(isinstance(f, _BelowWarningFromOrbax) for f in handler.filters):
       handler.addFilter(_BelowWarningFromOrbax())
@@ -158,7 +155,6 @@ class Checkpointer:
     if self._sigterm.is_set():
       return True
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       try:
         return bool(multihost_utils.reached_preemption_sync_point(step))
       except RuntimeError:  # preemption service disabled
@@ -245,7 +241,6 @@ class Checkpointer:
       except OSError as e:
         logging.warning("could not move %s aside: %s", src, e)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(f"electra_ckpt_set_aside_{step}")
     self._manager.reload()
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.stats
 
+from electra_jax.data.glue import get_task
+
 ArrayLike = Sequence | np.ndarray
 
 
@@ -105,7 +107,6 @@ def glue_metrics(task: str, preds: ArrayLike, labels: ArrayLike) -> dict[str, fl
     preds: class ids [N] (or logits [N, C], arg-maxed) for classification; scores [N] (or [N, 1]) for STS-B.
     labels: gold class ids or scores [N].
   """
-  from electra_jax.data.glue import get_task  # pylint: disable=import-outside-toplevel
   t = get_task(task)
   if t.is_regression:
     p = np.asarray(preds, np.float64)

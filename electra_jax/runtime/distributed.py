@@ -21,6 +21,12 @@ from __future__ import annotations
 import logging
 import os
 
+import jax
+from absl import flags
+from jax.experimental import multihost_utils
+
+from electra_jax.runtime import host_memory
+
 ENV_FLAG = "ELECTRA_JAX_DISTRIBUTED"
 _TRUE = ("1", "true", "yes", "on")
 
@@ -51,7 +57,6 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
 
   Idempotent: a second call returns True without initialising again.
   """
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.distributed.is_initialized():
     return True
   reason = _reason_to_initialize(coordinator)
@@ -79,7 +84,6 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
 def define_flags() -> None:
   """Defines --coordinator_address, --num_processes, --process_id, --reuse_host_memory (call once, at import of a
   binary)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
   if "coordinator_address" in flags.FLAGS:
     return
   flags.DEFINE_string("coordinator_address", None,
@@ -96,8 +100,6 @@ def define_flags() -> None:
 def initialize_from_flags() -> bool:
   """Process set-up, first thing in a binary's main: `maybe_initialize` from the flags, then (--reuse_host_memory)
   the host allocator, before the first JAX computation."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
   initialized = maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
   if f.reuse_host_memory and host_memory.keep_host_buffers_mapped():
@@ -107,13 +109,10 @@ def initialize_from_flags() -> bool:
 
 def is_primary() -> bool:
   """True on the process that writes logs, metrics and exports (process 0)."""
-  import jax  # pylint: disable=import-outside-toplevel
   return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
   """Waits until every process reaches this point (no-op on one process)."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)

@@ -18,6 +18,9 @@ import functools
 import logging
 import sys
 
+import jax
+from jax.extend import backend
+
 
 @functools.cache
 def _libc():
@@ -94,8 +97,6 @@ def keep_host_buffers_mapped() -> bool:
   libc = _libc()
   if libc is None:
     return False
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax.extend import backend  # pylint: disable=import-outside-toplevel
   # The dispatch setting is read when JAX's CPU client starts; every computation obtains its backend through
   # get_backend (a cache), so an empty cache means no client has started yet.
   if backend.get_backend.cache_info().currsize:

@@ -27,6 +27,8 @@ import dataclasses
 import time
 from typing import Any
 
+import jax
+
 DROPOUT = 4
 LAYER_NORM = 5
 ACTIVATION = 8
@@ -175,7 +177,6 @@ PEAK_FLOPS = {
 def peak_flops_per_device(device: Any = None) -> float | None:
   """The datasheet dense bf16 peak of `device` (default: the first device), or None when unknown (e.g. CPU)."""
   if device is None:
-    import jax  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
   kind = str(getattr(device, "device_kind", "")).lower()
   for key in sorted(PEAK_FLOPS, key=len, reverse=True):
@@ -186,7 +187,6 @@ def peak_flops_per_device(device: Any = None) -> float | None:
 
 def measure_peak_flops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
   """Measures one device's matmul FLOP/s (best of `repeats` n x n x n products); the MFU denominator on CPU."""
-  import jax  # pylint: disable=import-outside-toplevel
   key = jax.random.key(0)
   a = jax.random.normal(key, (n, n), dtype)
   b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype)

@@ -41,8 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
+from jax.experimental import multihost_utils
 
-from electra_jax import checkpointing, modeling, sharding
+from electra_jax import checkpointing, convert, modeling, sharding
+from electra_jax.data import pretraining, tokenization
+from electra_jax.data.loader import PretrainingLoader
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, loop, metrics as metrics_lib, optim
@@ -448,7 +451,6 @@ class TrainResult:
 def _host_params(params: Any) -> Any:
   """Params as numpy on every process (gathers shards across hosts when needed)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return multihost_utils.process_allgather(params, tiled=True)
   return jax.device_get(params)
 
@@ -480,7 +482,6 @@ def _strip_accents(value: Any) -> bool | None:
 
 def prepare_data(config: Any, workdir: str):
   """Tokenizer check and the ArrayRecord shards (built once per process 0, then reused). Returns (dir, tok, ids)."""
-  from electra_jax.data import pretraining, tokenization  # pylint: disable=import-outside-toplevel
   data = config.data
   for field in ("corpus", "vocab_file"):
     if not data.get(field):
@@ -504,7 +505,6 @@ def prepare_data(config: Any, workdir: str):
 
 def make_loader(config: Any, dataset_dir: str, setup: Setup):
   """The batches of `dataset_dir`, split over the mesh axes that the rules map activation_batch to."""
-  from electra_jax.data.loader import PretrainingLoader  # pylint: disable=import-outside-toplevel
   return PretrainingLoader(dataset_dir, int(config.batch_size), setup.mesh, seed=int(config.seed),
                            batch_axes=sharding.batch_axes(setup.mesh, setup.rules),
                            prefetch=int(config.data.get("prefetch", 2)))
@@ -589,7 +589,6 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
 
 def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[str, Any]) -> dict[str, str]:
   """Writes the discriminator and generator (or the MLM model) as HF folders with tokenizer files (process 0)."""
-  from electra_jax import convert  # pylint: disable=import-outside-toplevel
   host = _host_params(params)
   dirs: dict[str, str] = {}
   if not distributed.is_primary():

@@ -18,6 +18,7 @@ PathLike = str | os.PathLike
 
 from electra_jax.data.glue.reading import _tsv_rows
 from electra_jax.data.glue.tasks import Example, GlueFormatError, get_task, parse_label
+from electra_jax.data.tokenization import special_ids
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -49,7 +50,6 @@ def featurize(examples: Sequence[Example], tokenizer, max_seq_length: int, *, do
     input_ids, attention_mask, token_type_ids: int32 [N, max_seq_length]; labels: int32 [N] (-1 where the example has
     no label) or float32 [N] (NaN where none); example_index: int32 [N].
   """
-  from electra_jax.data.tokenization import special_ids  # pylint: disable=import-outside-toplevel
   if max_seq_length < 3:
     raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
   ids = special_ids(tokenizer)

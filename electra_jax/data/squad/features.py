@@ -12,6 +12,7 @@ import numpy as np
 PathLike = str | os.PathLike
 
 from electra_jax.data.squad.parsing import SquadExample
+from electra_jax.data.tokenization import special_ids
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -120,7 +121,6 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
     drop_unrecoverable: (training) leave out questions whose answer cannot be cut back out at token boundaries, as
       BERT does; they are always counted in `summary.unrecoverable`.
   """
-  from electra_jax.data.tokenization import special_ids  # pylint: disable=import-outside-toplevel
   ids = special_ids(tokenizer)
   cls_id, sep_id, pad_id = ids["cls"], ids["sep"], ids["pad"]
   summary = FeaturizeSummary(examples=len(examples))
