@@ -119,3 +119,59 @@ def test_a_step_saved_without_fingerprints_is_checked_for_nan(tmp_path):
   shutil.rmtree(os.path.join(d, "3", "integrity"))               # as a checkpoint written before fingerprints
   with Checkpointer(d, handle_sigterm=False) as ckpt:
     assert ckpt.restore(_abstract(params), _abstract(opt)).step == 2
+
+
+# ================================================================================================ 3. workdir lock
+_HOLD = """
+import sys, time
+from electra_jax.checkpointing import WorkdirLock
+with WorkdirLock(sys.argv[1], primary=True):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def _holder(workdir):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(workdir)], stdout=subprocess.PIPE, text=True, env=env)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_a_live_lock_is_refused_naming_its_holder_and_a_dead_one_is_taken_over(tmp_path):
+  import socket  # pylint: disable=import-outside-toplevel
+  from electra_jax.checkpointing import WorkdirBusyError, WorkdirLock  # pylint: disable=import-outside-toplevel
+  work = tmp_path / "work"
+  other = _holder(work)
+  try:
+    with pytest.raises(WorkdirBusyError, match=rf"in use by pid {other.pid} on host {socket.gethostname()}"):
+      with WorkdirLock(work, primary=True):
+        pass
+  finally:
+    other.kill()   # as a killed run: the lock file stays behind
+    other.wait()
+  lock_file = work / "electra.lock"
+  assert json.loads(lock_file.read_text())["pid"] == other.pid
+  with WorkdirLock(work, primary=True):   # stale: taken over
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+  assert not lock_file.exists()           # released
+  # Another host's lock cannot be checked from here: refused, with how to remove it.
+  lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+  with pytest.raises(WorkdirBusyError, match="pid 1 on host elsewhere.*if that run is dead, remove"):
+    with WorkdirLock(work, primary=True):
+      pass
+
+
+def test_two_processes_racing_for_a_stale_lock_one_wins(tmp_path):
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "electra.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2 ** 22 + 7,
+                                                  "started": "long ago"}))
+  script = ("import sys, time\nfrom electra_jax.checkpointing import WorkdirLock, WorkdirBusyError\n"
+            "try:\n  with WorkdirLock(sys.argv[1], primary=True):\n    print('won', flush=True); time.sleep(3)\n"
+            "except WorkdirBusyError as e:\n  print('refused', flush=True)\n")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(work)], stdout=subprocess.PIPE, text=True, env=env)
+           for _ in range(2)]
+  outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+  assert outcomes == ["refused", "won"]

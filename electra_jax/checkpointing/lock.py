@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -139,6 +140,11 @@ class WorkdirLock:
         holder = self._read(self.path)
         if holder is None:
           continue   # released in the meantime
+        if not holder and not self._stale(holder):   # being written by a run starting right now: look again
+          time.sleep(0.2)
+          holder = self._read(self.path)
+          if holder is None:
+            continue
         if not self._stale(holder):
           error = self._describe(holder)
           break

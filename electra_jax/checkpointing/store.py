@@ -410,7 +410,8 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
-      raise CheckpointError(f"no checkpoint in {directory}")
+      raise CheckpointError(f"no checkpoint in {directory} (expected a workdir with checkpoints/, a checkpoint "
+                            f"folder with numbered steps, or one step's folder)")
     if step is not None:
       if step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
@@ -461,7 +462,7 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
   manager = _manager(directory, async_save=False)
   try:
     if step in manager.all_steps():
-      raise CheckpointError(f"{directory}/{step} already exists")
+      raise CheckpointError(f"{directory}/{step} already exists: write to a new folder, or remove it first")
     manager.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params),
                                                model_config=ocp.args.JsonSave(dict(model_meta)),
                                                integrity=ocp.args.JsonSave(_integrity_record(params))))
