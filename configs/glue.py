@@ -97,6 +97,7 @@ def base_config(size: str = "small", head: str = "original", recipe: str = "orig
   c.eval_every_steps = 0            # > 0: also score the dev sets every N steps (TensorBoard + metrics.jsonl)
   c.checkpoint_every_steps = 1000   # 0: only at the end
   c.keep_checkpoints = 1
+  c.restart_from_scratch = False    # True: start a trial again from step 0 where every checkpoint proved unreadable
   c.write_predictions = True        # dev predictions and test-set submission files at the end
 
   c.mesh = common.mesh_config()

@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 10 if tiny else 100
   c.checkpoint_every_steps = 500 if tiny else 1000
   c.keep_checkpoints = 5
+  c.restart_from_scratch = False     # True: start again from step 0 where every checkpoint proved unreadable
   c.export = True                    # HF folders in WORKDIR/export/{discriminator,generator} (or mlm) at the end
 
   # The original's Adam has no bias correction, which makes early updates up to ~6x larger than Adam's; with its 10k

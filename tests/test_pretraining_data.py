@@ -252,18 +252,24 @@ def test_bad_inputs(tmp_path, vocab, wiki):
     pt.build_dataset(wiki, vocab, tmp_path / "out", 4)
 
 
-def test_failed_rebuild_leaves_no_manifest(tmp_path, vocab):
+def test_failed_rebuild_keeps_the_dataset_that_was_there(tmp_path, vocab):
+  """Issue 20, probe 4: a rebuild with a bad corpus emptied a folder holding a good dataset."""
   good = tmp_path / "good.txt"
   good.write_text("One sentence here . Another one there .\n")
   out = tmp_path / "out"
+  (tmp_path / "out").mkdir()
+  (out / "notes.txt").write_text("not ours")
   pt.build_dataset(str(good), vocab, out, 32, num_shards=2)
+  before = {name: (out / name).read_bytes() for name in os.listdir(out)}
   assert pt.read_manifest(out)["num_examples"] == 1
   good.write_text("\n\n")
   with pytest.raises(pt.EmptyCorpusError):
     pt.build_dataset(str(good), vocab, out, 32, num_shards=2)
-  with pytest.raises(pt.IncompleteDatasetError, match="manifest.json is missing"):
-    pt.read_manifest(out)
-  assert os.listdir(out) == []
+  assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before   # untouched, no staging left
+  good.write_text("A new sentence . And one more here .\nThird one .\n")
+  assert pt.build_dataset(str(good), vocab, out, 32, num_shards=2)["num_tokens"] != \
+      json.loads(before["manifest.json"])["num_tokens"]
+  assert sorted(os.listdir(out)) == sorted(before) and (out / "notes.txt").read_text() == "not ours"
 
 
 def test_ensure_dataset_reuses_matching_cache(tmp_path, vocab, monkeypatch):
@@ -309,3 +315,8 @@ def test_cli(tmp_path, vocab, wiki):
   bad_vocab.write_text("[PAD]\nthe\n")
   bad = run_cli(f"--corpus={corpus}", f"--vocab_file={bad_vocab}", f"--output_dir={out}", "--no_lower_case")
   assert bad.returncode != 0 and "lacks the special tokens" in bad.stderr
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n\n")
+  failed = run_cli(f"--corpus={empty}", f"--vocab_file={vocab}", f"--output_dir={out}")
+  assert failed.returncode == 1 and "gave no examples" in failed.stderr and "Traceback" not in failed.stderr
+  assert pt.read_manifest(out) == manifest   # the dataset that was there is intact

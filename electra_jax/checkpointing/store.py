@@ -12,13 +12,18 @@
     meta, params = load_params("workdir")    # latest complete step; params: nested dict of numpy arrays
     save_params("out_dir", {"kind": "ElectraForPreTraining", "config": cfg.to_hf_dict()}, params)
 
-Layout: DIR/<step>/{params, opt_state, train_meta, model_config} (Orbax items; params and opt_state are PyTrees,
-train_meta and model_config JSON) and DIR/model_config.json.
+Layout: DIR/<step>/{params, opt_state, train_meta, model_config, integrity} (Orbax items; params and opt_state are
+PyTrees, the others JSON) and DIR/model_config.json.
 
 Completeness: Orbax writes each step into a temporary directory and renames it when every process has finished, so a
-save cut short leaves `<step>.orbax-checkpoint-tmp-*` (removed at start-up, never listed). A listed step that cannot be
-read back (files deleted or truncated: OCDBT checks CRC-32C) is skipped with a warning, renamed to
-`<step>.unreadable-<time>` so a later save of that step can proceed, and the previous step is used.
+save cut short leaves `<step>.orbax-checkpoint-tmp-*` (removed at start-up, never listed).
+Integrity: every save records a fingerprint of each array it writes (`integrity.py`) as the item `integrity`,
+committed with the step; every restore (training, `load_params` for conversion, prediction and fine-tuning
+initialisation) compares what it read with it, so changed bytes are caught even where the storage format does not
+check them (OCDBT's CRC-32C covers its index, not the array chunks). Steps saved before fingerprints existed are
+checked for NaN/Inf instead. A listed step that cannot be read back or does not match its fingerprints is reported
+with its step and path, and the previous step is used; a training run also renames it to `<step>.unreadable-<time>`
+(so a later save of that step can proceed), while the read-only tools leave it in place.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -39,12 +45,22 @@ from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from electra_jax.checkpointing import integrity
+
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the model being restored."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A step whose arrays read back differently from what was saved (or hold NaN/Inf when no fingerprint exists)."""
+
+  def __init__(self, where: str, detail: str):
+    super().__init__(f"checkpoint {where} is corrupt: {detail}")
+    self.detail = detail
 
 
 class Restored(NamedTuple):
@@ -56,13 +72,14 @@ class Restored(NamedTuple):
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
   return {"params": ocp.PyTreeCheckpointHandler(), "opt_state": ocp.PyTreeCheckpointHandler(),
-          "train_meta": ocp.JsonCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler()}
+          "train_meta": ocp.JsonCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
+          "integrity": ocp.JsonCheckpointHandler()}
 
 
 def _manager(directory: str, *, keep: int | None = None, read_only: bool = False,
              async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=1, create=not read_only, read_only=read_only,
+      max_to_keep=keep, save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
       cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
 
@@ -79,8 +96,64 @@ def _write_json(path: epath.Path, obj: Any) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-  text = f"{type(exc).__name__}: {exc}"
-  return text if len(text) < 400 else text[:400] + " ..."
+  """One line: the error and, for a chain (Orbax wraps TensorStore's message), its root cause."""
+  def line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(e).__name__}: {text}"[:300]
+  root = exc
+  for _ in range(10):
+    if (root.__cause__ or root.__context__) is None:
+      break
+    root = root.__cause__ or root.__context__
+  if isinstance(exc, CorruptCheckpointError):
+    return f"corrupt: {exc.detail}"
+  return line(exc) if root is exc else f"{line(exc)} (cause: {line(root)})"
+
+
+def _silence_failed_read_noise() -> None:
+  """After a failed restore (already reported in one line), Orbax's other pending reads end on an asyncio loop that
+  is closed: tensorstore's callbacks raise "Event loop is closed" through sys.unraisablehook and asyncio logs "Task
+  exception was never retrieved" for each, thousands of lines for one bad step. Drops exactly those two."""
+  if getattr(sys.unraisablehook, "_electra_quiet", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and unraisable.object is None:
+      return
+    previous(unraisable)
+
+  hook._electra_quiet = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_OrbaxReadTaskFilter())
+
+
+class _OrbaxReadTaskFilter(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
+
+
+def _integrity_record(params: Any, opt_state: Any | None = None) -> dict[str, Any]:
+  record = {"version": integrity.VERSION, "params": integrity.fingerprints(params)}
+  if opt_state is not None:
+    record["opt_state"] = integrity.fingerprints(opt_state)
+  return record
+
+
+def _check_integrity(where: str, record: Mapping[str, Any] | None, trees: Mapping[str, Any]) -> None:
+  """Raises CorruptCheckpointError naming `where` and the first differing arrays."""
+  problems = []
+  for item, tree in trees.items():
+    if record is not None and item in record:
+      problems += integrity.verify(record[item], tree, item)
+    else:   # saved before fingerprints existed: values must at least be finite
+      problems += integrity.non_finite(tree, item)
+  if problems:
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise CorruptCheckpointError(where, "; ".join(problems[:3]) + more)
 
 
 def _all_agree(ok: bool) -> bool:
@@ -119,19 +192,34 @@ def quiet_orbax_logging() -> None:
 
 # ------------------------------------------------------------------------------------------------ training
 class Checkpointer:
-  """Orbax CheckpointManager for one training run: async saves, last `keep` kept, SIGTERM-triggered saves."""
+  """Orbax CheckpointManager for one training run: async saves, last `keep` kept, SIGTERM-triggered saves.
+
+  DIR/model_config.json is written once the run is accepted (`restore` found a step that fits, or none at all) or at
+  the first save, never by a run that `restore` refuses, so a refused run leaves the directory as it was.
+  `restore` also refuses to start from scratch in a directory whose steps were all set aside as unreadable (their
+  run would silently start over) unless `restart_from_scratch=True`.
+  """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int | None = 5, model_meta: Mapping[str, Any] | None = None,
-               async_save: bool = True, handle_sigterm: bool = True):
+               async_save: bool = True, handle_sigterm: bool = True, restart_from_scratch: bool = False):
     self.directory = _abspath(directory)
     self.model_meta = dict(model_meta) if model_meta is not None else None
+    self.restart_from_scratch = restart_from_scratch
     self._manager = _manager(self.directory, keep=keep, async_save=async_save)
     self._sigterm = threading.Event()
     self._previous_handler = None
+    self._meta_written = False
     if handle_sigterm:
       self._install_sigterm_handler()
-    if self.model_meta is not None and jax.process_index() == 0:
+
+  def _write_model_config(self) -> None:
+    if self.model_meta is not None and not self._meta_written and jax.process_index() == 0:
       _write_json(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
+    self._meta_written = True
+
+  def set_aside_steps(self) -> list[str]:
+    """The `<step>.unreadable-*` folders of steps that a restore found unreadable or corrupt."""
+    return sorted(p.name for p in epath.Path(self.directory).glob("*.unreadable-*"))
 
   # -------------------------------------------------------------- preemption
   def _install_sigterm_handler(self) -> None:
@@ -172,14 +260,22 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, params: Any, opt_state: Any, train_meta: Mapping[str, Any]) -> bool:
-    """Starts an async save of `step` (returns once device arrays are copied to host). False if `step` exists."""
+  def save(self, step: int, params: Any, opt_state: Any, train_meta: Mapping[str, Any], *,
+           fingerprints: Mapping[str, Any] | None = None) -> bool:
+    """Starts an async save of `step` (returns once device arrays are copied to host). False if `step` exists.
+
+    The arrays' fingerprints are computed first (on device for jax arrays) and committed with the step;
+    `fingerprints`: `state_fingerprints(params, opt_state)` taken earlier, e.g. on device before a host copy.
+    """
     if step in self._manager.all_steps():
       return False
+    self._write_model_config()
     items: dict[str, Any] = {
         "params": ocp.args.PyTreeSave(params),
         "opt_state": ocp.args.PyTreeSave(opt_state),
         "train_meta": ocp.args.JsonSave({"step": int(step), **dict(train_meta)}),
+        "integrity": ocp.args.JsonSave(dict(fingerprints) if fingerprints is not None
+                                       else _integrity_record(params, opt_state)),
     }
     if self.model_meta is not None:
       items["model_config"] = ocp.args.JsonSave(self.model_meta)
@@ -209,26 +305,46 @@ class Checkpointer:
       result = None
       if error is None:
         try:
-          args = ocp.args.Composite(
+          items = dict(
               params=ocp.args.PyTreeRestore(abstract_params,
                                             ocp.checkpoint_utils.construct_restore_args(abstract_params)),
               opt_state=ocp.args.PyTreeRestore(abstract_opt_state,
                                                ocp.checkpoint_utils.construct_restore_args(abstract_opt_state)),
               train_meta=ocp.args.JsonRestore())
-          restored = self._manager.restore(step, args=args)
-          result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
+          has_record = (epath.Path(self.directory) / str(step) / "integrity").exists()
+          if has_record:
+            items["integrity"] = ocp.args.JsonRestore()
+          restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # pylint: disable=broad-except
           error = e
+        else:   # outside the try: a bug here must not make a good step look unreadable
+          try:
+            _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
+                             {"params": restored["params"], "opt_state": restored["opt_state"]})
+            result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
+          except CorruptCheckpointError as e:
+            error = e
       if _all_agree(error is None):
-        logging.info("restored checkpoint step %d from %s", step, self.directory)
+        logging.info("restored checkpoint step %d from %s (verified)", step, self.directory)
+        self._write_model_config()
         return result
       tried.append(step)
+      if not isinstance(error, CorruptCheckpointError):
+        _silence_failed_read_noise()
       logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
                       self.directory, step, _describe(error) if error else "unreadable on another process")
       self._set_aside(step)
     if tried:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete or corrupt "
-                            f"(set aside as <step>.unreadable-*); remove them or use a new workdir")
+                            f"(set aside as <step>.unreadable-*); to start again from step 0 rerun with "
+                            f"--config.restart_from_scratch=true, or use a new workdir")
+    aside = self.set_aside_steps()
+    if aside and not self.restart_from_scratch:
+      raise CheckpointError(f"{self.directory} has no usable checkpoint, only steps set aside as unreadable "
+                            f"({', '.join(aside[:3])}{' ...' if len(aside) > 3 else ''}): refusing to start this run "
+                            f"over from step 0; rerun with --config.restart_from_scratch=true to do so, or use a new "
+                            f"workdir")
+    self._write_model_config()
     return None
 
   def _set_aside(self, step: int) -> None:
@@ -262,6 +378,11 @@ class Checkpointer:
     self.close()
 
 
+def state_fingerprints(params: Any, opt_state: Any) -> dict[str, Any]:
+  """What `Checkpointer.save` records about a state (to compute on device before handing it host copies)."""
+  return _integrity_record(params, opt_state)
+
+
 # ------------------------------------------------------------------------------------------------ tools
 def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[str, int | None]:
   """A workdir, a checkpoint directory or one step's directory -> (checkpoint directory, step or None)."""
@@ -280,7 +401,8 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
   """(model_meta, params) of a checkpoint: params only, as a nested dict of numpy arrays (no devices involved).
 
   `path`: a workdir (with checkpoints/), a checkpoint directory, or one step's directory. step=None: the latest step
-  that reads back completely (an unreadable one is skipped with a warning, and left in place).
+  that reads back completely and matches its fingerprints (a bad one is skipped with a warning naming its step and
+  path, and left in place); an explicit step that is bad raises CheckpointError.
   """
   directory, path_step = resolve_checkpoint_dir(path)
   step = path_step if step is None else step
@@ -288,7 +410,8 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
-      raise CheckpointError(f"no checkpoint in {directory}")
+      raise CheckpointError(f"no checkpoint in {directory} (expected a workdir with checkpoints/, a checkpoint "
+                            f"folder with numbered steps, or one step's folder)")
     if step is not None:
       if step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
@@ -298,8 +421,10 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
       try:
         return _read_params(manager, directory, s)
       except Exception as e:  # pylint: disable=broad-except
+        if not isinstance(e, CorruptCheckpointError):
+          _silence_failed_read_noise()
         if step is not None:
-          raise CheckpointError(f"checkpoint {directory}/{s} cannot be read: {_describe(e)}") from e
+          raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
         logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
                         _describe(e))
         errors.append(s)
@@ -318,7 +443,12 @@ def _read_params(manager: ocp.CheckpointManager, directory: str, step: int) -> t
   has_config = (epath.Path(directory) / str(step) / "model_config").exists()
   if has_config:
     items["model_config"] = ocp.args.JsonRestore()
+  has_record = (epath.Path(directory) / str(step) / "integrity").exists()
+  if has_record:
+    items["integrity"] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  _check_integrity(f"{directory}/{step}", restored["integrity"] if has_record else None,
+                   {"params": restored["params"]})
   meta = dict(restored["model_config"]) if has_config and restored["model_config"] else None
   if meta is None:
     root_file = epath.Path(directory) / MODEL_CONFIG_FILE
@@ -332,9 +462,10 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
   manager = _manager(directory, async_save=False)
   try:
     if step in manager.all_steps():
-      raise CheckpointError(f"{directory}/{step} already exists")
+      raise CheckpointError(f"{directory}/{step} already exists: write to a new folder, or remove it first")
     manager.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params),
-                                               model_config=ocp.args.JsonSave(dict(model_meta))))
+                                               model_config=ocp.args.JsonSave(dict(model_meta)),
+                                               integrity=ocp.args.JsonSave(_integrity_record(params))))
     manager.wait_until_finished()
   finally:
     manager.close()

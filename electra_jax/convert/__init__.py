@@ -47,14 +47,27 @@ def read_hf_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = os.fspath(path)
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   single, index, legacy = (os.path.join(path, n) for n in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN))
+
+  def load(file: str) -> dict[str, np.ndarray]:
+    try:
+      return dict(load_file(file))
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own SafetensorError)
+      raise ConversionError(f"{file} cannot be read ({' '.join(str(e).split())}); it is truncated or not a "
+                            f"safetensors file: copy or export it again") from None
+
   if os.path.isfile(single):
-    return dict(load_file(single))
+    return load(single)
   if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+    try:
+      with open(index, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (ValueError, KeyError) as e:
+      raise ConversionError(f"{index} is not a valid safetensors index ({e})") from None
     out: dict[str, np.ndarray] = {}
     for shard in shards:
-      out.update(load_file(os.path.join(path, shard)))
+      out.update(load(os.path.join(path, shard)))
     return out
   if os.path.isfile(legacy):
     try:

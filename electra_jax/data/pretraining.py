@@ -32,7 +32,9 @@ output does not depend on how documents are spread over processes; (3) sentences
 Output layout (`output_dir`): `pretrain-SSSSS-of-NNNNN.array_record` shards and `manifest.json`. Document d goes to
 shard d % num_shards, in document order, so the shards are byte-identical for any `num_processes` (worker j writes the
 shards s with s % num_processes == j). Every file is written under a `.partial` name and renamed when complete; the
-manifest is written last, so a directory without `manifest.json` is never a dataset. Each record (format version 1) is
+manifest is written last, so a directory without `manifest.json` is never a dataset. `build_dataset` builds in a
+staging folder inside `output_dir` and swaps the result in only when the build succeeded, so a failed rebuild (a bad
+corpus, an empty one, a kill) leaves the dataset that was there intact. Each record (format version 1) is
     uint16 little-endian n          number of real tokens ([CLS] A [SEP] B [SEP], 0 < n <= max_seq_length)
     uint16 little-endian n_a        tokens with segment id 0 ([CLS] A [SEP])
     n token ids, little-endian `manifest["id_dtype"]` (uint16 when the vocab has at most 65536 entries, else uint32)
@@ -58,7 +60,6 @@ import random
 import re
 import shutil
 import struct
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -589,10 +590,30 @@ def build_dataset(corpus: str | Sequence[str], vocab_file: str | os.PathLike, ou
                   blanks_separate_docs: bool | None = None, wikitext_markup: bool = True, seed: int = 0,
                   num_shards: int = 16, num_processes: int = 1, tfds_data_dir: str | None = None,
                   tfds_split: str = "train", tfds_text_key: str = "text") -> dict[str, Any]:
-  """Builds shards + manifest in `output_dir` (replacing a dataset already there) and returns the manifest."""
+  """Builds shards + manifest in `output_dir` and returns the manifest. A dataset already there is replaced only
+  when the new one is complete: the build runs in `output_dir/.building-*` and is swapped in at the end."""
   plan, _ = _plan(corpus, vocab_file, max_seq_length, lower_case, strip_accents, blanks_separate_docs,
                   wikitext_markup, seed, num_shards, tfds_data_dir, tfds_split, tfds_text_key)
-  return _build(plan, os.fspath(output_dir), num_processes)
+  output_dir = os.fspath(output_dir)
+  os.makedirs(output_dir, exist_ok=True)
+  staging = os.path.join(output_dir, f".building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  try:
+    manifest = _build(plan, staging, num_processes)
+    _swap_in(staging, output_dir)
+  finally:
+    if os.path.isdir(staging):
+      shutil.rmtree(staging)
+  return manifest
+
+
+def _swap_in(staging: str, output_dir: str) -> None:
+  """Replaces the dataset files of `output_dir` by those of `staging`: the old manifest goes first (the folder stops
+  being a dataset), the new one comes last (it becomes one again); other files in `output_dir` are left alone."""
+  _clear_dataset_files(output_dir)
+  for name in sorted(os.listdir(staging)):
+    if _SHARD_RE.match(name):
+      os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+  os.replace(os.path.join(staging, MANIFEST), os.path.join(output_dir, MANIFEST))
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
@@ -660,29 +681,24 @@ def ensure_dataset(corpus: str | Sequence[str], vocab_file: str | os.PathLike, c
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {list(argv[1:])}")
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
   f = flags.FLAGS
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    manifest = build_dataset(
-        f.corpus, f.vocab_file, f.output_dir, f.max_seq_length, lower_case=not f.no_lower_case,
-        strip_accents=f.strip_accents, blanks_separate_docs=f.blanks_separate_docs,
-        wikitext_markup=f.wikitext_markup, seed=f.seed, num_shards=f.num_shards, num_processes=f.num_processes,
-        tfds_data_dir=f.tfds_data_dir, tfds_split=f.tfds_split, tfds_text_key=f.tfds_text_key)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  manifest = build_dataset(   # bad input (OSError, ValueError): one line and exit status 1 (runtime.cli)
+      f.corpus, f.vocab_file, f.output_dir, f.max_seq_length, lower_case=not f.no_lower_case,
+      strip_accents=f.strip_accents, blanks_separate_docs=f.blanks_separate_docs,
+      wikitext_markup=f.wikitext_markup, seed=f.seed, num_shards=f.num_shards, num_processes=f.num_processes,
+      tfds_data_dir=f.tfds_data_dir, tfds_split=f.tfds_split, tfds_text_key=f.tfds_text_key)
   print(json.dumps({k: manifest[k] for k in ("num_examples", "num_documents", "num_tokens", "num_single_segment",
                                               "fingerprint")}))
 
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("corpus", None, "Text file, folder, glob or tfds:NAME (comma-separated for several).",
-                      required=True)
-  flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt.", required=True)
-  flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.", required=True)
+  flags.DEFINE_string("corpus", None, "Text file, folder, glob or tfds:NAME (comma-separated for several).")
+  flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt.")
+  flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.")
   flags.DEFINE_integer("max_seq_length", 128, "Tokens per example.")
   flags.DEFINE_integer("num_processes", 1, "Worker processes.")
   flags.DEFINE_integer("num_shards", 16, "Output shards (independent of num_processes).")
@@ -699,6 +715,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=ungrouped-imports
+  from electra_jax.runtime import cli  # pylint: disable=ungrouped-imports
   _define_flags()
-  app.run(main)
+  cli.run(main, required=("corpus", "vocab_file", "output_dir"))

@@ -9,38 +9,30 @@
 model_config says the head; or an HF folder (config.json + model.safetensors) with the task's HF head (head=hf).
 Outputs: WORKDIR/predictions/ (GLUE dev/test TSVs; SQuAD predictions.json, null_odds.json, ...) and
 WORKDIR/results.json; a summary table on stdout. Exit status 1 with a message on bad input.
+Config fields: configs/glue.py, configs/squad.py; `--config=... --config_help` lists them with their values.
 """
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from electra_jax.runtime import distributed
+from electra_jax.runtime import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config (configs/glue.py or configs/squad.py).",
                                           lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuned Orbax checkpoint (workdir) or HF folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for predictions and results.json.")
 distributed.define_flags()
-flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize_from_flags()
-  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   from electra_jax.eval import evaluation  # pylint: disable=import-outside-toplevel
-  try:
-    evaluation.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, checkpointing.CheckpointError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  evaluation.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _WORKDIR.value)   # bad input: one line, exit 1
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, required=("config", "checkpoint", "workdir"))

@@ -23,7 +23,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from electra_jax.data.tokenization import load_tokenizer
@@ -209,9 +209,25 @@ def answer(model, tok, lines: list[str], max_answer_length: int = 15, doc_stride
   return out
 
 
+def check_model_dir(model_dir: str) -> None:
+  """Fails fast (before reading the input) on a --model that is neither an HF folder nor a checkpoint of ours."""
+  import os  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert import is_hf_folder  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(model_dir):
+    raise PredictError(f"--model={model_dir} does not exist: give a Hugging Face folder (config.json + "
+                       f"model.safetensors) or a fine-tuned checkpoint of this project")
+  if not is_hf_folder(model_dir):
+    from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
+    try:
+      checkpointing.read_model_config(model_dir)
+    except checkpointing.CheckpointError as e:
+      raise PredictError(str(e)) from None
+
+
 def predict(model_dir: str, task: str, lines: list[str], vocab_file: str | None = None, **kw):
   if task not in TASK_HEADS:
     raise PredictError(f"unknown task {task!r}; tasks: {sorted(TASK_HEADS)}")
+  check_model_dir(model_dir)
   lines = [l.rstrip("\n").rstrip("\r") for l in lines]
   if not lines or not any(l.strip() for l in lines):
     raise PredictError("no input: give one text per line on standard input")
@@ -233,17 +249,14 @@ flags.DEFINE_integer("doc_stride", 128, "question-answering: stride between cont
 
 def main(argv):
   del argv
-  try:
-    kw = dict(max_answer_length=FLAGS.max_answer_length, doc_stride=FLAGS.doc_stride) \
-        if FLAGS.task == "question-answering" else {}
-    results = predict(FLAGS.model, FLAGS.task, sys.stdin.readlines(), FLAGS.vocab_file, **kw)
-  except (PredictError, FileNotFoundError, ValueError) as e:
-    print(f"predict: {e}", file=sys.stderr)
-    sys.exit(2)
+  kw = dict(max_answer_length=FLAGS.max_answer_length, doc_stride=FLAGS.doc_stride) \
+      if FLAGS.task == "question-answering" else {}
+  check_model_dir(FLAGS.model)
+  results = predict(FLAGS.model, FLAGS.task, sys.stdin.readlines(), FLAGS.vocab_file, **kw)  # bad input: exit 2
   for r in results:
     print(json.dumps(r))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["model", "task"])
-  app.run(main)
+  from electra_jax.runtime import cli  # pylint: disable=import-outside-toplevel
+  cli.run(main, required=("model", "task"), error_status=2)

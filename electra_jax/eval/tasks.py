@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from electra_jax import convert, paths
+from electra_jax import checkpointing, convert, paths
 from electra_jax.data import glue, squad
 from electra_jax.data.tokenization import load_tokenizer
 from electra_jax.eval import glue as glue_eval
@@ -70,7 +70,7 @@ class GlueAdapter:
 
   def head_overrides(self) -> dict[str, Any]:
     regression = self.task.is_regression
-    labels = {i: name for i, name in enumerate(self.task.labels)} if not regression else None
+    labels = {i: name for i, name in enumerate(self.task.label_names)} if not regression else None
     return {"num_labels": self.num_labels, "id2label": labels,
             "problem_type": "regression" if regression else "single_label_classification"}
 
@@ -353,12 +353,20 @@ def write_json(path: str, obj: Any) -> str:
 
 
 def resolve_vocab(config: ml_collections.ConfigDict) -> str:
-  """config.vocab_file, else the init checkpoint's vocab.txt (an HF folder), else the BERT uncased vocab."""
+  """config.vocab_file, else the init checkpoint's vocab (an HF folder's vocab.txt, or the vocab a checkpoint of this
+  project records), else the BERT uncased vocab."""
   if config.vocab_file:
     return config.vocab_file
   init = config.get("init_checkpoint", "")
   if init and convert.is_hf_folder(init) and os.path.isfile(os.path.join(init, "vocab.txt")):
     return os.path.join(init, "vocab.txt")
+  if init and os.path.isdir(init):
+    try:
+      recorded = (checkpointing.read_model_config(init).get("tokenizer") or {}).get("vocab_file")
+    except (checkpointing.CheckpointError, OSError, ValueError):
+      recorded = None
+    if recorded and os.path.isfile(recorded):
+      return recorded
   return os.fspath(paths.default_vocab())
 
 

@@ -41,7 +41,7 @@ from electra_jax.checkpointing import ModelSpec
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
                                          runtime_options, summarize)
-from electra_jax.eval.tasks import EvalSet, TaskError, load_task, write_json
+from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
 from electra_jax.modeling import ElectraConfig, original_heads
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
@@ -220,9 +220,14 @@ def _abstract(tree):
 def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, steps: Steps,
               train: Mapping[str, np.ndarray], eval_sets: Sequence[EvalSet], total_steps: int,
               init: Callable[[], dict[str, np.ndarray]]) -> dict[str, Any]:
-  """Fine-tunes one seed (resuming from trial_dir/checkpoints if present), then scores and writes predictions."""
+  """Fine-tunes one seed (resuming from trial_dir/checkpoints if present), then scores and writes predictions.
+
+  A trial whose last checkpoint is already the final step (killed while scoring) is scored again; its train loss
+  comes from metrics.jsonl, and the dev scores are written there unless they already are.
+  """
   ckpt = _checkpointer(os.path.join(trial_dir, checkpointing.CHECKPOINTS_SUBDIR), steps.spec,
-                      int(config.keep_checkpoints))
+                      int(config.keep_checkpoints), tokenizer_meta(config),
+                      bool(config.get("restart_from_scratch", False)))
   try:
     state = steps.init_state(steps.init_params(seed))
     restored = ckpt.restore(_abstract(state["params"]), _abstract(state["opt_state"]))
@@ -234,6 +239,11 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
     else:
       step = 0
       state["params"] = steps.overwrite(state["params"], init())
+      if ckpt.set_aside_steps():   # config.restart_from_scratch: keep the old run's metrics
+        kept = metrics.archive(trial_dir, "before-restart")
+        if kept:
+          logging.warning("seed %d: starting over from step 0 (restart_from_scratch); earlier metrics in %s", seed,
+                          kept)
     finished_before = restored is not None and restored.step >= total_steps
     writer = metrics.MetricWriter(trial_dir, resume_step=step if restored is not None else None)
     stream = TrainStream(train, int(config.batch_size), seed)
@@ -254,9 +264,10 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
       # One process: host copies (Orbax would otherwise compile a slice per replicated array shape, seconds of XLA
       # compilation for a small model); several processes: the sharded arrays themselves.
       params, opt_state = state["params"], state["opt_state"]
+      fingerprints = checkpointing.state_fingerprints(params, opt_state)   # on device: fast
       if jax.process_count() == 1:
         params, opt_state = jax.device_get((params, opt_state))
-      ckpt.save(at, params, opt_state, {"seed": seed})
+      ckpt.save(at, params, opt_state, {"seed": seed}, fingerprints=fingerprints)
 
     trained = loop.run(
         loop.Loop(step_fn=steps.train_step, total_steps=total_steps, mesh=steps.mesh, rules=steps.rules,
@@ -271,31 +282,51 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
       return {"seed": seed, "workdir": trial_dir, "steps": step, "preempted": True}
     out_dir = os.path.join(trial_dir, "predictions") if config.get("write_predictions", True) else None
     dev, files = evaluate_sets(steps, state["params"], eval_sets, eval_batch, out_dir)
-    if not finished_before:  # (a finished run re-evaluated: its metrics.jsonl has these scores already)
-      writer.write_scalars(step, {f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()})
+    scores = {f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()}
+    logged = metrics.read_metrics(trial_dir) if finished_before else []
+    if not any(r.get("step") == step and set(scores) <= set(r) for r in logged):   # not already there
+      writer.write_scalars(step, scores)
     writer.close()
-    result = {"seed": seed, "workdir": trial_dir, "steps": step,
-              "final_train_loss": trained.last_metrics.get("loss", float("nan")), "metrics": dev, "files": files}
+    final_loss = trained.last_metrics.get("loss")
+    if final_loss is None:   # nothing trained in this process: the loss logged at the last step trained
+      final_loss = next((r["loss"] for r in reversed(logged) if r.get("loss") is not None and r["step"] <= step), None)
+    result = {"seed": seed, "workdir": trial_dir, "steps": step, "final_train_loss": final_loss, "metrics": dev,
+              "files": files}
     write_json(os.path.join(trial_dir, "results.json"), result)
     return result
   finally:
     ckpt.close()
 
 
-def _checkpointer(directory: str, spec: ModelSpec, keep: int) -> checkpointing.Checkpointer:
+def tokenizer_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The tokenizer settings a fine-tuned checkpoint records, so predict and convert need no --vocab_file."""
+  return {"vocab_file": os.path.abspath(resolve_vocab(config)), "lowercase": bool(config.do_lower_case),
+          "strip_accents": None}
+
+
+def _architecture(meta: Mapping[str, Any]) -> dict[str, Any]:
+  """model_config without what does not change the parameters (the tokenizer, label names)."""
+  out = {k: v for k, v in meta.items() if k != "tokenizer"}
+  if isinstance(out.get("config"), Mapping):
+    out["config"] = {k: v for k, v in out["config"].items() if k not in ("id2label", "label2id")}
+  return out
+
+
+def _checkpointer(directory: str, spec: ModelSpec, keep: int, tokenizer: Mapping[str, Any] | None = None,
+                  restart_from_scratch: bool = False) -> checkpointing.Checkpointer:
   """The trial's Checkpointer. A directory that already holds a model_config.json (a run being resumed) must describe
   the same model, so that a changed config is refused with a clear message instead of a shape error."""
-  meta = json.loads(json.dumps(spec.meta()))
+  meta = json.loads(json.dumps({**spec.meta(), **({"tokenizer": dict(tokenizer)} if tokenizer else {})}))
   meta_file = os.path.join(directory, checkpointing.MODEL_CONFIG_FILE)
   if os.path.isfile(meta_file):
     with open(meta_file, encoding="utf-8") as f:
       existing = json.load(f)
-    if existing != meta:
-      changed = sorted(k for k in set(existing) | set(meta) if existing.get(k) != meta.get(k))
+    if _architecture(existing) != _architecture(meta):
+      old, new = _architecture(existing), _architecture(meta)
+      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       raise FinetuneError(f"{directory} holds checkpoints of another model (model_config differs in {changed}); "
                           f"use a new workdir")
-    return checkpointing.Checkpointer(directory, keep=keep)
-  return checkpointing.Checkpointer(directory, keep=keep, model_meta=meta)
+  return checkpointing.Checkpointer(directory, keep=keep, model_meta=meta, restart_from_scratch=restart_from_scratch)
 
 
 # ================================================================================================ runs
@@ -308,7 +339,13 @@ def setup(config: ml_collections.ConfigDict):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs every trial of `config` in WORKDIR/seed_<s>, writes WORKDIR/results.json and prints the summary table."""
+  """Runs every trial of `config` in WORKDIR/seed_<s>, writes WORKDIR/results.json and prints the summary table.
+  One run per workdir (checkpointing.WorkdirLock)."""
+  with checkpointing.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tokenizer, adapter, mesh, rules = setup(config)
   check_batch("batch_size", int(config.batch_size), mesh, rules)
   check_batch("eval_batch_size", int(config.eval_batch_size), mesh, rules)
@@ -323,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("%s: %s; %d steps of %d (head %s, init %s)", adapter.name, data_info, total, config.batch_size,
                spec.kind, init_kind)
   steps = Steps(spec, adapter, mesh, rules, config=config, num_train_steps=total)
-  logging.info("parameters:\n%s", sharding.describe(jax.tree.map(
+  logging.debug("parameters:\n%s", sharding.describe(jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), steps.abstract_params, steps.param_shardings)))
   init = lambda: init_values(spec, config, init_kind, meta, steps.shapes)  # noqa: E731
   trials = []

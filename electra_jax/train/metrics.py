@@ -58,6 +58,18 @@ def read_metrics(workdir: str | os.PathLike, filename: str = METRICS_FILE) -> li
     return [json.loads(line) for line in f if line.strip()]
 
 
+def archive(workdir: str | os.PathLike, reason: str, filename: str = METRICS_FILE) -> str | None:
+  """Renames WORKDIR/metrics.jsonl to metrics.jsonl.<reason>-<time> (a run starting over keeps the old records);
+  returns the new path, or None if there was nothing to keep. Process 0 only."""
+  import jax  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.fspath(workdir), filename)
+  if jax.process_index() != 0 or not os.path.exists(path) or os.path.getsize(path) == 0:
+    return None
+  target = f"{path}.{reason}-{time.strftime('%Y%m%d-%H%M%S')}"
+  os.replace(path, target)
+  return target
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard (tensorboardX) under `workdir` and appends them to `workdir`/metrics.jsonl.
 

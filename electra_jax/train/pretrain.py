@@ -9,24 +9,24 @@ r"""ELECTRA pretraining binary (thin: flags, distributed set-up, then electra_ja
 Runs resume automatically from the latest complete checkpoint in WORKDIR/checkpoints. Outputs: WORKDIR/metrics.jsonl,
 TensorBoard events, WORKDIR/config.json, and at the end WORKDIR/export/{discriminator,generator} (HF folders).
 Bad input (missing corpus, empty corpus, vocab without the special tokens, a NaN loss) exits with status 1 and a
-message naming the file or step; SIGTERM saves a checkpoint and exits 0.
+message naming the file or step; SIGTERM saves a checkpoint and exits 0. One run at a time per workdir (a lock file).
+Config fields: configs/pretrain.py (its comments say what each does); `--config=... --config_help` lists them all
+with their values. `--verbosity=1` adds the libraries' log lines and debug lines.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from electra_jax.runtime import distributed
+from electra_jax.runtime import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Pretraining configuration (configs/pretrain.py:size=...).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics, TensorBoard events and exports go here.")
-flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
 
 
@@ -34,24 +34,11 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize_from_flags()   # before any other JAX call
-  # pylint: disable=import-outside-toplevel
-  from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
-  from electra_jax.data.tokenization import VocabError
-  from electra_jax import checkpointing
-  from electra_jax.train import pretrain_lib
-  logging.getLogger().setLevel(logging.INFO)
-  checkpointing.quiet_orbax_logging()
-  try:
-    result = pretrain_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
-          pretrain_lib.NonFiniteLossError, ValueError) as e:
-    logging.debug("pretraining failed", exc_info=True)
-    logging.error("pretraining failed: %s", e)
-    print(f"pretrain: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
+  result = pretrain_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)   # bad input: one line, exit 1 (cli.run)
   if result.preempted:
     logging.warning("stopped early at step %d (preemption); rerun the same command to resume", result.step)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, required=("config", "workdir"))

@@ -480,14 +480,22 @@ def _strip_accents(value: Any) -> bool | None:
   raise ValueError(f"config.data.strip_accents={value!r}: expected '', 'true' or 'false'")
 
 
-def prepare_data(config: Any, workdir: str):
-  """Tokenizer check and the ArrayRecord shards (built once per process 0, then reused). Returns (dir, tok, ids)."""
+def load_tokenizer(config: Any):
+  """(tokenizer, special ids) of config.data, checked (the vocab exists and has the special tokens)."""
   data = config.data
   for field in ("corpus", "vocab_file"):
     if not data.get(field):
       raise ValueError(f"config.data.{field} is empty: pass --config.data.{field}=...")
   strip = _strip_accents(data.get("strip_accents", ""))
   tok = tokenization.load_tokenizer(data.vocab_file, lowercase=bool(data.lower_case), strip_accents=strip)
+  return tok, tokenization.special_ids(tok)
+
+
+def prepare_data(config: Any, workdir: str):
+  """Tokenizer check and the ArrayRecord shards (built once per process 0, then reused). Returns (dir, tok, ids)."""
+  data = config.data
+  tok, ids = load_tokenizer(config)
+  strip = _strip_accents(data.get("strip_accents", ""))
   cache_dir = data.get("cache_dir") or os.path.join(workdir, "data")
   kwargs = dict(max_seq_length=int(config.max_seq_length), lower_case=bool(data.lower_case), strip_accents=strip,
                 seed=int(data.get("build_seed", 0)), num_shards=int(data.get("num_shards", 16)),
@@ -500,7 +508,7 @@ def prepare_data(config: Any, workdir: str):
     dataset_dir, manifest = pretraining.ensure_dataset(data.corpus, data.vocab_file, cache_dir, **kwargs)
   logging.info("pretraining data %s: %d examples, %d tokens", dataset_dir, manifest["num_examples"],
                manifest.get("num_tokens", -1))
-  return dataset_dir, tok, tokenization.special_ids(tok)
+  return dataset_dir, tok, ids
 
 
 def make_loader(config: Any, dataset_dir: str, setup: Setup):
@@ -511,30 +519,52 @@ def make_loader(config: Any, dataset_dir: str, setup: Setup):
 
 
 def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
-  """Pretrains from config, resuming from `workdir` when it holds a checkpoint; exports HF folders at the end."""
+  """Pretrains from config, resuming from `workdir` when it holds a checkpoint; exports HF folders at the end.
+
+  One run per workdir (checkpointing.WorkdirLock). Nothing in the workdir changes until the run is accepted: the
+  checkpoint to resume from fits the model (else CheckpointError, with config.json and checkpoints/model_config.json
+  as they were), or there is none and the workdir never had one that became unreadable (else CheckpointError unless
+  config.restart_from_scratch).
+  """
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   total_steps = int(config.num_train_steps)
   if total_steps <= 0:
     raise ValueError(f"config.num_train_steps={total_steps}: must be positive")
+  with checkpointing.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir, total_steps)
 
-  dataset_dir, tok, ids = prepare_data(config, workdir)
+
+def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainResult:
+  tok, ids = load_tokenizer(config)
   mesh = build_mesh(config)
   setup = build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
   tokenizer_meta = {"vocab_file": os.path.abspath(config.data.vocab_file), "lowercase": bool(config.data.lower_case),
                     "strip_accents": _strip_accents(config.data.get("strip_accents", ""))}
   model_meta = {**setup.model_meta, "tokenizer": tokenizer_meta}
+  total_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
+  logging.info("mesh %s; %s parameters", dict(mesh.shape), f"{total_params:,}")
+  logging.debug("parameters and shardings:\n%s", sharding.describe(setup.abstract_state["params"]))
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
+                                    keep=int(config.keep_checkpoints), model_meta=model_meta,
+                                    restart_from_scratch=bool(config.get("restart_from_scratch", False)))
+  try:
+    # Before anything in the workdir changes: a checkpoint of another model, or a workdir whose checkpoints were all
+    # set aside as unreadable, refuses the run here.
+    restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
+    dataset_dir, _, _ = prepare_data(config, workdir)
+    loader = make_loader(config, dataset_dir, setup)
+  except BaseException:
+    ckpt.close()
+    raise
   if distributed.is_primary():
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  logging.info("mesh %s; parameters and shardings:\n%s", dict(mesh.shape),
-               sharding.describe(setup.abstract_state["params"]))
-
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
-                                    keep=int(config.keep_checkpoints), model_meta=model_meta)
-  loader = make_loader(config, dataset_dir, setup)
   base_key = jax.random.key(int(config.seed))
-  restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
+  if restored is None and ckpt.set_aside_steps():   # config.restart_from_scratch: keep the old run's metrics
+    kept = metrics_lib.archive(workdir, "before-restart")
+    if kept:
+      logging.warning("starting over from step 0 (restart_from_scratch); the earlier metrics are in %s", kept)
   if restored is not None:
     step = restored.step
     state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), setup.state_shardings["step"]),

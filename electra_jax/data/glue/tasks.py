@@ -80,6 +80,13 @@ class GlueTask:
     return 1 if self.labels is None else len(self.labels)
 
   @property
+  def label_names(self) -> tuple[str, ...] | None:
+    """Readable label names in label order: the TFDS names where the TSVs write 0/1 (SST-2: negative, positive)."""
+    if self.labels == _BINARY and self.tfds_labels is not None:
+      return self.tfds_labels
+    return self.labels
+
+  @property
   def splits(self) -> tuple[str, ...]:
     return tuple(self.files)
 
