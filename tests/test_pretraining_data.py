@@ -283,7 +283,7 @@ def test_ensure_dataset_reuses_matching_cache(tmp_path, vocab, monkeypatch):
     raise AssertionError("rebuilt a dataset that was in the cache")
 
   with monkeypatch.context() as m:
-    m.setattr(pt, "_build", no_build)
+    m.setattr(pt.build, "_build", no_build)
     path2, m2 = pt.ensure_dataset(str(corpus), vocab, cache, 32, num_shards=2)
   assert (path2, m2) == (path1, m1)
   path3, _ = pt.ensure_dataset(str(corpus), vocab, cache, 64, num_shards=2)  # another request: another folder
