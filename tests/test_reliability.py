@@ -85,7 +85,7 @@ def test_flipped_bytes_in_the_newest_step_are_detected_set_aside_and_the_previou
   assert glob.glob(os.path.join(d, "2.unreadable-*"))            # moved aside
 
 
-def test_flipped_bytes_are_refused_by_load_params_and_convert(tmp_path):
+def test_flipped_bytes_are_refused_by_load_params(tmp_path):
   d = str(tmp_path / "ckpt")
   _two_steps(d)
   _xor_largest_params_file(os.path.join(d, "2"))
@@ -94,7 +94,11 @@ def test_flipped_bytes_are_refused_by_load_params_and_convert(tmp_path):
   assert os.path.isdir(os.path.join(d, "2"))                     # a read-only tool leaves it where it is
   with pytest.raises(CheckpointError, match=r"ckpt/2 cannot be used: corrupt: params\['emb'\]"):
     checkpointing.load_params(d, step=2)
-  # The issue's last step: convert orbax_to_hf on a corrupt step exported NaN and exited 0.
+
+
+@pytest.mark.slow
+def test_convert_refuses_a_corrupt_checkpoint(tmp_path):
+  """The issue's probe ended with convert orbax_to_hf exporting NaN embeddings and exiting 0."""
   from electra_jax import modeling  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   cfg = modeling.ElectraConfig(vocab_size=3000, embedding_size=64, hidden_size=32, num_hidden_layers=1,
@@ -104,8 +108,7 @@ def test_flipped_bytes_are_refused_by_load_params_and_convert(tmp_path):
                                   nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   _xor_largest_params_file(os.path.join(one, "0"), 256)
   proc = _cli("electra_jax.convert", "orbax_to_hf", f"--checkpoint={one}", f"--out={tmp_path / 'hf'}")
-  assert proc.returncode != 0
-  assert "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+  _one_line_error(proc, 1, "convert: error:", "corrupt")
   assert not os.path.exists(tmp_path / "hf" / "model.safetensors")
 
 
@@ -122,10 +125,13 @@ def test_a_step_saved_without_fingerprints_is_checked_for_nan(tmp_path):
 
 
 # ================================================================================================ 3. workdir lock
-_HOLD = """
-import sys, time
-from electra_jax.checkpointing import WorkdirLock
-with WorkdirLock(sys.argv[1], primary=True):
+# The lock module alone (not the package, which imports JAX and Orbax): the child processes start in a blink.
+_IMPORT_LOCK = ("import importlib.util, sys\n"
+                f"spec = importlib.util.spec_from_file_location('lock', {os.path.join(REPO, 'electra_jax', 'checkpointing', 'lock.py')!r})\n"
+                "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n")
+_HOLD = _IMPORT_LOCK + """
+import time
+with lock.WorkdirLock(sys.argv[1], primary=True):
   print("held", flush=True)
   time.sleep(600)
 """
@@ -167,11 +173,233 @@ def test_two_processes_racing_for_a_stale_lock_one_wins(tmp_path):
   work.mkdir()
   (work / "electra.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2 ** 22 + 7,
                                                   "started": "long ago"}))
-  script = ("import sys, time\nfrom electra_jax.checkpointing import WorkdirLock, WorkdirBusyError\n"
-            "try:\n  with WorkdirLock(sys.argv[1], primary=True):\n    print('won', flush=True); time.sleep(3)\n"
-            "except WorkdirBusyError as e:\n  print('refused', flush=True)\n")
+  script = _IMPORT_LOCK + ("import time\ntime.sleep(0.5)\n"   # both past their start-up before racing
+                           "try:\n  with lock.WorkdirLock(sys.argv[1], primary=True):\n"
+                           "    print('won', flush=True); time.sleep(2)\n"
+                           "except lock.WorkdirBusyError as e:\n  print('refused', flush=True)\n")
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", script, str(work)], stdout=subprocess.PIPE, text=True, env=env)
            for _ in range(2)]
   outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
   assert outcomes == ["refused", "won"]
+
+
+# ================================================================================================ 2, 3, 5: the pretraining binary
+@pytest.fixture(scope="module")
+def pre(tmp_path_factory):
+  from tests.conftest import shared_data  # pylint: disable=import-outside-toplevel
+  shared_data("corpus/wikitext-2-raw")
+  root = tmp_path_factory.mktemp("reliability_pretrain")
+  return {"root": root, "jax_cache": str(root / "jax_cache"), "data": str(root / "data")}
+
+
+def _pretrain(pre, workdir, *overrides, background_log=None):
+  from tests import test_pretrain_e2e as e2e  # pylint: disable=import-outside-toplevel
+  cmd = e2e.command(str(workdir), pre["data"], "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
+                    "--config.log_every_steps=1", "--config.export=false", *overrides)
+  if background_log:
+    return e2e.start(cmd, e2e.child_env(pre["jax_cache"]), background_log)
+  return e2e.run(cmd, e2e.child_env(pre["jax_cache"]))
+
+
+def _files(workdir):
+  return {os.path.relpath(os.path.join(d, f), workdir): open(os.path.join(d, f), "rb").read()
+          for d, _, names in os.walk(workdir) for f in names if "events.out" not in f}
+
+
+@pytest.mark.slow
+def test_a_refused_run_leaves_the_workdir_as_it_was(pre, tmp_path):
+  """Probe 2: a rerun with another hidden size exits 1, and config.json / checkpoints/model_config.json (which a
+  later fine-tuning reads) still describe the checkpoints."""
+  work = tmp_path / "work"
+  first = _pretrain(pre, work)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = _files(work)
+  refused = _pretrain(pre, work, "--config.model.hidden_size=32", "--config.model.intermediate_size=128")
+  assert refused.returncode == 1
+  assert "does not fit the model" in refused.stderr and "Traceback" not in refused.stderr
+  assert _files(work) == before
+  model = checkpointing.load_model(str(work))      # what fine-tuning initialisation reads: consistent
+  assert model.discriminator.config.hidden_size == 64
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_workdir_is_refused_naming_the_holder(pre, tmp_path):
+  """Probe 3: two runs on one workdir at once; the second refuses (host, pid); after a kill, the lock is taken over."""
+  import signal, socket  # pylint: disable=import-outside-toplevel,multiple-imports
+  from tests import test_pretrain_e2e as e2e  # pylint: disable=import-outside-toplevel
+  work = tmp_path / "work"
+  first = _pretrain(pre, work, "--config.num_train_steps=100000", background_log=str(tmp_path / "first.log"))
+  try:
+    e2e.wait_for(lambda: (work / "electra.lock").exists() and e2e.records(str(work)), first, "the first run's steps")
+    second = _pretrain(pre, work, "--config.seed=1")
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert f"in use by pid {first.pid} on host {socket.gethostname()}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.poll() is None                      # the first run goes on
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  assert (work / "electra.lock").exists()            # left behind by the killed run
+  third = _pretrain(pre, work, "--config.num_train_steps=6")
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert not (work / "electra.lock").exists()
+
+
+@pytest.mark.slow
+def test_no_silent_restart_after_every_checkpoint_proved_unreadable(pre, tmp_path):
+  """Probe 5: once every step was set aside as unreadable (exit 1), the same command refuses instead of starting
+  from step 0 and truncating metrics.jsonl, until --config.restart_from_scratch=true."""
+  work = tmp_path / "work"
+  assert _pretrain(pre, work).returncode == 0
+  for data_file in glob.glob(str(work / "checkpoints" / "*" / "params" / "ocdbt.process_0" / "d" / "*")):
+    os.remove(data_file)
+  failed = _pretrain(pre, work)
+  assert failed.returncode == 1 and "no readable checkpoint" in failed.stderr
+  assert "Event loop is closed" not in failed.stderr and "Task exception was never retrieved" not in failed.stderr
+  metrics_before = (work / "metrics.jsonl").read_text()
+  again = _pretrain(pre, work)
+  assert again.returncode == 1, again.stderr[-3000:]
+  assert "refusing to start this run over from step 0" in again.stderr and "restart_from_scratch" in again.stderr
+  assert (work / "metrics.jsonl").read_text() == metrics_before
+  restarted = _pretrain(pre, work, "--config.restart_from_scratch=true")
+  assert restarted.returncode == 0, restarted.stderr[-3000:]
+  assert "starting from scratch" in restarted.stderr
+  kept = glob.glob(str(work / "metrics.jsonl.before-restart-*"))
+  assert len(kept) == 1 and open(kept[0]).read() == metrics_before
+  assert [json.loads(l)["step"] for l in (work / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+# ================================================================================================ 6. fine-tuning
+@pytest.mark.slow
+def test_finetuning_killed_after_its_last_checkpoint_is_scored_on_rerun(tmp_path, monkeypatch):
+  """Probe 6: the rerun of a trial killed after its final checkpoint wrote "final_train_loss": NaN into results.json
+  and never wrote its dev record into metrics.jsonl."""
+  from electra_jax.train import finetune_lib, metrics  # pylint: disable=import-outside-toplevel
+  from tests.test_finetune import tiny_glue_config  # pylint: disable=import-outside-toplevel
+  config = tiny_glue_config("rte", max_train_examples=16, max_eval_examples=8, predict_test=False)
+  _, adapter, mesh, rules = finetune_lib.setup(config)
+  spec, init_kind, meta = finetune_lib.model_spec(config, adapter)
+  train, _ = adapter.train_arrays()
+  eval_sets = adapter.eval_sets(include_test=False)
+  steps = finetune_lib.Steps(spec, adapter, mesh, rules, config=config, num_train_steps=6)
+  init = lambda: finetune_lib.init_values(spec, config, init_kind, meta, steps.shapes)  # noqa: E731
+  trial = str(tmp_path / "seed_0")
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed while scoring")
+
+  with monkeypatch.context() as m:
+    m.setattr(finetune_lib, "evaluate_sets", killed)
+    with pytest.raises(KeyboardInterrupt):
+      finetune_lib.run_trial(config, trial, 0, steps, train, eval_sets, 6, init)
+  logged = metrics.read_metrics(trial)
+  assert [r["step"] for r in logged] == list(range(1, 7)) and not any("dev/accuracy" in r for r in logged)
+
+  for _ in range(2):   # the rerun scores the trial; a third run adds nothing
+    result = finetune_lib.run_trial(config, trial, 0, steps, train, eval_sets, 6, init)
+    with open(os.path.join(trial, "results.json"), encoding="utf-8") as f:
+      written = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"results.json holds {c}"))
+    assert written["final_train_loss"] == pytest.approx(logged[-1]["loss"])
+    assert result["final_train_loss"] == pytest.approx(logged[-1]["loss"])
+    dev_records = [r for r in metrics.read_metrics(trial) if "dev/accuracy" in r]
+    assert [r["step"] for r in dev_records] == [6]
+    assert dev_records[0]["dev/accuracy"] == pytest.approx(result["metrics"]["dev"]["accuracy"])
+  # the checkpoint records the tokenizer, so predict and convert need no --vocab_file
+  assert checkpointing.read_model_config(trial)["tokenizer"]["vocab_file"] == os.path.abspath(config.vocab_file)
+
+
+@pytest.mark.slow
+def test_a_deleted_checkpoint_file_falls_back_in_a_few_lines(pre, tmp_path):
+  """Probe 7 (last case): a deleted file in the newest step fell back correctly but printed thousands of lines of
+  'Event loop is closed' tracebacks from the reads Orbax had in flight."""
+  work = tmp_path / "work"
+  assert _pretrain(pre, work).returncode == 0
+  for data_file in glob.glob(str(work / "checkpoints" / "4" / "params" / "ocdbt.process_0" / "d" / "*")):
+    os.remove(data_file)
+  resumed = _pretrain(pre, work, "--config.num_train_steps=8")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming at step 2" in resumed.stderr and f"{work}/checkpoints/4 is incomplete or corrupt" in resumed.stderr
+  assert "Event loop is closed" not in resumed.stderr and "Task exception was never retrieved" not in resumed.stderr
+  assert "Traceback" not in resumed.stderr
+  assert len(resumed.stderr.splitlines()) < 40, resumed.stderr[-3000:]
+
+
+# ================================================================================================ 7. one line, no traceback
+def _one_line_error(proc, status, *fragments):
+  assert proc.returncode == status, (proc.returncode, proc.stderr[-2000:])
+  lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("I1", "I0", "W1", "W0"))]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_flag_mistakes_are_one_line_and_help_exits_zero(tmp_path):
+  cfg = "--config=configs/pretrain.py:size=tiny"
+  _one_line_error(_cli("electra_jax.train.pretrain", cfg, f"--workdir={tmp_path}", "--config.batch_sizee=4"), 2,
+                  "pretrain: error: --config.batch_sizee: no such config field; did you mean batch_size?")
+  _one_line_error(_cli("electra_jax.train.pretrain", "--config=configs/pretrain.py:size=huge", f"--workdir={tmp_path}"),
+                  2, "size='huge': must be one of ['base', 'large', 'small', 'tiny']")
+  _one_line_error(_cli("electra_jax.train.finetune", "--config=configs/glue.py:task=sst2"), 2,
+                  "--workdir is required")
+  assert not os.listdir(tmp_path)
+  helped = _cli("electra_jax.train.finetune", "--help")
+  assert helped.returncode == 0 and "--config_help" in helped.stdout and "configs/glue.py" in helped.stdout
+  fields = _cli("electra_jax.train.pretrain", cfg, "--config_help")
+  assert fields.returncode == 0 and "--config.batch_size=16" in fields.stdout
+
+
+@pytest.mark.slow
+def test_every_binary_answers_help_with_status_zero():
+  for module in ("electra_jax.train.pretrain", "electra_jax.train.finetune", "electra_jax.eval.evaluate",
+                 "electra_jax.eval.predict", "electra_jax.convert", "electra_jax.data.pretraining",
+                 "electra_jax.quickstart"):
+    proc = _cli(module, "--help")
+    assert proc.returncode == 0 and "flags:" in proc.stdout, (module, proc.stderr[-1000:])
+
+
+def _tiny_hf_folder(path):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from electra_jax import convert, modeling  # pylint: disable=import-outside-toplevel
+  from tests.conftest import shared_data  # pylint: disable=import-outside-toplevel
+  cfg = modeling.ElectraConfig(vocab_size=30522, embedding_size=16, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=1, intermediate_size=32, max_position_embeddings=64,
+                               id2label={0: "negative", 1: "positive"})
+  model = modeling.ElectraForSequenceClassification(cfg, rngs=nnx.Rngs(0))
+  return convert.to_hf(model, str(path), vocab_file=str(shared_data("vocab/bert-base-uncased-vocab.txt")))
+
+
+@pytest.mark.slow
+def test_bad_files_are_one_line(tmp_path):
+  from electra_jax import convert  # pylint: disable=import-outside-toplevel
+  hf = _tiny_hf_folder(tmp_path / "hf")
+  truncated = tmp_path / "truncated"
+  shutil.copytree(hf, truncated)
+  weights = truncated / "model.safetensors"
+  os.truncate(weights, os.path.getsize(weights) // 2)
+  # a truncated model.safetensors, for conversion and for fine-tuning initialisation (which reads it the same way)
+  _one_line_error(_cli("electra_jax.convert", "hf_to_orbax", f"--hf_dir={truncated}", f"--out={tmp_path / 'o1'}"), 1,
+                  f"{weights} cannot be read", "truncated")
+  with pytest.raises(convert.ConversionError, match="truncated"):
+    convert.read_hf_weights(truncated)
+  assert not (tmp_path / "o1").exists()
+  # an existing --out; a folder that holds no checkpoint
+  assert _cli("electra_jax.convert", "hf_to_orbax", f"--hf_dir={hf}", f"--out={tmp_path / 'orbax'}").returncode == 0
+  _one_line_error(_cli("electra_jax.convert", "hf_to_orbax", f"--hf_dir={hf}", f"--out={tmp_path / 'orbax'}"), 1,
+                  "already exists")
+  (tmp_path / "empty").mkdir()
+  _one_line_error(_cli("electra_jax.convert", "orbax_to_hf", f"--checkpoint={tmp_path / 'empty'}",
+                       f"--out={tmp_path / 'o2'}"), 1, "no checkpoint in")
+  # --part on a checkpoint with one network is refused (it exported the classifier as "the generator")
+  _one_line_error(_cli("electra_jax.convert", "orbax_to_hf", f"--checkpoint={tmp_path / 'orbax'}", "--part=generator",
+                       f"--out={tmp_path / 'o3'}"), 1, "--part=generator", "not a pretraining checkpoint")
+  # predict: a folder without config.json, a missing folder; a converted checkpoint needs no --vocab_file
+  _one_line_error(_cli("electra_jax.eval.predict", f"--model={tmp_path / 'empty'}", "--task=text-classification",
+                       stdin="good\n"), 2, "neither a Hugging Face folder")
+  _one_line_error(_cli("electra_jax.eval.predict", f"--model={tmp_path / 'missing'}", "--task=text-classification",
+                       stdin="good\n"), 2, "missing does not exist")
+  ok = _cli("electra_jax.eval.predict", f"--model={tmp_path / 'orbax'}", "--task=text-classification",
+            stdin="good\n")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert json.loads(ok.stdout)["label"] in ("negative", "positive")
