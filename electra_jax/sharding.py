@@ -61,7 +61,8 @@ def rules_from_config(rules: Iterable[Any] | None) -> tuple[tuple[str, MeshAxes]
 
 # ------------------------------------------------------------------------------------------------ mesh
 def num_slices(devices: Sequence[jax.Device]) -> int:
-  """How many TPU slices `devices` span (devices without a slice_index, GPUs and CPUs, count as one slice)."""
+  """How many slices `devices` span: distinct slice_index values (TPU multislice); devices without one (CPUs, a single
+  slice) count as one."""
   return len({getattr(d, "slice_index", 0) or 0 for d in devices})
 
 
@@ -97,8 +98,9 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   if slices == 1:
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
   if sizes[0] % slices:
-    raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))}: the devices span {slices} TPU slices, so data must be "
-                        f"a multiple of {slices} (only data parallelism crosses slices); e.g. --config.mesh.data=0")
+    raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))}: the devices span {slices} slices (their slice_index), "
+                        f"so data must be a multiple of {slices} (only data parallelism crosses slices); e.g. "
+                        "--config.mesh.data=0")
   per_slice = [sizes[0] // slices, *sizes[1:]]
   grid = mesh_utils.create_hybrid_device_mesh(per_slice, [slices] + [1] * (len(sizes) - 1), devices)
   return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
