@@ -218,6 +218,27 @@ def host_memory_line(fig: dict[str, Any]) -> str:
   return f"host memory: ours {ours}; peers {peers}"
 
 
+# Datasheet dense peaks (FLOP/s, no sparsity) of GPUs by device-kind substring, first match wins: bfloat16, TF32 and
+# plain float32 (NVIDIA's H100/H200 SXM and A100 datasheets). A lead, not a measurement: MFU is also reported against
+# the run's own measured matmul rate.
+DATASHEET_PEAK = (
+    ("H100 PCIe", {"bfloat16": 756e12, "tf32": 378e12, "float32": 51e12}),
+    ("H200", {"bfloat16": 989e12, "tf32": 494.7e12, "float32": 67e12}),
+    ("H100", {"bfloat16": 989e12, "tf32": 494.7e12, "float32": 67e12}),
+    ("A100", {"bfloat16": 312e12, "tf32": 156e12, "float32": 19.5e12}),
+)
+
+
+def datasheet_peak(device_kind: str | None, dtype: str, f32_matmul: str = "highest") -> float | None:
+  """The datasheet's dense peak FLOP/s of `device_kind` for products in `dtype` (float32 with --f32_matmul=tf32 counts
+  as TF32), or None for a device the table does not know."""
+  key = "bfloat16" if dtype == "bfloat16" else "tf32" if f32_matmul == "tf32" else "float32"
+  for name, peaks in DATASHEET_PEAK:
+    if device_kind and name in device_kind:
+      return peaks[key]
+  return None
+
+
 def platform_problem(platform: str, f32_matmul: str, dtype: str, peers: Sequence[str]) -> str | None:
   """Why a benchmark's --platform / --f32_matmul / --dtype / --peers would not compare like with like (None: fine)."""
   if platform not in PLATFORMS:

@@ -1,58 +1,125 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/README.md in one command, on a machine with one NVIDIA GPU:
+# The GPU figures of benchmarks/README.md in one command, on a machine with one NVIDIA GPU (about 8 minutes on an H200):
 #
-#     ELECTRA_DATA_DIR=/path/to/data bash benchmarks/gpu.sh OUT_DIR
+#     bash benchmarks/gpu.sh OUT_DIR
 #
-# Needs this repository's Python dependencies with a CUDA build of jax and of torch (and transformers). Runs, each
-# under a time limit (STEP_TIMEOUT seconds, default 300) so that one failure does not stop the rest:
-#   1. pretraining, ELECTRA-Small at the paper's batch (128 x 128), bfloat16 on both sides, against HF PyTorch;
-#   2. the pretraining binary itself for 60 steps (configs/pretrain.py:size=small: scanned layers, bfloat16, Orbax
-#      checkpoints at steps 30 and 60, HF export) on the WikiText-2 text in ELECTRA_DATA_DIR;
-#   3. fine-tuning and inference, ELECTRA-Base, batch 32 x 128 (GLUE's shape), bfloat16, against HF PyTorch;
-#   4. pretraining, ELECTRA-Base, batch 32 x 512, bfloat16, against HF PyTorch;
-#   5. pretraining, ELECTRA-Small, batch 128 x 128, float32 with TensorFloat-32 products on both sides.
-# Each benchmark writes OUT_DIR/NAME.json (figures and raw results); the logs go to stdout.
+# Needs this repository's Python dependencies with a CUDA build of jax and of torch (and transformers). Wheels in
+# .whl/ (benchmarks/gpu_wheels.sh fetches the set that the lent H200's image lacks) are installed to /tmp/site first.
+# Runs, in this order, each under `timeout` (its own limit, and never past BUDGET seconds from the start, default
+# 480), so that one hang does not eat the rest:
+#   1. pretraining, ELECTRA-Base, batch 32 x 512, bfloat16: ours with kernels=auto and kernels=reference (the A/B of
+#      the fused attention), HF PyTorch (SDPA attention) eager and torch.compile'd;
+#   2. pretraining, ELECTRA-Small, batch 128 x 128, bfloat16: ours (kernels=auto), HF PyTorch eager and compiled;
+#   3. the kernel tests on the GPU (tests/test_ops.py, tests/test_pallas_attention.py, those present);
+#   4. one profile of our Small step (benchmarks/profile_step.py): kernels per step, time by category.
+# Ends with a table of the figures against the issue's targets (ours >= 45% MFU on Base, >= 30% on Small, >= 2x HF
+# PyTorch eager and >= 1.3x torch.compile, device memory no higher than PyTorch's).
+# MFU of each implementation is against the run's measured bf16 8192^3 matmul rate and the datasheet's dense peak.
+# Writes at most 6 files into OUT_DIR: base_bf16.json, small_bf16.json, profile_small.json (figures and raw results;
+# a benchmark stopped by its limit leaves the workers it finished), tests.txt, logs.txt (every step's full log) and
+# summary.txt (this script's own output, also on stdout). JAX's compilation cache (/tmp/electra_jax_cache) is shared by
+# the steps, so the profile reuses the benchmark's compiled Small step and XLA's GEMM autotuning results carry over.
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}
 mkdir -p "$out"
-py=${PYTHON:-python3}
-limit=${STEP_TIMEOUT:-300}
+out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+budget=${BUDGET:-480}
 export PYTHONUNBUFFERED=1
-
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/electra_jax_cache}
 logs=$(mktemp -d)
-bench() {  # bench NAME SCRIPT ARGS...: the report table on stdout, figures in OUT_DIR/NAME.json
-  local name=$1 script=$2 rc
+exec > >(tee "$out/summary.txt") 2>&1
+
+say() { echo "== [$((SECONDS))s] $*"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  say "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/site"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+"$py" -c "import jax, flax, torch, transformers as t; print('jax', jax.__version__, jax.devices(), '| flax',
+flax.__version__, '| torch', torch.__version__, torch.cuda.is_available(), '| transformers', t.__version__)" 2>&1 \
+  | tail -n 3
+
+# run NAME LIMIT CMD...: CMD under timeout min(LIMIT, what is left of the budget), its log in logs.txt.
+run() {
+  local name=$1 limit=$2 rc left
   shift 2
-  echo "== $name: benchmarks/$script $*"
-  timeout "$limit" "$py" "benchmarks/$script" "$@" --json_out="$out/$name.json" >"$logs/$name.log" 2>&1
+  left=$((budget - SECONDS))
+  if [ "$left" -lt 30 ]; then say "$name: skipped, ${left}s of the ${budget}s budget left"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  say "$name (limit ${limit}s): $*"
+  timeout -k 10 "$limit" "$@" >"$logs/$name.log" 2>&1
   rc=$?
-  grep -v '^{' "$logs/$name.log" | grep -v -i "warning" | tail -n 30
-  [ "$rc" -eq 0 ] || echo "== $name: exit $rc (124: over $limit s)"
+  { echo "===== $name: $* (exit $rc)"; cat "$logs/$name.log"; } >>"$out/logs.txt"
+  [ "$rc" -eq 0 ] || say "$name: exit $rc (124: stopped at its ${limit}s limit)"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$py" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)"
+bench=(benchmarks/pretrain.py --platform=gpu --dtype=bfloat16 --peers=torch,torch_compile --keep_going --timeout=200)
+run base_bf16 270 "$py" "${bench[@]}" --size=base --batch_size=32 --seq_len=512 --kernels=auto,reference \
+  --steps=10 --warmup=3 --json_out="$out/base_bf16.json"
+grep -v '^{' "$logs/base_bf16.log" | grep -v -i "warning" | tail -n 14
+run small_bf16 200 "$py" "${bench[@]}" --size=small --batch_size=128 --seq_len=128 --kernels=auto \
+  --steps=20 --warmup=5 --json_out="$out/small_bf16.json"
+grep -v '^{' "$logs/small_bf16.log" | grep -v -i "warning" | tail -n 12
 
-bench small_bf16 pretrain.py --platform=gpu --size=small --batch_size=128 --seq_len=128 --dtype=bfloat16 \
-  --peers=torch --steps=20 --warmup=5
+tests=$(ls tests/test_ops.py tests/test_pallas_attention.py 2>/dev/null | tr '\n' ' ')
+if [ -n "$tests" ]; then
+  # tests/conftest.py makes JAX_PLATFORMS default to cpu: name the GPU first (the CPU stays for tests that ask for it).
+  JAX_PLATFORMS=cuda,cpu run gpu_tests 150 "$py" -m pytest $tests -q -rs -p no:cacheprovider
+  [ -f "$logs/gpu_tests.log" ] && cp "$logs/gpu_tests.log" "$out/tests.txt" && tail -n 15 "$logs/gpu_tests.log"
+else
+  say "no kernel tests in this checkout (tests/test_ops.py, tests/test_pallas_attention.py)"
+fi
+run profile_small 100 "$py" benchmarks/profile_step.py --size=small --dtype=bfloat16 --batch_size=128 --seq_len=128 \
+  --variants=base --rounds=5 --kernels=auto --trace_dir=/tmp/electra_trace --trace_steps=2 --top_ops=15 \
+  --json_out="$out/profile_small.json"
+grep -v '^{' "$logs/profile_small.log" | grep -v -i "warning" | tail -n 40
 
-data=${ELECTRA_DATA_DIR:-../shared/data}
-echo "== pretraining binary: configs/pretrain.py:size=small, 60 steps"
-rm -rf /tmp/electra_gpu_smoke
-timeout "$limit" "$py" -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small \
-  --workdir=/tmp/electra_gpu_smoke --config.num_train_steps=60 --config.log_every_steps=20 \
-  --config.checkpoint_every_steps=30 --config.data.corpus="$data/corpus/wikitext-2-raw" \
-  --config.data.vocab_file="$data/vocab/bert-base-uncased-vocab.txt" --config.data.num_build_processes=4 \
-  >"$logs/binary.log" 2>&1
-rc=$?
-grep -E "step |compiled|checkpoint|export|peak|Error|error" "$logs/binary.log" | cut -c 1-240 | tail -n 25
-[ "$rc" -eq 0 ] || { echo "== pretraining binary: exit $rc"; tail -n 20 "$logs/binary.log"; }
-ls /tmp/electra_gpu_smoke /tmp/electra_gpu_smoke/export/discriminator 2>&1 | head -20
-
-bench base_finetune_bf16 finetune.py --platform=gpu --size=base --batch_size=32 --seq_len=128 --dtype=bfloat16 \
-  --peers=torch --steps=20 --warmup=5
-bench base_bf16 pretrain.py --platform=gpu --size=base --batch_size=32 --seq_len=512 --dtype=bfloat16 \
-  --peers=torch --steps=10 --warmup=3
-bench small_tf32 pretrain.py --platform=gpu --size=small --batch_size=128 --seq_len=128 --f32_matmul=tf32 \
-  --peers=torch --steps=20 --warmup=5
+say "done in ${SECONDS}s; files in $out: $(ls "$out" | tr '\n' ' ')"
+"$py" - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+  try:
+    with open(os.path.join(out, name)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+ok = lambda c: "-" if c is None else "yes" if c else "NO"
+print("\ntargets (issue 18)          MFU vs matmul / datasheet   vs eager  vs compile  MiB ours / eager / compile  met")
+print("(met: MFU, >= 2x eager, >= 1.3x compiled, memory <= PyTorch's)")
+for name, target in (("base_bf16.json", 0.45), ("small_bf16.json", 0.30)):
+  d = load(name)
+  f = (d or {}).get("figures")
+  if not f:
+    print(f"{name}: no figures ({'partial results only' if d else 'missing'})")
+    continue
+  sp_e, sp_c = f.get("speedup_vs_torch"), f.get("speedup_vs_torch_compile")
+  mem = [(f.get(k) or {}).get("device_peak_mib") for k in ("ours", "torch", "torch_compile")]
+  mem_ok = None if None in mem else mem[0] <= min(mem[1:])
+  met = [f["mfu_vs_matmul"] >= target, None if sp_e is None else sp_e >= 2, None if sp_c is None else sp_c >= 1.3,
+         mem_ok]
+  print(f"{f['size']:5s} {f['batch_size']}x{f['seq_len']} (MFU >= {target:.0%})    "
+        f"{pct(f['mfu_vs_matmul']):>6s} / {pct(f.get('mfu_vs_datasheet')):>6s}          "
+        f"{'-' if sp_e is None else f'{sp_e:.2f}x':>7s}  {'-' if sp_c is None else f'{sp_c:.2f}x':>9s}  "
+        + " / ".join("-" if m is None else f"{m:,.0f}" for m in mem)
+        + "   " + ",".join(ok(m) for m in met))
+  for key in f.get("kernels", [])[1:]:
+    r = f.get(f"ours_{key}")
+    if r:
+      print(f"      kernels={key}: {r['median_s'] * 1e3:.1f} ms/step vs auto {f['ours']['median_s'] * 1e3:.1f} ms "
+            f"(auto {f['speedup_vs_ours_' + key]:.2f}x), fused attention: auto {f['ours'].get('fused_attention')}, "
+            f"{key} {r.get('fused_attention')}")
+  for k, v in f.get("failed", {}).items():
+    print(f"      {k}: FAILED: {v.splitlines()[-1][:150] if v else ''}")
+p = load("profile_small.json")
+if p and p.get("trace"):
+  t = p["trace"]
+  print(f"our Small step: {t.get('ops_per_step', 0):.0f} kernels per step, device busy "
+        f"{t.get('device_busy_ms') or 0:.1f} ms, fused attention {p.get('fused', {}).get('fused_attention')}")
+PY

@@ -7,6 +7,8 @@
     python benchmarks/profile_step.py --dtype=bfloat16 --batch_size=128 --variants=base --trace_dir=/tmp/tr --top_ops=45
 
 It runs on JAX's default device. On a GPU each variant compiles for 45-90 s (XLA autotunes its GEMMs), so name few.
+--kernels picks the model's kernels in every variant (config.model.kernels: auto, reference); the base step's HLO says
+whether attention became a fused kernel.
 
 Variants (each the real `pretrain_lib` step with one thing changed; `parts` times pieces of it):
   base        --dtype (float32 unless told), unrolled layers, threefry keys (what benchmarks/pretrain.py runs)
@@ -67,6 +69,8 @@ flags.DEFINE_string("trace_dir", "", "Trace --trace_steps base steps with jax.pr
                     "time per category of XLA op (needs 'base' in --variants).")
 flags.DEFINE_integer("trace_steps", 2, "Steps traced with --trace_dir.")
 flags.DEFINE_integer("top_ops", 0, "With --trace_dir, also list the N ops that take the most time per step.")
+flags.DEFINE_string("kernels", "auto", "The model's kernel choice in every variant (config.model.kernels).")
+flags.DEFINE_string("json_out", "", "Also write the final JSON line to this file.")
 
 # Categories of XLA ops. Matrix products and pure layout copies are recognised from the HLO itself (a fusion is a
 # matmul when its computation holds a dot); the rest by the named scope of the JAX code they came from (the model
@@ -167,7 +171,7 @@ def _setup(size, batch_size, seq_len, *, dtype="float32", scan=False, dropout=Tr
   import ours  # pylint: disable=import-outside-toplevel
   from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
   args = argparse.Namespace(size=size, layers=None, batch_size=batch_size, seq_len=seq_len, dtype=dtype, scan=scan,
-                            remat="none")
+                            remat="none", kernels=FLAGS.kernels)
   c = ours.pretrain_config(args)
   if not dropout:
     c.model.hidden_dropout_prob = 0.0
@@ -328,20 +332,21 @@ def main(argv) -> None:
   batch = {k: jnp.asarray(host[k]) for k in ("input_ids", "input_mask", "segment_ids")}
   runners: dict[str, object] = {}
   compile_s: dict[str, float] = {}
-  facts = {}
+  facts, fused = {}, {}
 
   def add_step(name, setup, impl="threefry2x32"):
     state = pretrain_lib.init_state(setup)
     key = jax.random.key(0, impl=impl)
+    placed = jax.device_put(batch, setup.batch_sharding)   # as benchmarks/workers/ours.py: the same program
     with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
       t0 = time.perf_counter()
-      compiled = setup.train_step.lower(state, batch, key).compile()
+      compiled = setup.train_step.lower(state, placed, key).compile()
       compile_s[name] = time.perf_counter() - t0
     holder = {"state": state}
     step = compiling.ready_step(compiled)   # as compiling.compile_step readies the binaries' step
 
     def run():
-      holder["state"], out = step(holder["state"], batch, key)
+      holder["state"], out = step(holder["state"], placed, key)
       float(out["loss"])
 
     runners[name] = run
@@ -353,6 +358,7 @@ def main(argv) -> None:
       compiled = add_step(v, _setup(**base_dims))
       text = compiled.as_text()
       facts = hlo_facts(text)
+      fused = compiling.fused_kernels(text)
       if FLAGS.hlo_out:
         with open(FLAGS.hlo_out, "w", encoding="utf-8") as f:
           f.write(text)
@@ -434,6 +440,8 @@ def main(argv) -> None:
   print(common.format_table(rows, ["variant", "median_s", "min_s", "vs_base", "compile_s"]))
   if facts:
     print("HLO of the base step (op counts):", json.dumps(facts))
+    print(f"kernels={FLAGS.kernels}: fused attention kernel {'yes' if fused['fused_attention'] else 'no'}"
+          f" (hand-written kernel calls: {fused['kernel_calls'] or 'none'})")
   if breakdown:
     total = sum(breakdown.values())
     print(f"\nbase step, XLA op time by category (profiler trace, {total:.0f} ms of op time per step; ops of the two "
@@ -441,7 +449,8 @@ def main(argv) -> None:
     rows_b = [{"category": k, "ms_per_step": v, "share": v / total}
               for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])]
     print(common.format_table(rows_b, ["category", "ms_per_step", "share"]))
-    print(f"{trace['ops_per_step']:.0f} ops per step; wall time per traced step {traced_s * 1e3:.1f} ms", end="")
+    unit = "ops" if trace["device_busy_ms"] is None else "kernels"
+    print(f"{trace['ops_per_step']:.0f} {unit} per step; wall time per traced step {traced_s * 1e3:.1f} ms", end="")
     if trace["device_busy_ms"] is not None:
       print(f", device busy {trace['device_busy_ms']:.1f} ms (idle {traced_s * 1e3 - trace['device_busy_ms']:.1f})")
     else:
@@ -450,12 +459,16 @@ def main(argv) -> None:
       print(f"\nthe {FLAGS.top_ops} ops with the most time per step:")
       print(common.format_table(trace["top"][:FLAGS.top_ops], ["op", "category", "ms_per_step", "calls_per_step",
                                                                    "scope"]))
-  print(json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
-                    "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
-                    "op_time_ms_per_step": breakdown, "reuse_host_memory": FLAGS.reuse_host_memory,
-                    "dtype": FLAGS.dtype, "device_kind": jax.devices()[0].device_kind,
-                    "trace": {**trace, "top": trace.get("top", [])[:50]},
-                    "load": list(os.getloadavg())}, sort_keys=True))
+  line = json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
+                     "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
+                     "kernels": FLAGS.kernels, "fused": fused, "op_time_ms_per_step": breakdown,
+                     "reuse_host_memory": FLAGS.reuse_host_memory, "dtype": FLAGS.dtype,
+                     "device_kind": jax.devices()[0].device_kind, "trace": {**trace, "top": trace.get("top", [])[:50]},
+                     "load": list(os.getloadavg())}, sort_keys=True)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+      f.write(line + "\n")
+  print(line)
 
 
 if __name__ == "__main__":

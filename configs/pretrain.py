@@ -102,12 +102,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""
   c.data.prefetch = 2
 
-  # Parallelism: mesh axis sizes (one may be -1) and the logical-axis -> mesh-axis table.
-  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
+  # Parallelism: mesh axis sizes (one may be -1; data may be 0, one per TPU slice) and the logical-axis -> mesh-axis
+  # table. Base and large shard parameters and AdamW state over fsdp (every device of a slice), data parallelism
+  # across slices: what fits them on a v5e pod (launch/tpu_aot.py; benchmarks/README.md has the figures). Small and
+  # tiny stay data-parallel: their state is small.
+  pod = arg.size in ("base", "large")
+  c.mesh = common.mesh_config(data=0, fsdp=-1, tensor=1) if pod else common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = common.default_sharding_rules()
   c.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
   c.param_dtype = "float32"
   c.scan_layers = not tiny
-  c.remat_policy = "none"
+  c.remat_policy = "dots" if arg.size == "large" else "none"   # large: the activations of 24 layers need it on a v5e
   c.peak_flops_per_device = 0.0      # for MFU; 0: the datasheet peak of the device kind (measured on CPU)
   return c

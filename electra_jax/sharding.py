@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from electra_jax.sharding_rules import DEFAULT_RULES, MESH_AXES, MeshAxes, Rules  # noqa: F401  (re-exported)
@@ -59,19 +60,33 @@ def rules_from_config(rules: Iterable[Any] | None) -> tuple[tuple[str, MeshAxes]
 
 
 # ------------------------------------------------------------------------------------------------ mesh
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """How many slices `devices` span: distinct slice_index values (TPU multislice); devices without one (CPUs, a single
+  slice) count as one."""
+  return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh. One size may be -1 (the remaining devices). Default: all devices on `data`."""
+  """A (data, fsdp, tensor) mesh. One size may be -1 (the remaining devices); `data` may be 0, the number of slices
+  (1 unless the devices span several TPU slices). Default: all devices on `data`.
+
+  On devices of several TPU slices, `data` must be a multiple of the slices: it is the only axis that crosses the
+  data-centre network between them (data parallelism across slices); fsdp and tensor stay inside a slice.
+  """
   devices = list(devices) if devices is not None else jax.devices()
   shape = dict(shape or {"data": -1})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
     raise ShardingError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
+  slices = num_slices(devices)
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes[0] == 0:
+    sizes[0] = slices
   if sizes.count(-1) > 1:
     raise ShardingError(f"mesh {shape}: at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes):
-    raise ShardingError(f"mesh {shape}: sizes must be positive or -1")
+    raise ShardingError(f"mesh {shape}: sizes must be positive or -1 (data may be 0: one per slice)")
   if -1 in sizes:
     if len(devices) % known:
       raise ShardingError(f"mesh {shape}: {len(devices)} devices are not divisible by {known}")
@@ -79,7 +94,16 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   if math.prod(sizes) != len(devices):
     raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                         f"{len(devices)} are available")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if slices == 1:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+  if sizes[0] % slices:
+    raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))}: the devices span {slices} slices (their slice_index), "
+                        f"so data must be a multiple of {slices} (only data parallelism crosses slices); e.g. "
+                        "--config.mesh.data=0")
+  per_slice = [sizes[0] // slices, *sizes[1:]]
+  grid = mesh_utils.create_hybrid_device_mesh(per_slice, [slices] + [1] * (len(sizes) - 1), devices)
+  return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 # ------------------------------------------------------------------------------------------------ rules -> specs
@@ -87,8 +111,9 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES, me
                     shape: Sequence[int] | None = None, name: str = "") -> P:
   """Logical axis names -> PartitionSpec. Raises on a name the table lacks.
 
-  A mesh axis already used by an earlier dimension is not reused; a dimension not divisible by its mesh axes stays
-  replicated (logged), so one table serves every model size.
+  A mesh axis already used by an earlier dimension is not reused; a dimension not divisible by the product of its mesh
+  axes is split over the longest leading run of them that divides it, or replicated (logged), so one table serves
+  every model size and mesh.
   """
   table = dict(rules)
   used: set[str] = set()
@@ -107,11 +132,13 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES, me
     mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
     mesh_axes = tuple(a for a in mesh_axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
     if mesh is not None and shape is not None and mesh_axes:
-      size = math.prod(mesh.shape[a] for a in mesh_axes)
-      if shape[dim] % size:
-        logging.info("%s: dim %d (%s, size %d) not divisible by mesh axes %s (%d); replicated", name, dim, logical,
-                     shape[dim], mesh_axes, size)
-        mesh_axes = ()
+      fit = mesh_axes
+      while fit and shape[dim] % math.prod(mesh.shape[a] for a in fit):
+        fit = fit[:-1]
+      if fit != mesh_axes:
+        logging.info("%s: dim %d (%s, size %d) not divisible by mesh axes %s; split over %s", name, dim, logical,
+                     shape[dim], mesh_axes, fit or "none (replicated)")
+      mesh_axes = fit
     used.update(mesh_axes)
     spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
   return P(*spec)

@@ -1,18 +1,29 @@
 r"""Will the pretraining step fit a Cloud TPU pod, and how long will it take? Compiled ahead of time on a CPU host.
 
     pip install -c third_party/constraints.txt -e ".[tpu-aot]"   # libtpu: compile-only topologies, no TPU needed
-    python launch/tpu_aot.py --config=configs/pretrain.py:size=large --topology=v5e:16x16 --config.remat_policy=full
+    python launch/tpu_aot.py --config=configs/pretrain.py:size=large --topology=v5e:16x16      # the preset: 8.7 GiB
+    python launch/tpu_aot.py --config=configs/pretrain.py:size=base --topology=v5e:4x4 --num_slices=2
     python launch/tpu_aot.py --config=configs/pretrain.py:size=base --topology=v4:4x4x4 --mfu=0.4
     python launch/tpu_aot.py --config=configs/pretrain.py:size=large --topology=v5p:4x4x8 \
-        --config.mesh.fsdp=8 --train_steps=400000,1750000
+        --config.mesh.data=-1 --config.mesh.fsdp=1 --train_steps=400000,1750000       # data-parallel instead
     python launch/tpu_aot.py --config=configs/pretrain.py:size=tiny --topology=cpu:8    # without libtpu
 
+(libtpu in the environment makes every JAX process on the machine probe for a TPU at start: on a shared host, install
+it into a venv of its own, `python -m venv --system-site-packages V && V/bin/pip install libtpu==0.0.42.1`, and run
+this tool with V/bin/python.)
+
 It builds the step exactly as `electra_jax.train.pretrain_lib.build_setup` does for the pretraining binary (model,
-optimizer, shardings from config.mesh and config.sharding_rules) on a mesh of the topology's compile-only devices,
-lowers it with abstract inputs (nothing is allocated) and compiles it with libtpu's compiler. Then it reports
+optimizer, shardings from config.mesh and config.sharding_rules) on a mesh of the topology's compile-only devices
+(--num_slices of them joined by the data-centre network: the mesh's data axis spans the slices), lowers it with
+abstract inputs (nothing is allocated) and compiles it with libtpu's compiler. Then it reports
   * per-chip memory from `compiled.memory_analysis()`: arguments + outputs - aliased (donated) + temporaries +
-    generated code, against the chip's HBM. A step that does not fit (by that sum, or because the TPU compiler itself
-    refuses it with RESOURCE_EXHAUSTED) exits with status 2 and a message saying so and what to change;
+    generated code, against the chip's HBM; the arguments split into this chip's shards of the parameters and of the
+    optimizer state (sizes from their shardings) and the rest (batch, step, key); temporaries are the activations
+    kept for the backward pass, gradients, gathered FSDP shards and collectives' buffers. A step that does not fit (by
+    that sum, or because the TPU compiler itself refuses it with RESOURCE_EXHAUSTED) exits with status 2 and a
+    message saying so and what to change;
+  * whether attention compiled to a fused kernel: a custom call to a hand-written kernel (Mosaic, i.e. Pallas, on a
+    TPU) that names attention in the optimized HLO (`electra_jax.runtime.compile.fused_kernels`);
   * analytical model FLOPs per chip per step (electra_jax.train.flops: generator and discriminator counted separately,
     bidirectional attention, backward = 2 x forward) and the paper's convention (backward = forward) for reference;
   * days to train for the paper's step counts (base 766k; large 400k and 1.75M; or --train_steps) at --mfu of the
@@ -88,6 +99,8 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Pretraining configuration (configs/pretrain.py:size=...).",
                                   lock_config=True)
   flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16, v4:4x4x4, v5p:4x4x8, v6e:8x8; or cpu:N.")
+  flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined by the data-centre network (multislice); the "
+                       "mesh's data axis spans them (config.mesh.data=0: one per slice).")
   flags.DEFINE_float("mfu", 0.4, "Model FLOP utilisation assumed for the time-to-train estimate.")
   flags.DEFINE_list("train_steps", [], "Step counts to estimate (default: the paper's for config.size, else "
                     "config.num_train_steps).")
@@ -120,11 +133,16 @@ def libtpu_available() -> bool:
   return importlib.util.find_spec("libtpu") is not None
 
 
-def topology_devices(topology: str) -> list:
-  """The topology's devices: compile-only TPU devices from libtpu, or this host's CPU devices for cpu:N."""
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """The topology's devices (of `num_slices` such slices): compile-only TPU devices from libtpu, or this host's CPU
+  devices for cpu:N."""
   import jax  # pylint: disable=import-outside-toplevel
   kind, shape = parse_topology(topology)
+  if num_slices < 1:
+    raise AotError(f"--num_slices={num_slices}: must be at least 1")
   if kind == "cpu":
+    if num_slices != 1:
+      raise AotError("--num_slices needs a TPU topology (cpu:N is one host)")
     devices = jax.devices("cpu")
     if len(devices) != int(shape):
       raise AotError(f"--topology={topology}: {len(devices)} CPU devices exist; run this tool as a script (it sets "
@@ -136,7 +154,8 @@ def topology_devices(topology: str) -> list:
                    "0.10.2) or point TPU_LIBRARY_PATH at a libtpu.so; or use --topology=cpu:N")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
-    desc = topologies.get_topology_desc(f"{kind}:{shape}", platform="tpu", **dict(CHIPS[kind].topology_kwargs))
+    kwargs = dict(CHIPS[kind].topology_kwargs, **({"num_slices": num_slices} if num_slices > 1 else {}))
+    desc = topologies.get_topology_desc(f"{kind}:{shape}", platform="tpu", **kwargs)
   except Exception as e:  # pylint: disable=broad-except
     raise AotError(f"libtpu rejected topology {topology!r}: {_first_line(e)}") from None
   return list(desc.devices)
@@ -200,8 +219,23 @@ def compile_step(config: Any, devices: list, vocab_size: int = 30522) -> Compile
 
 
 # ------------------------------------------------------------------------------------------------ report
-def memory_per_device(compiled) -> dict[str, float]:
-  """XLA's buffer assignment of one device (GiB): peak = arguments + outputs - aliased + temporaries + code."""
+def sharded_gib(tree) -> float:
+  """GiB that one device holds of a tree of ShapeDtypeStructs (or arrays) carrying their sharding: the largest shard."""
+  import jax  # pylint: disable=import-outside-toplevel
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+    total += math.prod(shape) * leaf.dtype.itemsize
+  return total / GIB
+
+
+def memory_per_device(compiled, abstract_state: dict[str, Any] | None = None) -> dict[str, float]:
+  """XLA's buffer assignment of one device (GiB): peak = arguments + outputs - aliased + temporaries + code.
+
+  With the step's abstract state, the arguments are split into parameters and optimizer state (their per-device shard
+  sizes, from their shardings) and the rest (the batch, the step, the key); temporaries are what the step makes and
+  frees within itself: activations kept for the backward pass, gradients, gathered FSDP shards, collectives' buffers.
+  """
   m = compiled.memory_analysis()
   if m is None:
     raise AotError("the compiler returned no memory analysis for this executable")
@@ -210,6 +244,12 @@ def memory_per_device(compiled) -> dict[str, float]:
          "generated_code_gib": m.generated_code_size_in_bytes / GIB}
   out["peak_gib"] = (out["arguments_gib"] + out["outputs_gib"] - out["aliased_gib"] + out["temporaries_gib"]
                      + out["generated_code_gib"])
+  if abstract_state is not None:
+    out["params_gib"] = sharded_gib(abstract_state["params"])
+    out["opt_state_gib"] = sharded_gib(abstract_state["opt_state"])
+    out["other_arguments_gib"] = out["arguments_gib"] - out["params_gib"] - out["opt_state_gib"]
+    # Outputs that reuse no donated buffer (the new state aliases the old one; metrics are small).
+    out["unaliased_outputs_gib"] = out["outputs_gib"] - out["aliased_gib"]
   return out
 
 
@@ -243,6 +283,8 @@ def _num_params(abstract_params) -> int:
 def build_report(config: Any, topology: str, result: Compiled, *, mfu: float, train_steps: list[int],
                  hbm_gib: float | None) -> dict[str, Any]:
   """The figures of a compiled step (see the module docstring)."""
+  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.runtime import compile as compile_lib  # pylint: disable=import-outside-toplevel
   from electra_jax.train import flops  # pylint: disable=import-outside-toplevel
   setup = result.setup
   kind, _ = parse_topology(topology)
@@ -255,18 +297,21 @@ def build_report(config: Any, topology: str, result: Compiled, *, mfu: float, tr
   gen = flops.Dims.from_config(setup.gen_config, seq_len) if setup.gen_config is not None else None
   paper_step = flops.paper_train_flops(disc if gen is not None else None, gen if gen is not None else disc,
                                        batch_size, 1)
-  memory = memory_per_device(result.compiled)
+  memory = memory_per_device(result.compiled, setup.abstract_state)
+  kernels = compile_lib.fused_kernels(result.compiled.as_text())
   chip = CHIPS.get(kind)
   peak = chip.peak_bf16_flops if chip else None
   xla = xla_flops(result.compiled)
   report = {
-      "topology": topology, "devices": n, "device_kind": str(setup.mesh.devices.flat[0].device_kind),
+      "topology": topology, "num_slices": sharding.num_slices(list(setup.mesh.devices.flat)), "devices": n,
+      "device_kind": str(setup.mesh.devices.flat[0].device_kind),
       "mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "size": config.get("size"),
       "objective": config.objective, "batch_size": batch_size, "seq_len": seq_len,
       "per_device_batch": batch_size / math.prod(setup.mesh.shape[a] for a in _batch_axes(setup.batch_sharding)),
       "dtype": config.dtype, "param_dtype": config.param_dtype, "scan_layers": bool(config.scan_layers),
       "remat_policy": config.remat_policy, "num_params": _num_params(setup.abstract_state["params"]),
       "lower_s": result.lower_s, "compile_s": result.compile_s, "memory_per_device": memory,
+      "kernels": kernels, "fused_attention": kernels["fused_attention"],
       "hbm_gib": hbm_gib, "fits": None if hbm_gib is None else memory["peak_gib"] <= hbm_gib,
       "hbm_used_fraction": None if hbm_gib is None else memory["peak_gib"] / hbm_gib,
       "flops_per_step": flops_step, "flops_per_device_per_step": flops_step / n, "paper_flops_per_step": paper_step,
@@ -283,18 +328,44 @@ def build_report(config: Any, topology: str, result: Compiled, *, mfu: float, tr
   return report
 
 
+def memory_table(m: dict[str, float], hbm_gib: float | None) -> list[str]:
+  """Per-chip memory as rows: parameters, optimizer state, other inputs, activations and temporaries, total."""
+  rows = []
+  if "params_gib" in m:
+    rows += [("parameters (this chip's shards)", m["params_gib"]),
+             ("optimizer state (this chip's shards)", m["opt_state_gib"]),
+             ("batch, step, key", m["other_arguments_gib"]),
+             ("activations, gradients, temporaries", m["temporaries_gib"]),
+             ("outputs not aliased to inputs", m["unaliased_outputs_gib"]),
+             ("generated code", m["generated_code_gib"])]
+  else:
+    rows += [("arguments", m["arguments_gib"]), ("outputs - aliased", m["outputs_gib"] - m["aliased_gib"]),
+             ("temporaries", m["temporaries_gib"]), ("generated code", m["generated_code_gib"])]
+  total = f"{m['peak_gib']:8.3f} GiB" + (f"  ({100 * m['peak_gib'] / hbm_gib:.0f}% of {hbm_gib:g} GiB HBM)"
+                                         if hbm_gib else "")
+  width = max(len(name) for name, _ in rows)
+  return ([f"    {name:<{width}}  {value:8.3f} GiB" for name, value in rows]
+          + [f"    {'total':<{width}}  {total}"])
+
+
 def format_report(r: dict[str, Any]) -> str:
   m = r["memory_per_device"]
+  k = r["kernels"]
+  slices = f" x {r['num_slices']} slices" if r.get("num_slices", 1) > 1 else ""
   lines = [
-      f"ELECTRA-{r['size']} ({r['objective']}) on {r['topology']}: {r['devices']} x {r['device_kind']}, mesh "
+      f"ELECTRA-{r['size']} ({r['objective']}) on {r['topology']}{slices}: {r['devices']} x {r['device_kind']}, mesh "
       f"{r['mesh']}, batch {r['batch_size']} x {r['seq_len']} ({r['per_device_batch']:g} sequences per batch shard), "
       f"{r['num_params'] / 1e6:.1f}M parameters, {r['dtype']} compute / {r['param_dtype']} parameters, "
       f"scan_layers={r['scan_layers']}, remat={r['remat_policy']}",
       f"  compiled in {r['lower_s']:.1f} s (lower) + {r['compile_s']:.1f} s (compile)",
-      f"  memory per device: {m['peak_gib']:.2f} GiB = arguments {m['arguments_gib']:.2f} + outputs "
-      f"{m['outputs_gib']:.2f} - aliased {m['aliased_gib']:.2f} + temporaries {m['temporaries_gib']:.2f} + code "
-      f"{m['generated_code_gib']:.3f}" + (f" -> {100 * r['hbm_used_fraction']:.0f}% of {r['hbm_gib']:g} GiB HBM"
-                                          if r["hbm_gib"] else ""),
+      f"  memory per {'device' if r['topology'].startswith('cpu:') else 'chip'} (XLA's buffer assignment; arguments + "
+      "outputs - aliased + temporaries + code):",
+      *memory_table(m, r["hbm_gib"]),
+      "  fused attention kernel: " + (f"yes ({k['attention_kernel_calls']} custom calls: "
+                                      f"{', '.join(f'{t} x{c}' for t, c in sorted(k['kernel_calls'].items()))})"
+                                      if k["fused_attention"] else
+                                      "no (attention compiled to XLA's own ops; no Mosaic/cuDNN/Triton kernel"
+                                      + (f"; other kernels: {k['kernel_calls']})" if k["kernel_calls"] else ")")),
       f"  model FLOPs per step {r['flops_per_step']:.3e} (analytical, backward = 2 x forward) = "
       f"{r['flops_per_device_per_step']:.3e} per device; paper convention (backward = forward): "
       f"{r['paper_flops_per_step']:.3e}",
@@ -312,13 +383,13 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def run(config: Any, topology: str, *, mfu: float = 0.4, train_steps: list[str] | None = None,
-        hbm_gib: float = 0.0, vocab_size: int = 30522) -> dict[str, Any]:
+        hbm_gib: float = 0.0, vocab_size: int = 30522, num_slices: int = 1) -> dict[str, Any]:
   """Compiles and reports; raises DoesNotFitError (with .report when it compiled) when the step does not fit."""
   kind, _ = parse_topology(topology)
   if not 0 < mfu <= 1:
     raise AotError(f"--mfu={mfu}: must be in (0, 1]")
   steps = steps_to_estimate(config, train_steps or [])
-  devices = topology_devices(topology)
+  devices = topology_devices(topology, num_slices)
   result = compile_step(config, devices, vocab_size)
   hbm = hbm_gib if hbm_gib > 0 else (CHIPS[kind].hbm_gib if kind in CHIPS else None)
   report = build_report(config, topology, result, mfu=mfu, train_steps=steps, hbm_gib=hbm)
@@ -338,7 +409,7 @@ def main(argv) -> None:
   status = 0
   try:
     report = run(FLAGS.config, FLAGS.topology, mfu=FLAGS.mfu, train_steps=FLAGS.train_steps, hbm_gib=FLAGS.hbm_gib,
-                 vocab_size=FLAGS.vocab_size)
+                 vocab_size=FLAGS.vocab_size, num_slices=FLAGS.num_slices)
   except DoesNotFitError as e:
     status = 2
     report = getattr(e, "report", None)

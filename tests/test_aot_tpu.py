@@ -64,6 +64,15 @@ def test_cpu_mesh_report_and_fit_check():
   assert r["per_device_batch"] == 2 and r["fits"] is True   # batch split over data x fsdp
   m = r["memory_per_device"]
   assert 0 < m["arguments_gib"] < m["peak_gib"] < 4
+  # The arguments split into this device's shards of the parameters and of the AdamW state (mu and nu: twice the
+  # parameters' bytes, which fsdp x tensor = 4 ways shard except for small replicated vectors), and the rest.
+  n_bytes = r["num_params"] * 4 / 2**30
+  assert n_bytes / 4 <= m["params_gib"] < n_bytes / 2
+  assert m["opt_state_gib"] == pytest.approx(2 * m["params_gib"], rel=0.01)
+  assert m["params_gib"] + m["opt_state_gib"] + m["other_arguments_gib"] == pytest.approx(m["arguments_gib"])
+  assert 0 < m["other_arguments_gib"] < 0.001 and m["unaliased_outputs_gib"] < 0.001   # the state is donated
+  assert r["fused_attention"] is False and r["kernels"]["kernel_calls"] == {}
+  assert "optimizer state (this chip's shards)" in proc.stdout and "fused attention kernel: no" in proc.stdout
   # FLOPs come from electra_jax.train.flops, per device = total / devices.
   assert r["flops_per_device_per_step"] == pytest.approx(r["flops_per_step"] / 8)
   assert "memory per device" in proc.stdout
@@ -72,6 +81,23 @@ def test_cpu_mesh_report_and_fit_check():
   assert tight.returncode == 2, tight.stderr[-2000:]
   assert "does not fit" in tight.stderr and "GiB" in tight.stderr
   assert _last_json(tight.stdout)["fits"] is False
+
+
+def test_fused_kernels_are_read_from_the_hlo():
+  from electra_jax.runtime import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  gemm = ('  %gemm.1 = bf16[8,8]{1,0} custom-call(%a, %b), custom_call_target="__cublas$gemm", '
+          'metadata={op_name="jit(step)/attention/dot_general"}')
+  mosaic = ('  %custom-call.3 = bf16[8,8,64]{2,1,0} custom-call(%q, %k, %v), custom_call_target="tpu_custom_call", '
+            'backend_config={"custom_call_config": {"name": "flash_attention_fwd"}}')
+  other = ('  %custom-call.4 = f32[8]{0} custom-call(%x), custom_call_target="tpu_custom_call", '
+           'metadata={op_name="norm"}')
+  cudnn = '  %fmha = (bf16[2,8,64]{2,1,0}) custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmaxDropout"'
+  assert compile_lib.fused_kernels(gemm) == {"fused_attention": False, "attention_kernel_calls": 0,
+                                             "kernel_calls": {}}
+  out = compile_lib.fused_kernels("\n".join([gemm, mosaic, other, mosaic]))
+  assert out == {"fused_attention": True, "attention_kernel_calls": 2, "kernel_calls": {"tpu_custom_call": 3}}
+  assert compile_lib.fused_kernels(other)["fused_attention"] is False
+  assert compile_lib.fused_kernels(cudnn)["kernel_calls"] == {"__cudnn$fmhaSoftmaxDropout": 1}
 
 
 def test_bad_input_is_a_clear_error():
@@ -94,3 +120,12 @@ def test_tpu_topology_compiles_with_libtpu():
   assert r["devices"] == 4 and "v5" in r["device_kind"].lower() and r["hbm_gib"] == 16 and r["fits"] is True
   assert r["estimates"] and r["estimates"][0]["days"] > 0
   assert r["step_seconds_at_mfu"] == pytest.approx(r["flops_per_step"] / (4 * 197e12 * 0.4))
+  assert r["fused_attention"] in (True, False) and "fused attention kernel:" in proc.stdout
+  # Two slices: data = 0 is one per slice (data parallelism across them), fsdp the 4 chips of each.
+  two = _run(*TINY, "--topology=v5e:2x2", "--num_slices=2", "--config.mesh.data=0", "--config.mesh.fsdp=-1")
+  assert two.returncode == 0, two.stderr[-3000:]
+  r2 = _last_json(two.stdout)
+  assert r2["num_slices"] == 2 and r2["devices"] == 8 and r2["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert r2["memory_per_device"]["params_gib"] < r["memory_per_device"]["params_gib"]   # now sharded 4 ways
+  across = _run(*TINY, "--topology=v5e:2x2", "--num_slices=2", "--config.mesh.data=1", "--config.mesh.fsdp=-1")
+  assert across.returncode == 1 and "multiple of 2" in across.stderr

@@ -71,11 +71,29 @@ def test_torch_peer_masking_follows_the_original():
   assert (masked[untouched] == ids[untouched]).all()
 
 
+def test_torch_peer_uses_sdpa_attention_and_compiles_only_pretraining():
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(REPO, "benchmarks", "workers"))
+  import torch_peer  # pylint: disable=import-outside-toplevel
+  # pylint: disable=protected-access
+  disc, gen, _ = torch_peer.hf_configs("tiny", None)
+  assert disc._attn_implementation == gen._attn_implementation == "sdpa"
+  assert torch_peer.hf_configs("tiny", None, "eager")[0]._attn_implementation == "eager"
+  with pytest.raises(SystemExit):
+    torch_peer.main(["--task=finetune", "--batch=x.npz", "--compile"])
+
+
 @pytest.mark.slow
 def test_pretrain_benchmark_runs_ours_only():
+  # A second --kernels run that cannot run (no such setting) is reported as failed and the run goes on.
   out, fig = _run("pretrain.py", "--peers=none", "--size=tiny", "--batch_size=4", "--seq_len=32", "--steps=2",
-                  "--warmup=1", "--matmul_n=256")
-  assert "ours (electra_jax)" in out and "MFU" in out
+                  "--warmup=1", "--matmul_n=256", "--kernels=auto,bogus", "--keep_going")
+  assert "ours, kernels=auto" in out and "MFU" in out and "FAILED" in out
+  assert fig["kernels"] == ["auto", "bogus"] and list(fig["failed"]) == ["ours_bogus"] and "ours_bogus" not in fig
+  assert fig["ours"]["fused_attention"] is False and fig["ours"]["kernels"] == "auto"
+  assert fig["mfu_vs_datasheet"] is None and fig["datasheet_peak_gflops"] is None   # a CPU has no datasheet entry
+  assert fig["ours"]["mfu_vs_matmul"] == fig["mfu_vs_matmul"] == pytest.approx(
+      fig["flops_per_step"] / fig["ours"]["median_s"] / 1e9 / fig["matmul_gflops"])
   assert fig["benchmark"] == "pretrain" and fig["layers"] == 2 and fig["batch_size"] == 4
   assert fig["ours"]["tokens_per_s"] == pytest.approx(4 * 32 / fig["ours"]["median_s"])
   assert fig["matmul_gflops"] > 0 and 0 < fig["mfu_vs_matmul"]
@@ -121,6 +139,12 @@ def test_platform_settings_compare_like_with_like():
   assert common.with_host_memory_reuse(env, False) == env
   assert common.with_host_memory_reuse(env, True)["GLIBC_TUNABLES"].startswith(
       "glibc.malloc.tcache_count=0:glibc.malloc.mmap_max=0:")
+  # Datasheet dense peaks by device kind: bf16, TF32 for float32 with tf32 products, plain float32.
+  assert common.datasheet_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert common.datasheet_peak("NVIDIA H100 80GB HBM3", "float32", "tf32") == 494.7e12
+  assert common.datasheet_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert common.datasheet_peak("NVIDIA A100-SXM4-80GB", "float32") == 19.5e12
+  assert common.datasheet_peak("cpu", "bfloat16") is None and common.datasheet_peak(None, "bfloat16") is None
   gpu = {"platform": "gpu", "device_kind": "NVIDIA H200", "dtype": "float32", "f32_matmul": "tf32", "cpu_threads": 16}
   assert common.where(gpu) == "NVIDIA H200 (float32, float32 products tf32)"
   assert common.peak_mib({"peak_rss_mib": 900.0, "device_peak_mib": 300.0}) == 300.0

@@ -1,8 +1,10 @@
-"""The pretraining step gives the same loss on a (data=2, fsdp=2, tensor=2) mesh as on one device."""
+"""The pretraining step gives the same loss on a (data=2, fsdp=2, tensor=2) mesh as on one device; the pod presets' mesh
+and the rules' handling of dims the mesh does not divide."""
 
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from configs import pretrain as pretrain_config
 from electra_jax import sharding
@@ -77,3 +79,27 @@ def test_222_mesh_equals_one_device(fast_compile):
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   words = state8["opt_state"][1].mu["discriminator"]["electra"]["embeddings"]["word_embeddings"]
   assert words.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+
+
+def test_pod_presets_shard_state_over_fsdp_and_data_across_slices():
+  # base and large: parameters and AdamW state over every device of a slice (fsdp=-1), data = 0 = one per slice;
+  # large rematerialises (dots), base does not (launch/tpu_aot.py: both fit a v5e pod so).
+  for size, remat in (("base", "none"), ("large", "dots")):
+    c = pretrain_config.get_config(f"size={size}")
+    assert dict(c.mesh) == {"data": 0, "fsdp": -1, "tensor": 1} and c.remat_policy == remat, size
+  assert dict(pretrain_config.get_config("size=small").mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
+  # On devices of one slice (these CPUs) data=0 is 1 and fsdp takes them all.
+  assert sharding.num_slices(jax.devices()) == 1
+  assert dict(sharding.make_mesh({"data": 0, "fsdp": -1}).shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  with pytest.raises(sharding.ShardingError, match="positive or -1"):
+    sharding.make_mesh({"data": 2, "fsdp": 0})
+
+
+def test_a_dim_the_mesh_axes_do_not_divide_keeps_the_axes_that_do():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"))
+  spec = lambda shape, axes: sharding.logical_to_spec(axes, rules, mesh, shape)  # noqa: E731
+  assert spec((16, 8), ("batch", None)) == P(("data", "fsdp"), None)
+  assert spec((6, 8), ("batch", None)) == P("data", None)       # 6 % 8 != 0, 6 % 2 == 0: data alone
+  assert spec((5, 8), ("batch", None)) == P(None, None)         # nothing divides 5: replicated
+  assert spec((4, 6), (None, "embed")) == P(None, None)

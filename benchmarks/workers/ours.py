@@ -11,6 +11,8 @@ masking, generator, CDF sampling, discriminator, gen + 50 * disc, AdamW without 
 device (JAX_PLATFORMS picks which). finetune: `finetune_lib.Steps` on configs/glue.py with the HF head
 (ElectraForSequenceClassification), its train step and its predict function. Reports step times, compile time, XLA's
 memory analysis of the compiled step, the process's peak RSS and, on an accelerator, the device's peak bytes in use.
+--kernels sets the model's kernel choice (config.model.kernels: auto, reference, ...; a checkout without that field
+runs only `auto`, its one implementation); the result says whether the compiled step calls a fused attention kernel.
 --f32_matmul sets jax_default_matmul_precision for float32 products (on NVIDIA GPUs JAX's own default is TF32; the
 benchmark commands pass `highest` or `tf32` so that both sides of a comparison compute alike). Ends with one JSON line.
 """
@@ -63,11 +65,23 @@ def pretrain_config(args):
   c.model.intermediate_size = dims["disc"]["intermediate_size"]
   c.model.num_hidden_layers = dims["disc"]["num_hidden_layers"]
   c.mask_prob = dims["mask_prob"]
+  set_kernels(c, getattr(args, "kernels", "auto"))
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   # No warmup, so that the loss moves as the peers' (constant-rate AdamW) does in a few steps; the step computes the
   # same thing at any learning rate.
   c.optimizer.warmup_steps = 0
   return c
+
+
+def set_kernels(config, kernels: str) -> None:
+  """config.model.kernels (or a top-level config.kernels) = `kernels`; `auto` is also what a config without the field
+  computes, anything else on such a config is an error."""
+  for holder in (config.get("model"), config):
+    if holder is not None and "kernels" in holder:
+      holder.kernels = kernels
+      return
+  if kernels != "auto":
+    raise SystemExit(f"--kernels={kernels}: this checkout's config has no kernels field (only 'auto' runs)")
 
 
 def pretrain_setup(args):
@@ -96,7 +110,9 @@ def pretrain(args) -> dict:
       compiled = lowered.compile()
       compile_s = time.perf_counter() - t0
       run_step = compiling.ready_step(compiled)   # as compiling.compile_step does in the pretraining binary
+  text = compiled.as_text()
   result = {"impl": "ours", "task": "pretrain", "dtype": args.dtype, "scan": args.scan, "remat": args.remat,
+            "kernels": args.kernels, **compiling.fused_kernels(text),
             "layers": setup.disc_config.num_hidden_layers, "lower_s": lower_s, "compile_s": compile_s,
             "xla_memory": compiling.memory_mib(compiled),
             "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"]))),
@@ -109,7 +125,7 @@ def pretrain(args) -> dict:
                 num_predictions=args.seq_len)}
   if args.dump_hlo:
     with open(args.dump_hlo, "w", encoding="utf-8") as f:
-      f.write(compiled.as_text())
+      f.write(text)
   if args.compile_only:
     return result
   losses = []
@@ -203,6 +219,7 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--scan", type=_bool, default=False)
   p.add_argument("--remat", default="none")
+  p.add_argument("--kernels", default="auto", help="the model's kernel choice (config.model.kernels)")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--compile_only", action="store_true")

@@ -2,6 +2,7 @@
 
     python benchmarks/workers/torch_peer.py --task=pretrain --batch=/tmp/b.npz --size=small --steps=10 --warmup=3
     python benchmarks/workers/torch_peer.py --task=finetune --batch=/tmp/c.npz --size=small --steps=10
+    python benchmarks/workers/torch_peer.py --task=pretrain --batch=/tmp/b.npz --device=cuda --dtype=bfloat16 --compile
 
 pretrain: generator ElectraForMaskedLM + discriminator ElectraForPreTraining. As in the original ELECTRA the generator
 uses the discriminator's embedding module (word, position and token-type tables and the embedding LayerNorm; the
@@ -14,6 +15,11 @@ eps 1e-6, weight decay 0.01). Dropout on (train mode).
 
 finetune: ElectraForSequenceClassification, cross-entropy, backward, clip, AdamW; and inference (eval mode,
 torch.inference_mode) of the same batch. torch threads = the machine's cores.
+
+Attention is transformers' SDPA implementation (torch.nn.functional.scaled_dot_product_attention: flash or
+memory-efficient kernels on a GPU) unless --attn=eager. --compile wraps each model in torch.compile (default mode,
+TorchInductor; forward and backward compiled, masking, sampling, loss and AdamW stay eager); the first step, which
+compiles, is reported as compile_s (first_step_s for every run).
 
 --device=cuda runs on the GPU (every timed step ends in a synchronisation: the loss read back, or
 torch.cuda.synchronize after inference) and reports torch.cuda.max_memory_allocated; --dtype=bfloat16 runs the
@@ -40,9 +46,10 @@ import transformers  # noqa: E402  pylint: disable=wrong-import-position
 F32_MATMUL = {"highest": "highest", "tf32": "high"}
 
 
-def hf_configs(size: str, layers: int | None):
+def hf_configs(size: str, layers: int | None, attn: str = "sdpa"):
   d = common.model_dims(size, layers)
-  shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512)
+  shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512,
+                attn_implementation=attn)
   disc = transformers.ElectraConfig(**shared, **d["disc"])
   gen = transformers.ElectraConfig(**shared, **d["gen"])
   return disc, gen, d["mask_prob"]
@@ -76,13 +83,22 @@ def _autocast(args):
                         enabled=args.dtype == "bfloat16")
 
 
+def _first_and_timed(step, args) -> tuple[float, list[float]]:
+  """The first step's seconds (it compiles under --compile), then `common.time_steps` of the rest of the warm-up and
+  the timed steps (each step ends in a read of its loss, which waits for the device)."""
+  start = time.perf_counter()
+  step()
+  first_s = time.perf_counter() - start
+  return first_s, common.time_steps(step, max(0, args.warmup - 1), args.steps)
+
+
 def _load(args) -> dict:
   return {k: torch.from_numpy(v).long().to(args.device) for k, v in common.load_batch(args.batch).items()}
 
 
 def pretrain(args) -> dict:
   batch = _load(args)
-  disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers)
+  disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers, args.attn)
   torch.manual_seed(0)
   disc = transformers.ElectraForPreTraining(disc_cfg).to(args.device)
   gen = transformers.ElectraForMaskedLM(gen_cfg).to(args.device)
@@ -96,6 +112,9 @@ def pretrain(args) -> dict:
   opt = torch.optim.AdamW(params, lr=5e-4, eps=1e-6, weight_decay=0.01)
   ids, mask, types = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   max_pred = common.max_predictions(ids.shape[1], mask_prob)
+  attn = disc.config._attn_implementation  # pylint: disable=protected-access
+  if args.compile:
+    gen, disc = torch.compile(gen), torch.compile(disc)
   rng = torch.Generator(device=args.device).manual_seed(0)
   losses = []
 
@@ -123,15 +142,16 @@ def pretrain(args) -> dict:
     opt.step()
     losses.append(float(loss.detach()))
 
-  times = common.time_steps(step, args.warmup, args.steps)
-  return {"impl": "hf_torch", "task": "pretrain", "n_params": n_params, "loss_first": losses[0],
-          "attn_implementation": getattr(disc.config, "_attn_implementation", None),
-          "loss_last": losses[-1], **common.summarize(times), "times": times}
+  first_s, times = _first_and_timed(step, args)
+  return {"impl": "hf_torch_compile" if args.compile else "hf_torch", "task": "pretrain", "n_params": n_params,
+          "loss_first": losses[0], "attn_implementation": attn, "compiled": args.compile, "first_step_s": first_s,
+          "compile_s": first_s if args.compile else None, "loss_last": losses[-1], **common.summarize(times),
+          "times": times}
 
 
 def finetune(args) -> dict:
   batch = _load(args)
-  disc_cfg, _, _ = hf_configs(args.size, args.layers)
+  disc_cfg, _, _ = hf_configs(args.size, args.layers, args.attn)
   disc_cfg.num_labels = 2
   torch.manual_seed(0)
   model = transformers.ElectraForSequenceClassification(disc_cfg).to(args.device)
@@ -180,7 +200,11 @@ def main(argv=None) -> None:
                  help="bfloat16: forward passes under torch.autocast")
   p.add_argument("--f32_matmul", default="default", choices=sorted(F32_MATMUL) + ["default"],
                  help="float32 product precision (default: torch's own, full float32)")
+  p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="transformers' attention implementation")
+  p.add_argument("--compile", action="store_true", help="torch.compile the models (pretrain only)")
   args = p.parse_args(argv)
+  if args.compile and args.task != "pretrain":
+    p.error("--compile is implemented for --task=pretrain only")
   threads = args.threads or common.cpu_threads()
   torch.set_num_threads(threads)
   if args.f32_matmul != "default":

@@ -4,12 +4,14 @@
     state, metrics = step(state, batch, rng)     # the same call as the jitted function, no recompilation
 
 Compiling first lets the compiler's host memory go back to the OS before the step runs; `memory_mib` reports XLA's
-buffer estimate of the compiled step (also what launch/tpu_aot.py prints per chip).
+buffer estimate of the compiled step (also what launch/tpu_aot.py prints per chip), `fused_kernels` the hand-written
+kernels (Mosaic, cuDNN, Triton) its optimized HLO calls, and whether one of them is attention.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -31,6 +33,28 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
          "generated_code_mib": mib(m.generated_code_size_in_bytes)}
   out["peak_mib"] = out["argument_mib"] + out["output_mib"] - out["alias_mib"] + out["temp_mib"]
   return out
+
+
+# A custom call to a hand-written kernel: Mosaic (Pallas on TPU, Mosaic GPU), cuDNN's fused attention, Triton (Pallas
+# on GPU). XLA's own library calls (cuBLAS GEMMs, collectives) do not count.
+_KERNEL_TARGET = re.compile(r"tpu_custom_call|mosaic|cudnn\$fmha|triton", re.IGNORECASE)
+_ATTENTION = re.compile(r"attention|flash|fmha", re.IGNORECASE)
+
+
+def fused_kernels(hlo_text: str) -> dict[str, Any]:
+  """The hand-written kernels an optimized HLO module (`compiled.as_text()`) calls: {target: count}, and how many of
+  the calls compute attention (the instruction's metadata or backend config names attention, flash or fmha)."""
+  counts: dict[str, int] = {}
+  attention = 0
+  for line in hlo_text.splitlines():
+    if " custom-call(" not in line:
+      continue
+    target = re.search(r'custom_call_target="([^"]*)"', line)
+    if not target or not _KERNEL_TARGET.search(target.group(1)):
+      continue
+    counts[target.group(1)] = counts.get(target.group(1), 0) + 1
+    attention += bool(_ATTENTION.search(line))
+  return {"fused_attention": attention > 0, "attention_kernel_calls": attention, "kernel_calls": counts}
 
 
 class _Step:
