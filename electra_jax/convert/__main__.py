@@ -6,11 +6,24 @@
     # Orbax -> HF (a fine-tuned head, or the discriminator / generator of a pretraining run)
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/disc [--part=discriminator]
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/gen --part=generator --vocab_file=vocab.txt
+    # original TF1 ELECTRA checkpoints (google-research/electra), read without TensorFlow
+    python -m electra_jax.convert tf_to_orbax --tf_checkpoint=electra_small/ --out=WORKDIR [--continue_pretraining]
+    python -m electra_jax.convert tf_to_hf --tf_checkpoint=electra_small/model.ckpt-1000000 --out=hf/electra_small \
+        [--vocab_file=vocab.txt --lowercase --strip_accents=true --num_attention_heads=4]
 
-Every mapping goes through electra_jax/convert/mapping.py; an unmapped, missing or mis-shaped key is an error.
+Every mapping goes through electra_jax/convert/mapping.py (HF) and tf_mapping.py (TF); an unmapped, missing or mis-shaped key is an error.
 A checkpoint is verified against the fingerprints saved with it before anything is exported. orbax_to_hf writes the
 tokenizer files from the vocab the checkpoint records (fine-tuning and pretraining record theirs) unless --vocab_file
 says otherwise. Bad input: one line on stderr, exit status 1 (2 for bad usage).
+
+tf_to_orbax: a pretraining checkpoint (generator under generator/, the original's default) becomes a workdir that
+`train.pretrain` resumes (with the matching --config overrides, printed) and `train.finetune` initialises from
+(--config.init_checkpoint=WORKDIR); --continue_pretraining carries over global_step and the Adam slots (adam_m,
+adam_v), whose update continues exactly under our AdamW (no bias correction, as the original), else training starts
+at step 0 with zero moments. A fine-tuned checkpoint (task_specific/<task>/) becomes a checkpoint of the original head.
+tf_to_hf: OUT/discriminator (ElectraForPreTraining) and OUT/generator (ElectraForMaskedLM, for both generator layouts)
+with vocab.txt and tokenizer files (--vocab_file, default: vocab.txt beside the checkpoint). The number of attention
+heads is not stored in a checkpoint: hidden_size // 64 as the original, unless given.
 """
 
 from __future__ import annotations
@@ -35,9 +48,17 @@ flags.DEFINE_string("checkpoint", None, "orbax_to_hf: workdir, checkpoint direct
 flags.DEFINE_integer("step", None, "orbax_to_hf: the step to export (default: the latest complete one).")
 flags.DEFINE_enum("part", None, ["discriminator", "generator"], "orbax_to_hf: which network of a pretraining "
                   "checkpoint to export (default: the discriminator); refused for other checkpoints.")
-flags.DEFINE_string("vocab_file", None, "orbax_to_hf: write tokenizer files from this vocab.txt (default: the vocab "
-                    "the checkpoint records, if any).")
+flags.DEFINE_string("vocab_file", None, "orbax_to_hf / tf_*: write tokenizer files from this vocab.txt (default: the "
+                    "vocab the checkpoint records, if any).")
 flags.DEFINE_bool("lowercase", None, "orbax_to_hf: the tokenizer lower-cases (default: as recorded, else true).")
+flags.DEFINE_enum("strip_accents", None, ["true", "false"], "tf_*: the original's strip_accents (default true; it "
+                  "applies only when lower-casing).")
+flags.DEFINE_string("tf_checkpoint", None, "tf_to_orbax / tf_to_hf: an original TF checkpoint: its folder (latest "
+                    "in its `checkpoint` file), its prefix (model.ckpt-N) or its .index file.")
+flags.DEFINE_bool("continue_pretraining", False, "tf_to_orbax: carry over global_step and the Adam slots.")
+flags.DEFINE_integer("num_attention_heads", None, "tf_*: discriminator heads (default: hidden_size // 64, at least 1).")
+flags.DEFINE_integer("generator_num_attention_heads", None, "tf_*: generator heads (default: its hidden_size // 64).")
+flags.DEFINE_string("task", None, "tf_*: the task_specific/<task> head of a multi-task fine-tuned checkpoint.")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "orbax_to_hf: cast the exported tensors.")
 flags.DEFINE_string("out", None, "Output folder.")
 
@@ -99,15 +120,46 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
                        strip_accents=strip_accents)
 
 
+def tf_command(command: str) -> str:
+  """tf_to_orbax / tf_to_hf from the flags; everything is read and checked before anything is written."""
+  from electra_jax.convert import tf_convert  # pylint: disable=import-outside-toplevel
+  if not FLAGS.tf_checkpoint:
+    raise ValueError("--tf_checkpoint is required")
+  if FLAGS.continue_pretraining and command != "tf_to_orbax":
+    raise ValueError("--continue_pretraining applies to tf_to_orbax")
+  conv = tf_convert.load_tf_checkpoint(FLAGS.tf_checkpoint, num_attention_heads=FLAGS.num_attention_heads,
+                                       generator_num_attention_heads=FLAGS.generator_num_attention_heads,
+                                       task=FLAGS.task, with_slots=FLAGS.continue_pretraining)
+  strip = None if FLAGS.strip_accents is None else FLAGS.strip_accents == "true"
+  tokenizer = dict(vocab_file=FLAGS.vocab_file, lowercase=FLAGS.lowercase is not False, strip_accents=strip)
+  if command == "tf_to_hf":
+    dirs = tf_convert.tf_to_hf(conv, FLAGS.out, dtype=FLAGS.dtype, **tokenizer)
+    for name, path in dirs.items():
+      print(f"{name}: {path}")
+    return FLAGS.out
+  path = tf_convert.tf_to_orbax(conv, FLAGS.out, continue_pretraining=FLAGS.continue_pretraining, **tokenizer)
+  if conv.layout == "separate":
+    print("resume with: python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=... "
+          f"--workdir={os.path.abspath(path)} " + " ".join(tf_convert.resume_flags(conv)) +
+          " --config.optimizer.bias_correction=False --config.data.vocab_file=VOCAB and the original run's "
+          "--config.learning_rate, --config.num_train_steps, --config.optimizer.warmup_steps, --config.batch_size")
+  return path
+
+
+COMMANDS = ("hf_to_orbax", "orbax_to_hf", "tf_to_orbax", "tf_to_hf")
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("hf_to_orbax", "orbax_to_hf"):
-    raise cli.UsageError("usage: python -m electra_jax.convert {hf_to_orbax|orbax_to_hf} --out=DIR ... (see --help)")
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise cli.UsageError(f"usage: python -m electra_jax.convert {{{'|'.join(COMMANDS)}}} --out=DIR ... (see --help)")
   if not FLAGS.out:
     raise cli.UsageError("--out is required")
   if argv[1] == "hf_to_orbax":
     if not FLAGS.hf_dir:
       raise cli.UsageError("--hf_dir is required")
     path = hf_to_orbax(FLAGS.hf_dir, FLAGS.out, FLAGS.head, FLAGS.hf_generator_dir)
+  elif argv[1].startswith("tf_"):
+    path = tf_command(argv[1])
   else:
     if not FLAGS.checkpoint:
       raise cli.UsageError("--checkpoint is required")

@@ -569,7 +569,10 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
     step = restored.step
     state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), setup.state_shardings["step"]),
              "params": restored.params, "opt_state": restored.opt_state}
-    loader.restore(restored.train_meta["loader"])
+    if "loader" in restored.train_meta:
+      loader.restore(restored.train_meta["loader"])
+    else:   # a converted checkpoint (convert tf_to_orbax) has no data position: the data starts from its beginning
+      logging.info("checkpoint step %d has no data-loader position; reading the data from its start", step)
     if "rng_key" in restored.train_meta:
       base_key = jax.random.wrap_key_data(np.asarray(restored.train_meta["rng_key"], np.uint32))
     logging.info("resuming at step %d", step)
