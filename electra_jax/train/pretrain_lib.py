@@ -46,7 +46,9 @@ from flax import nnx, struct
 from electra_jax import modeling, sharding
 from electra_jax.train import checkpointing, compiling, distributed, flops, metrics as metrics_lib, optim
 
-OBJECTIVES = ("electra", "mlm")
+# The objectives (electra_jax/train/objectives.py says what each one trains) and the generator's sampling.
+OBJECTIVES = ("electra", "mlm", "electra_15", "replace_mlm", "all_tokens_mlm", "electric")
+SAMPLINGS = ("model", "uniform")
 MASKINGS = ("electra", "bert")
 
 
@@ -257,48 +259,44 @@ class StepConfig:
   cls_id: int
   sep_id: int
   mask_id: int
+  sampling: str = "model"          # "model" or "uniform" (no generator network)
+  disallow_correct: bool = False   # never sample the original token
+  two_stage: int = 0               # > 0: the generator alone for this many steps, then the discriminator alone
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: StepConfig) -> Callable:
-  """loss_fn(params, batch, rng) -> (loss, metrics), pure; params a nested dict of arrays."""
+  """loss_fn(params, batch, rng, step=None) -> (loss, metrics), pure; params a nested dict of arrays.
 
-  def loss_fn(params, batch, rng):
-    model = nnx.merge(graphdef, params, rest)
-    ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
-    k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
-    m = mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
-                    mask_id=cfg.mask_id, ignore_ids=(cfg.pad_id, cfg.cls_id, cfg.sep_id, cfg.mask_id),
-                    vocab_size=cfg.vocab_size, masking=cfg.masking)
-    mlm_net = model if cfg.objective == "mlm" else model.generator
-    gen = mlm_net(m.input_ids, mask, segments, masked_positions=m.positions, dropout_rng=k_gen)
-    mlm_loss, mlm_accuracy = masked_lm_loss(gen.logits, m.targets, m.weights)
-    out = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy,
-           "masked_per_seq": jnp.mean(jnp.sum(m.weights, -1)), "real_tokens": jnp.sum(mask).astype(jnp.float32)}
-    if cfg.objective == "mlm":
-      out["loss"] = mlm_loss
-      return mlm_loss, out
-    sampled = sample_categorical(k_sample, jax.lax.stop_gradient(gen.logits), cfg.temperature)
-    out["sampled_mlm_accuracy"] = _safe_div(jnp.sum((sampled == m.targets) * m.weights), jnp.sum(m.weights))
-    corrupted, labels = corrupt(m, sampled, ids, mask)
-    disc = model.discriminator(corrupted, mask, segments, dropout_rng=k_disc)
-    bce = optax.sigmoid_binary_cross_entropy(disc.logits, labels.astype(jnp.float32))
-    weights = mask.astype(jnp.float32)
-    rtd_loss = _safe_div(jnp.sum(bce * weights), jnp.sum(weights))
-    loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * rtd_loss
-    out.update(loss=loss, rtd_loss=rtd_loss, **discriminator_metrics(disc.logits, labels, weights))
-    return loss, out
-
-  return loss_fn
+  Every objective is composed in electra_jax/train/objectives.py (which builds on this module's masking, sampling
+  and masked-LM loss, hence the import here)."""
+  from electra_jax.train import objectives  # pylint: disable=import-outside-toplevel
+  return objectives.make_loss_fn(graphdef, rest, cfg)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
-  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}."""
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    two_stage: tuple[int, Any, Any] | None = None) -> Callable:
+  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}.
+
+  two_stage = (N, frozen_in_stage_1, frozen_in_stage_2) (objectives.two_stage_frozen): at step N the discriminator's
+  encoder is initialised from the generator's; the frozen parameters of the current stage keep their values (no
+  update, no weight decay); loss_fn gets the step. The loop needs nothing else."""
 
   def train_step(state, batch, rng):
-    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+    params = state["params"]
+    extra = ()
+    if two_stage is not None:
+      from electra_jax.train import objectives  # pylint: disable=import-outside-toplevel
+      params = objectives.copy_generator_into_discriminator(params, state["step"] == two_stage[0])
+      extra = (state["step"],)
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, *extra)
     with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      params = optax.apply_updates(state["params"], updates)
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
+    if two_stage is not None:
+      first = state["step"] < two_stage[0]
+      new_params = jax.tree.map(lambda f1, f2, old, new: jnp.where(jnp.where(first, f1, f2), old, new),
+                                two_stage[1], two_stage[2], params, new_params)
+    params = new_params
     # The parameters' norm is measured where metrics are logged (run(): param_norm), not here: on XLA's CPU backend,
     # which has no multi-output fusion, a reduction over the new parameters or the updates split AdamW's one pass per
     # parameter into several (optimizer op time 34 -> 16 ms per ELECTRA-Small step without them).
@@ -324,15 +322,51 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
       attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
       max_position_embeddings=int(m.max_position_embeddings), dtype=config.dtype, param_dtype=config.param_dtype,
       scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
-      architectures=("ElectraForMaskedLM",) if objective == "mlm" else ("ElectraForPreTraining",))
+      architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
+                     ("ElectraForPreTraining",)))
   if disc.max_position_embeddings < config.max_seq_length:
     raise ValueError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
                      f"{disc.max_position_embeddings}")
-  if objective == "mlm":
+  g = generator_options(config)
+  if objective == "mlm" or g["sampling"] == "uniform":
     return disc, None
-  gen = modeling.generator_config(disc, float(config.generator.hidden_fraction),
-                                  float(config.generator.layers_fraction))
-  return disc, gen
+  fractions = (float(config.generator.hidden_fraction), float(config.generator.layers_fraction))
+  if g["weight_sharing"] == "all" or g["two_stage"] > 0:
+    what = "generator.weight_sharing='all'" if g["weight_sharing"] == "all" else "two_stage"
+    if fractions != (1.0, 1.0):
+      raise ValueError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
+                       f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
+    return disc, disc.replace(architectures=("ElectraForMaskedLM",))
+  return disc, modeling.generator_config(disc, *fractions)
+
+
+def generator_options(config: Any) -> dict[str, Any]:
+  """config.generator's sampling / disallow_correct / weight_sharing and config.two_stage, validated."""
+  gen = config.generator
+  out = {"sampling": str(gen.get("sampling", "model")), "disallow_correct": bool(gen.get("disallow_correct", False)),
+         "weight_sharing": str(gen.get("weight_sharing", "embeddings")), "two_stage": int(config.get("two_stage", 0))}
+  if out["sampling"] not in SAMPLINGS:
+    raise ValueError(f"config.generator.sampling={out['sampling']!r}: must be one of {SAMPLINGS}")
+  if out["weight_sharing"] not in modeling.WEIGHT_SHARING:
+    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r}: must be one of "
+                     f"{modeling.WEIGHT_SHARING}")
+  objective = config.objective
+  if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
+    raise ValueError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
+                     f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
+  if out["weight_sharing"] == "all" and objective == "electric":
+    raise ValueError("config.generator.weight_sharing='all' with objective 'electric': the two-tower generator is "
+                     "causal and cannot be the discriminator")
+  if out["two_stage"] < 0:
+    raise ValueError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
+  if out["two_stage"] > 0:
+    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] == "all":
+      raise ValueError("config.two_stage needs objective 'electra', generator.sampling='model' and "
+                       "generator.weight_sharing 'embeddings' or 'none'")
+    if out["two_stage"] >= int(config.num_train_steps):
+      raise ValueError(f"config.two_stage={out['two_stage']} leaves no discriminator steps "
+                       f"(num_train_steps={config.num_train_steps})")
+  return out
 
 
 @dataclasses.dataclass
@@ -353,12 +387,13 @@ class Setup:
   batch_sharding: jax.sharding.NamedSharding
   train_step: Callable
   init_fn: Callable
+  model_options: dict[str, str] | None = None    # ElectraPretrainingModel's options; None: a plain masked LM
 
   @property
   def model_meta(self) -> dict[str, Any]:
-    if self.gen_config is None:
+    if self.model_options is None:
       return checkpointing.head_meta("ElectraForMaskedLM", self.disc_config)
-    return checkpointing.pretraining_meta(self.disc_config, self.gen_config)
+    return checkpointing.pretraining_meta(self.disc_config, self.gen_config, options=self.model_options)
 
 
 def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
@@ -377,18 +412,26 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
     raise ValueError(f"config.temperature={config.temperature}: must be positive")
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   disc, gen = model_configs(config, vocab_size)
+  g = generator_options(config)
   seed = int(config.seed)
+  options = None
+  if config.objective != "mlm":
+    from electra_jax.train import objectives  # pylint: disable=import-outside-toplevel
+    options = objectives.model_options(config.objective, g["weight_sharing"])
 
   def make_model():
-    if gen is None:
+    if options is None:
       return modeling.ElectraForMaskedLM(disc, rngs=nnx.Rngs(seed))
-    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))
+    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed), **options)
 
   graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
   param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
   abstract_params = nnx.to_pure_dict(abstract_vars)
-  tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
-                              num_train_steps=int(config.num_train_steps))
+  if g["two_stage"] > 0:
+    tx, schedule = _two_stage_optimizer(config, g["two_stage"])
+  else:
+    tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
+                                num_train_steps=int(config.num_train_steps))
   replicated = sharding.replicated(mesh)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
@@ -404,9 +447,14 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
       max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length)),
       masking=config.masking, gen_weight=float(config.gen_weight), disc_weight=float(config.disc_weight),
       temperature=float(config.temperature), vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
-      sep_id=ids["sep"], mask_id=ids["mask"])
+      sep_id=ids["sep"], mask_id=ids["mask"], sampling=g["sampling"], disallow_correct=g["disallow_correct"],
+      two_stage=g["two_stage"])
   loss_fn = make_loss_fn(graphdef, rest, step_cfg)
-  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+  two_stage = None
+  if g["two_stage"] > 0:
+    from electra_jax.train import objectives  # pylint: disable=import-outside-toplevel
+    two_stage = (g["two_stage"], *objectives.two_stage_frozen(abstract_params, g["weight_sharing"]))
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule, two_stage), donate_argnums=(0,),
                        out_shardings=(state_shardings, replicated))
 
   def init():
@@ -418,7 +466,25 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
                graphdef=graphdef, rest=rest, tx=tx, schedule=schedule, abstract_state=abstract_state,
                state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh, rules),
-               train_step=train_step, init_fn=init_fn)
+               train_step=train_step, init_fn=init_fn, model_options=options)
+
+
+def _two_stage_optimizer(config: Any, first: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW as optim.create builds it, with the warmup-and-decay schedule restarted for each stage (each stage is a
+  training run of its own: N generator steps, then num_train_steps - N discriminator steps)."""
+  o, total, lr = config.optimizer, int(config.num_train_steps), float(config.learning_rate)
+
+  def stage(steps):
+    return optim.warmup_decay_schedule(lr, steps, optim.resolve_warmup(o, steps),
+                                       power=float(o.get("lr_decay_power", 1.0)),
+                                       end_learning_rate=float(o.get("end_learning_rate", 0.0)),
+                                       kind=str(o.get("schedule", "multiply")))
+
+  schedule = optax.join_schedules([stage(first), stage(total - first)], [first])
+  tx = optim.adamw(schedule, b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-6)),
+                   weight_decay=float(o.get("weight_decay", 0.01)), mask=optim.weight_decay_mask,
+                   clip_norm=o.get("clip_norm", 1.0), bias_correction=bool(o.get("bias_correction", False)))
+  return tx, schedule
 
 
 def init_state(setup: Setup) -> dict[str, Any]:
@@ -639,8 +705,7 @@ def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[s
   if not distributed.is_primary():
     return dirs
   model = merge_model(setup, jax.tree.map(jnp.asarray, host))
-  parts = {"mlm": model} if setup.gen_config is None else {"discriminator": model.discriminator,
-                                                           "generator": model.generator}
+  parts = model.hf_parts() if isinstance(model, modeling.ElectraPretrainingModel) else {"mlm": model}
   for name, module in parts.items():
     dirs[name] = convert.to_hf(module, os.path.join(out_dir, name), vocab_file=tokenizer_meta["vocab_file"],
                                lowercase=tokenizer_meta["lowercase"], strip_accents=tokenizer_meta["strip_accents"])
