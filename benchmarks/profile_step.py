@@ -323,7 +323,7 @@ def main(argv) -> None:
   import optax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import masking, pretrain_lib  # pylint: disable=import-outside-toplevel
 
   bad = [v for v in FLAGS.variants if v not in VARIANTS]
   if bad:
@@ -381,13 +381,13 @@ def main(argv) -> None:
       cfg = setup.step_config
       key = jax.random.key(0)
       ids, mask, seg = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
-      m = pretrain_lib.mask_tokens(key, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+      m = masking.mask_tokens(key, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
                                    mask_id=cfg.mask_id, ignore_ids=(0, 101, 102, 103), vocab_size=cfg.vocab_size)
 
       def gen_loss(p):
         model = nnx.merge(setup.graphdef, p, setup.rest)
         out = model.generator(m.input_ids, mask, seg, masked_positions=m.positions, dropout_rng=key)
-        return pretrain_lib.masked_lm_loss(out.logits, m.targets, m.weights)[0]
+        return masking.masked_lm_loss(out.logits, m.targets, m.weights)[0]
 
       def disc_loss(p):
         model = nnx.merge(setup.graphdef, p, setup.rest)

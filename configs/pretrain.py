@@ -5,7 +5,8 @@
         --config.data.corpus=/data/owt --config.data.vocab_file=/data/vocab.txt
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=base,objective=mlm --workdir=...
 
-Arguments after the colon: size (tiny|small|base|large), objective (electra|mlm). Any field can then be overridden with
+Arguments after the colon: size (tiny|small|base|large), objective (electra|mlm|electra_15|replace_mlm|all_tokens_mlm|
+electric; electra_jax/train/objectives.py says what each trains). Any field can then be overridden with
 --config.<field>=<value>, e.g. --config.batch_size=64 --config.mesh.fsdp=4 --config.optimizer.warmup_steps=1000.
 
 | size  | E    | H    | layers | heads | FFN  | generator | mask | lr   | batch | steps | seq |
@@ -30,6 +31,7 @@ except ImportError:  # run from outside the repository root
   from configs import common
 from electra_jax import paths
 
+OBJECTIVES = ("electra", "mlm", "electra_15", "replace_mlm", "all_tokens_mlm", "electric")
 SIZES = {
     # embedding, hidden, layers, heads, ffn, generator fraction, mask_prob, learning_rate, batch, steps, seq
     "tiny": (64, 128, 2, 2, 512, 0.25, 0.15, 1e-3, 16, 1000, 128),
@@ -43,14 +45,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", objective="electra")
   if arg.size not in SIZES:
     raise ValueError(f"size={arg.size!r}: must be one of {sorted(SIZES)}")
-  if arg.objective not in ("electra", "mlm"):
-    raise ValueError(f"objective={arg.objective!r}: must be 'electra' or 'mlm'")
+  if arg.objective not in OBJECTIVES:
+    raise ValueError(f"objective={arg.objective!r}: must be one of {OBJECTIVES}")
   emb, hidden, layers, heads, ffn, gen_frac, mask_prob, lr, batch, steps, seq = SIZES[arg.size]
   tiny = arg.size == "tiny"
 
   c = ml_collections.ConfigDict()
   c.size = arg.size
-  c.objective = arg.objective        # "electra" (replaced-token detection) or "mlm" (BERT-style, same encoder)
+  c.objective = arg.objective        # "electra" (replaced-token detection), "mlm" (BERT-style), or an ablation
   c.seed = 0
   c.num_train_steps = steps
   c.batch_size = batch               # global, over all devices and hosts
@@ -89,6 +91,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict()
   c.generator.hidden_fraction = gen_frac    # generator hidden = round(H * fraction), heads H_g // 64, FFN 4 H_g
   c.generator.layers_fraction = 1.0
+  c.generator.sampling = "model"            # "model" (the generator's softmax) or "uniform" (no generator network)
+  c.generator.disallow_correct = False      # never sample the original token
+  c.generator.weight_sharing = "embeddings"  # "embeddings", "none", or "all" (same-size generator, every weight)
+  c.two_stage = 0                    # N > 0: the generator alone for N steps, then the discriminator (initialised
+                                     # from it) alone with the generator frozen; needs a same-size generator
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = str(paths.default_corpus()) if tiny else ""   # files, folders, globs or tfds:NAME (comma-separated)

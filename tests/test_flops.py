@@ -53,8 +53,12 @@ def test_per_step_flops_from_configs_match_the_paper_accounting():
   assert three_x == pytest.approx(1.5 * paper_like)
   mlm = flops.train_flops_per_step(disc, None, batch_size=128, seq_len=128, num_predictions=19, objective="mlm")
   assert 0 < mlm < ours
+  # no generator network (uniform sampling): the discriminator alone
+  uniform = flops.train_flops_per_step(disc, None, batch_size=128, seq_len=128, num_predictions=20,
+                                       sparse_embed_lookup=False)
+  assert uniform == pytest.approx(3 * 128 * flops.discriminator_forward_flops(flops.Dims.from_config(disc, 128)))
   with pytest.raises(ValueError, match="generator"):
-    flops.train_flops_per_step(disc, None, batch_size=1, seq_len=128, num_predictions=19)
+    flops.train_flops_per_step(disc, None, batch_size=1, seq_len=128, num_predictions=19, objective="electric")
 
 
 def test_mfu_and_peaks():

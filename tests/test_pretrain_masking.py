@@ -7,7 +7,7 @@ import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from electra_jax.train import pretrain_lib as pl
+from electra_jax.train import masking as pl
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 101, 102, 103, 30522
 

@@ -29,13 +29,17 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 
 def pretraining_meta(discriminator_config: Any, generator_config: Any,
-                     tokenizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """model_config for the joint ELECTRA model (ElectraConfig objects or HF config dicts).
+                     tokenizer: Mapping[str, Any] | None = None,
+                     options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """model_config for the joint ELECTRA model (ElectraConfig objects or HF config dicts; generator None: none).
 
   tokenizer: optional {"vocab_file", "lowercase", "strip_accents"}, so tools can rebuild the tokenizer.
+  options: ElectraPretrainingModel's keyword options (weight_sharing, discriminator_head, generator_kind).
   """
   meta = {"kind": "pretraining", "discriminator": _as_dict(discriminator_config),
-          "generator": _as_dict(generator_config)}
+          "generator": None if generator_config is None else _as_dict(generator_config)}
+  if options:
+    meta["options"] = dict(options)
   if tokenizer is not None:
     meta["tokenizer"] = dict(tokenizer)
   return meta
@@ -54,8 +58,10 @@ def build_model(model_meta: Mapping[str, Any], seed: int = 0, abstract: bool = F
   kind = model_meta.get("kind")
   if kind == "pretraining":
     disc = modeling.ElectraConfig.from_hf_dict(model_meta["discriminator"], **runtime)
-    gen = modeling.ElectraConfig.from_hf_dict(model_meta["generator"], **runtime)
-    ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))  # noqa: E731
+    gen = (modeling.ElectraConfig.from_hf_dict(model_meta["generator"], **runtime) if model_meta.get("generator")
+           else None)
+    options = dict(model_meta.get("options") or {})
+    ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed), **options)  # noqa: E731
   elif kind:
     config = modeling.ElectraConfig.from_hf_dict(model_meta["config"], **runtime)
     cls = modeling.head_class(kind)   # an HF head or an original ELECTRA head

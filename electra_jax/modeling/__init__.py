@@ -6,12 +6,12 @@ from electra_jax.modeling.models import (HEADS, BaseModelOutput, ElectraForCausa
                                          ElectraForQuestionAnswering, ElectraForSequenceClassification,
                                          ElectraForTokenClassification, ElectraModel, LogitsOutput,
                                          QuestionAnsweringOutput, count_params, head_class)
-from electra_jax.modeling.pretraining import ElectraPretrainingModel
+from electra_jax.modeling.pretraining import WEIGHT_SHARING, ElectraPretrainingModel, TwoTowerClozeGenerator
 
 __all__ = [
     "ConfigError", "ElectraConfig", "generator_config", "HEADS", "head_class", "count_params",
     "BaseModelOutput", "LogitsOutput", "QuestionAnsweringOutput",
     "ElectraModel", "ElectraForPreTraining", "ElectraForMaskedLM", "ElectraForCausalLM",
     "ElectraForSequenceClassification", "ElectraForMultipleChoice", "ElectraForTokenClassification",
-    "ElectraForQuestionAnswering", "ElectraPretrainingModel",
+    "ElectraForQuestionAnswering", "ElectraPretrainingModel", "TwoTowerClozeGenerator", "WEIGHT_SHARING",
 ]

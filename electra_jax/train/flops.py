@@ -145,20 +145,39 @@ def train_flops_per_step(disc_config: Any, gen_config: Any | None, *, batch_size
                          sparse_embed_lookup: bool = True) -> float:
   """Model FLOPs of one training step as our step computes it (used for MFU): (1 + backward_factor) x forward.
 
-  objective="electra": the generator (`gen_config`) with its head at `num_predictions` positions per sequence plus the
-  discriminator (`disc_config`) with its head on every token. objective="mlm": `disc_config` is the MLM model.
+  `disc_config` is the discriminator-size network (the MLM model for objective "mlm"), `gen_config` the generator
+  (None: no generator network, e.g. uniform sampling). Per objective (electra_jax/train/objectives.py):
+    electra, electra_15   the generator with its head at `num_predictions` positions per sequence + the
+                          discriminator with its binary head on every token (ELECTRA 15% computes the same);
+    mlm                   the MLM model with its head at `num_predictions` positions;
+    replace_mlm           the generator + a discriminator-size MLM with its head at `num_predictions` positions;
+    all_tokens_mlm        the generator + a discriminator-size MLM with its head on every token + the copy head
+                          (the binary head's shape) on every token;
+    electric              two generator towers over the whole sequence, their cloze head (input 2 x generator
+                          width) on every token, + the discriminator.
   """
   disc = Dims.from_config(disc_config, seq_len)
   frac = num_predictions / seq_len
   if objective == "mlm":
-    forward = mlm_forward_flops(disc, frac, sparse_embed_lookup)
-  elif objective == "electra":
-    if gen_config is None:
-      raise ValueError("objective 'electra' needs the generator config")
-    forward = (discriminator_forward_flops(disc, sparse_embed_lookup)
-               + mlm_forward_flops(Dims.from_config(gen_config, seq_len), frac, sparse_embed_lookup))
+    return (1.0 + backward_factor) * batch_size * mlm_forward_flops(disc, frac, sparse_embed_lookup)
+  if objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm", "electric"):
+    raise ValueError(f"objective {objective!r}: unknown (see electra_jax/train/objectives.py)")
+  forward = 0.0
+  if gen_config is not None:
+    gen = Dims.from_config(gen_config, seq_len)
+    if objective == "electric":
+      tower = gen.layers * block_flops(gen) + input_flops(gen, sparse_embed_lookup)
+      forward += 2 * tower + lm_head_flops(dataclasses.replace(gen, hidden=2 * gen.hidden), 1.0)
+    else:
+      forward += mlm_forward_flops(gen, frac, sparse_embed_lookup)
+  elif objective == "electric":
+    raise ValueError("objective 'electric' needs the generator config")
+  if objective == "replace_mlm":
+    forward += mlm_forward_flops(disc, frac, sparse_embed_lookup)
+  elif objective == "all_tokens_mlm":
+    forward += mlm_forward_flops(disc, 1.0, sparse_embed_lookup) + binary_head_flops(disc)
   else:
-    raise ValueError(f"objective {objective!r}: must be 'electra' or 'mlm'")
+    forward += discriminator_forward_flops(disc, sparse_embed_lookup)
   return (1.0 + backward_factor) * batch_size * forward
 
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, struct
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from electra_jax import checkpointing, convert, modeling, sharding
@@ -48,260 +48,36 @@ from electra_jax.data import pretraining, tokenization
 from electra_jax.data.loader import PretrainingLoader
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
-from electra_jax.train import flops, loop, metrics as metrics_lib, optim
-from electra_jax.train.loop import NonFiniteLossError  # noqa: F401  (re-exported: the binary catches it)
-
-OBJECTIVES = ("electra", "mlm")
-MASKINGS = ("electra", "bert")
+from electra_jax.train import flops, loop, metrics as metrics_lib, objectives, optim
+from electra_jax.train.masking import MASKINGS, OBJECTIVES, SAMPLINGS, StepConfig, max_predictions_per_seq
 
 
-# ------------------------------------------------------------------------------------------------ masking
-def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
-  """As the original: int((mask_prob + 0.005) * max_seq_length) (19 at 0.15 and 128)."""
-  return int((mask_prob + 0.005) * max_seq_length)
 
-
-@struct.dataclass
-class Masked:
-  input_ids: jax.Array     # [B, L] with the chosen positions replaced
-  positions: jax.Array     # [B, P] int32; 0 where weights is 0
-  targets: jax.Array       # [B, P] original token ids; 0 where weights is 0
-  weights: jax.Array       # [B, P] float32, 1 for a real prediction
-
-
-def scatter_positions(ids: jax.Array, positions: jax.Array, values: jax.Array, weights: jax.Array) -> jax.Array:
-  """ids[b, positions[b, p]] = values[b, p] where weights[b, p] > 0 (other slots are dropped)."""
-  b, length = ids.shape
-  rows = jnp.broadcast_to(jnp.arange(b)[:, None], positions.shape)
-  cols = jnp.where(weights > 0, positions, length)  # out of range -> dropped
-  return ids.at[rows, cols].set(values.astype(ids.dtype), mode="drop")
-
-
-def mask_tokens(rng: jax.Array, input_ids: jax.Array, input_mask: jax.Array, *, mask_prob: float,
-                max_predictions: int, mask_id: int, ignore_ids: tuple[int, ...], vocab_size: int,
-                masking: str = "electra") -> Masked:
-  """Dynamic masking of a batch (see the module docstring)."""
-  if masking not in MASKINGS:
-    raise ValueError(f"masking {masking!r}: must be one of {MASKINGS}")
-  k_pos, k_kind, k_random = jax.random.split(rng, 3)
-  real = input_mask.astype(bool)
-  candidates = real
-  for i in ignore_ids:
-    candidates = candidates & (input_ids != i)
-  num_tokens = jnp.sum(input_mask, axis=-1).astype(jnp.float32)
-  num = jnp.clip(jnp.round(num_tokens * mask_prob).astype(jnp.int32), 1, max_predictions)  # round half to even, as TF
-  scores = jnp.where(candidates, jax.random.gumbel(k_pos, input_ids.shape), -jnp.inf)
-  top, positions = jax.lax.top_k(scores, max_predictions)
-  chosen = (jnp.arange(max_predictions)[None, :] < num[:, None]) & jnp.isfinite(top)
-  positions = jnp.where(chosen, positions, 0).astype(jnp.int32)
-  weights = chosen.astype(jnp.float32)
-  targets = jnp.where(chosen, jnp.take_along_axis(input_ids, positions, axis=1), 0)
-  u = jax.random.uniform(k_kind, positions.shape)
-  mask_rate, random_rate = (0.85, 0.0) if masking == "electra" else (0.8, 0.1)
-  random_ids = jax.random.randint(k_random, positions.shape, 0, vocab_size, dtype=input_ids.dtype)
-  values = jnp.where(u < mask_rate, jnp.asarray(mask_id, input_ids.dtype),
-                     jnp.where(u < mask_rate + random_rate, random_ids, targets))
-  return Masked(input_ids=scatter_positions(input_ids, positions, values, weights), positions=positions,
-                targets=targets.astype(input_ids.dtype), weights=weights)
-
-
-def _block_sums(a: jax.Array, block: int) -> jax.Array:
-  """[R, V] -> [R, ceil(V / block)]: sums over consecutive blocks of `block` columns (the last may be shorter).
-
-  The whole blocks are summed through a reshape and the short tail on its own: padding V up to a multiple of `block`
-  would copy the [R, V] operand (XLA's CPU backend does not fuse the pad into the reduction).
-  """
-  r, v = a.shape
-  full = v // block
-  parts = [a[:, :full * block].reshape(r, full, block).sum(-1)] if full else []
-  if v % block:
-    parts.append(a[:, full * block:].sum(-1, keepdims=True))
-  return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-
-
-def softmax_stats(x: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
-  """(row max m [R], block masses [R, ceil(V / block)]) of x [R, V]: mass[r, j] = sum of exp(x - m) over block j.
-
-  Enough for both the cross-entropy (logsumexp = m + log(sum of the masses)) and CDF-inversion sampling, so the
-  masked-LM loss and the replacement sampler read the [R, V] logits twice between them (XLA merges the two identical
-  computations); neither materialises the softmax. No gradient flows through them.
-  """
-  x = jax.lax.stop_gradient(x)
-  m = jnp.max(x, axis=-1)
-  return m, _block_sums(jnp.exp(x - m[:, None]), block)
-
-
-def _last_positive(a: jax.Array) -> jax.Array:
-  """Index of the last entry > 0 on the last axis (rounding must never pick an empty slot); 0 if none."""
-  return jnp.max(jnp.where(a > 0, jnp.arange(a.shape[-1]), 0), -1)
-
-
-def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1.0, block: int = 128) -> jax.Array:
-  """One sample per row of softmax(logits / temperature) [..., V] by inverting its CDF with one uniform per row.
-
-  The same distribution as Gumbel-max (argmax(logits / T + Gumbel noise)), for a fraction of its cost: Gumbel-max needs
-  V random numbers and two logarithms per row and a variadic (value, index) reduction, which together took ~10% of the
-  ELECTRA-Small step on XLA's CPU backend; this needs one exponential per logit and one random number per row. The CDF
-  is searched in two levels: over the block masses of `softmax_stats` (blocks of `block` logits), then inside the
-  chosen block, whose `block` exponentials are recomputed from its logits. Logits of probability 0 (-inf, or
-  underflowed) are never chosen.
-  """
-  lead, v = logits.shape[:-1], logits.shape[-1]
-  x = jax.lax.stop_gradient(logits).reshape(-1, v).astype(jnp.float32)
-  if temperature != 1.0:
-    x = x / temperature
-  m, mass = softmax_stats(x, block)
-  cum = jnp.cumsum(mass, -1)                                                 # [R, nb]
-  target = jax.random.uniform(rng, (x.shape[0],)) * cum[:, -1]              # in [0, total)
-  b = jnp.minimum(jnp.sum(cum <= target[:, None], -1), _last_positive(mass))
-  before = jnp.take_along_axis(cum, b[:, None], 1)[:, 0] - jnp.take_along_axis(mass, b[:, None], 1)[:, 0]
-  idx = b[:, None] * block + jnp.arange(block)                               # the chosen block's vocabulary ids
-  inner = jnp.where(idx < v, jnp.exp(jnp.take_along_axis(x, jnp.minimum(idx, v - 1), 1) - m[:, None]), 0.0)
-  rest = jnp.maximum(target - before, 0.0)[:, None]   # >= 0, so leading empty slots are always skipped
-  i = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= rest, -1), _last_positive(inner))
-  return (b * block + i).reshape(lead)
-
-
-def corrupt(masked: Masked, sampled: jax.Array, input_ids: jax.Array, input_mask: jax.Array
-            ) -> tuple[jax.Array, jax.Array]:
-  """(discriminator input, labels): the sampled tokens at the masked positions; label 1 where a real token was
-  replaced by a different one (a sample equal to the original counts as original)."""
-  corrupted = scatter_positions(masked.input_ids, masked.positions, sampled, masked.weights)
-  return corrupted, (corrupted != input_ids) & input_mask.astype(bool)
-
-
-# ------------------------------------------------------------------------------------------------ losses and metrics
-def _safe_div(a, b):
-  return a / jnp.maximum(b, 1e-6)
-
-
-@jax.custom_vjp
-def _cross_entropy_rows(x: jax.Array, targets: jax.Array, m: jax.Array, mass: jax.Array) -> jax.Array:
-  """logsumexp(x) - x[target] per row of x [R, V], the logsumexp from softmax_stats(x) = (m, mass)."""
-  return _cross_entropy_rows_fwd(x, targets, m, mass)[0]
-
-
-def _cross_entropy_rows_fwd(x, targets, m, mass):
-  lse = m + jnp.log(jnp.sum(mass, -1))
-  return lse - jnp.take_along_axis(x, targets[:, None], 1)[:, 0], (x, targets, lse)
-
-
-def _cross_entropy_rows_bwd(res, g):
-  # d/dx = softmax(x) - one_hot(target), as one elementwise pass over [R, V] (the target by comparison with an iota:
-  # no scatter). m and mass are statistics of x under stop_gradient: the full derivative is the one above.
-  x, targets, lse = res
-  one_hot = jax.lax.broadcasted_iota(targets.dtype, x.shape, 1) == targets[:, None]
-  return g[:, None] * (jnp.exp(x - lse[:, None]) - one_hot), None, None, None
-
-
-_cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
-
-
-def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean cross-entropy over the weighted positions, accuracy of the top prediction there).
-
-  The cross-entropy has a hand-written gradient (softmax - one-hot in one pass over the logits; autodiff of
-  logsumexp and of a one-hot product made three), and shares `softmax_stats` with `sample_categorical`. A prediction
-  counts as correct when the target's logit is the row maximum (an argmax would be a variadic reduction, 30x slower
-  on XLA's CPU backend; the two differ only on exact ties).
-  """
-  v = logits.shape[-1]
-  x = logits.reshape(-1, v).astype(jnp.float32)
-  t = targets.reshape(-1).astype(jnp.int32)
-  w = weights.reshape(-1).astype(jnp.float32)
-  m, mass = softmax_stats(x)
-  losses = _cross_entropy_rows(x, t, m, mass)
-  top = jnp.take_along_axis(jax.lax.stop_gradient(x), t[:, None], 1)[:, 0] >= m
-  return _safe_div(jnp.sum(losses * w), jnp.sum(w)), _safe_div(jnp.sum(top * w), jnp.sum(w))
-
-
-def histogram_auc(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int = 4096,
-                  limit: float = 16.0) -> jax.Array:
-  """ROC AUC from per-bin counts of positive and negative logits (ties within a bin count 1/2); NaN if undefined."""
-  scaled = (jnp.clip(logits, -limit, limit) + limit) / (2 * limit) * num_bins
-  idx = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, num_bins - 1).reshape(-1)
-  w = weights.astype(jnp.float32).reshape(-1)
-  y = labels.astype(jnp.float32).reshape(-1)
-  pos = jnp.zeros(num_bins, jnp.float32).at[idx].add(w * y)
-  neg = jnp.zeros(num_bins, jnp.float32).at[idx].add(w * (1 - y))
-  neg_below = jnp.cumsum(neg) - neg
-  pairs = jnp.sum(pos) * jnp.sum(neg)
-  return jnp.where(pairs > 0, jnp.sum(pos * (neg_below + 0.5 * neg)) / jnp.maximum(pairs, 1.0), jnp.nan)
-
-
-def discriminator_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-  w = weights.astype(jnp.float32)
-  y = labels.astype(jnp.float32)
-  pred = (logits > 0).astype(jnp.float32)
-  true_pos = jnp.sum(w * pred * y)
-  return {
-      "disc_accuracy": _safe_div(jnp.sum(w * (pred == y)), jnp.sum(w)),
-      "disc_precision": _safe_div(true_pos, jnp.sum(w * pred)),
-      "disc_recall": _safe_div(true_pos, jnp.sum(w * y)),
-      "disc_auc": histogram_auc(logits, y, w),
-      "disc_replaced_fraction": _safe_div(jnp.sum(w * y), jnp.sum(w)),
-  }
-
-
-# ------------------------------------------------------------------------------------------------ the step
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  objective: str
-  mask_prob: float
-  max_predictions: int
-  masking: str
-  gen_weight: float
-  disc_weight: float
-  temperature: float
-  vocab_size: int
-  pad_id: int
-  cls_id: int
-  sep_id: int
-  mask_id: int
-
-
-def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: StepConfig) -> Callable:
-  """loss_fn(params, batch, rng) -> (loss, metrics), pure; params a nested dict of arrays."""
-
-  def loss_fn(params, batch, rng):
-    model = nnx.merge(graphdef, params, rest)
-    ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
-    k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
-    m = mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
-                    mask_id=cfg.mask_id, ignore_ids=(cfg.pad_id, cfg.cls_id, cfg.sep_id, cfg.mask_id),
-                    vocab_size=cfg.vocab_size, masking=cfg.masking)
-    mlm_net = model if cfg.objective == "mlm" else model.generator
-    gen = mlm_net(m.input_ids, mask, segments, masked_positions=m.positions, dropout_rng=k_gen)
-    mlm_loss, mlm_accuracy = masked_lm_loss(gen.logits, m.targets, m.weights)
-    out = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy,
-           "masked_per_seq": jnp.mean(jnp.sum(m.weights, -1)), "real_tokens": jnp.sum(mask).astype(jnp.float32)}
-    if cfg.objective == "mlm":
-      out["loss"] = mlm_loss
-      return mlm_loss, out
-    sampled = sample_categorical(k_sample, jax.lax.stop_gradient(gen.logits), cfg.temperature)
-    out["sampled_mlm_accuracy"] = _safe_div(jnp.sum((sampled == m.targets) * m.weights), jnp.sum(m.weights))
-    corrupted, labels = corrupt(m, sampled, ids, mask)
-    disc = model.discriminator(corrupted, mask, segments, dropout_rng=k_disc)
-    bce = optax.sigmoid_binary_cross_entropy(disc.logits, labels.astype(jnp.float32))
-    weights = mask.astype(jnp.float32)
-    rtd_loss = _safe_div(jnp.sum(bce * weights), jnp.sum(weights))
-    loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * rtd_loss
-    out.update(loss=loss, rtd_loss=rtd_loss, **discriminator_metrics(disc.logits, labels, weights))
-    return loss, out
-
-  return loss_fn
-
-
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    two_stage: tuple[int, Any, Any] | None = None) -> Callable:
   """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}; the step's
-  randomness is fold_in(rng, state["step"]), so the loop passes one base key."""
+  randomness is fold_in(rng, state["step"]), so the loop passes one base key.
+
+  two_stage = (N, frozen_in_stage_1, frozen_in_stage_2) (objectives.two_stage_frozen): at step N the discriminator's
+  encoder is initialised from the generator's; the frozen parameters of the current stage keep their values (no
+  update, no weight decay); loss_fn gets the step. The loop needs nothing else."""
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
-    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+    params = state["params"]
+    extra = ()
+    if two_stage is not None:
+      params = objectives.copy_generator_into_discriminator(params, state["step"] == two_stage[0])
+      extra = (state["step"],)
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, *extra)
     with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      params = optax.apply_updates(state["params"], updates)
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
+    if two_stage is not None:
+      first = state["step"] < two_stage[0]
+      new_params = jax.tree.map(lambda f1, f2, old, new: jnp.where(jnp.where(first, f1, f2), old, new),
+                                two_stage[1], two_stage[2], params, new_params)
+    params = new_params
     # The parameters' norm is measured where metrics are logged (loop.Loop.log_extras), not in every step: nobody
     # reads it in between (benchmarks/README.md, change 17).
     out.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
@@ -326,15 +102,51 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
       attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
       max_position_embeddings=int(m.max_position_embeddings), dtype=config.dtype, param_dtype=config.param_dtype,
       scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
-      architectures=("ElectraForMaskedLM",) if objective == "mlm" else ("ElectraForPreTraining",))
+      architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
+                     ("ElectraForPreTraining",)))
   if disc.max_position_embeddings < config.max_seq_length:
     raise ValueError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
                      f"{disc.max_position_embeddings}")
-  if objective == "mlm":
+  g = generator_options(config)
+  if objective == "mlm" or g["sampling"] == "uniform":
     return disc, None
-  gen = modeling.generator_config(disc, float(config.generator.hidden_fraction),
-                                  float(config.generator.layers_fraction))
-  return disc, gen
+  fractions = (float(config.generator.hidden_fraction), float(config.generator.layers_fraction))
+  if g["weight_sharing"] == "all" or g["two_stage"] > 0:
+    what = "generator.weight_sharing='all'" if g["weight_sharing"] == "all" else "two_stage"
+    if fractions != (1.0, 1.0):
+      raise ValueError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
+                       f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
+    return disc, disc.replace(architectures=("ElectraForMaskedLM",))
+  return disc, modeling.generator_config(disc, *fractions)
+
+
+def generator_options(config: Any) -> dict[str, Any]:
+  """config.generator's sampling / disallow_correct / weight_sharing and config.two_stage, validated."""
+  gen = config.generator
+  out = {"sampling": str(gen.get("sampling", "model")), "disallow_correct": bool(gen.get("disallow_correct", False)),
+         "weight_sharing": str(gen.get("weight_sharing", "embeddings")), "two_stage": int(config.get("two_stage", 0))}
+  if out["sampling"] not in SAMPLINGS:
+    raise ValueError(f"config.generator.sampling={out['sampling']!r}: must be one of {SAMPLINGS}")
+  if out["weight_sharing"] not in modeling.WEIGHT_SHARING:
+    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r}: must be one of "
+                     f"{modeling.WEIGHT_SHARING}")
+  objective = config.objective
+  if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
+    raise ValueError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
+                     f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
+  if out["weight_sharing"] == "all" and objective == "electric":
+    raise ValueError("config.generator.weight_sharing='all' with objective 'electric': the two-tower generator is "
+                     "causal and cannot be the discriminator")
+  if out["two_stage"] < 0:
+    raise ValueError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
+  if out["two_stage"] > 0:
+    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] == "all":
+      raise ValueError("config.two_stage needs objective 'electra', generator.sampling='model' and "
+                       "generator.weight_sharing 'embeddings' or 'none'")
+    if out["two_stage"] >= int(config.num_train_steps):
+      raise ValueError(f"config.two_stage={out['two_stage']} leaves no discriminator steps "
+                       f"(num_train_steps={config.num_train_steps})")
+  return out
 
 
 @dataclasses.dataclass
@@ -355,12 +167,13 @@ class Setup:
   batch_sharding: jax.sharding.NamedSharding
   train_step: Callable
   init_fn: Callable
+  model_options: dict[str, str] | None = None    # ElectraPretrainingModel's options; None: a plain masked LM
 
   @property
   def model_meta(self) -> dict[str, Any]:
-    if self.gen_config is None:
+    if self.model_options is None:
       return checkpointing.head_meta("ElectraForMaskedLM", self.disc_config)
-    return checkpointing.pretraining_meta(self.disc_config, self.gen_config)
+    return checkpointing.pretraining_meta(self.disc_config, self.gen_config, options=self.model_options)
 
 
 def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
@@ -379,18 +192,25 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
     raise ValueError(f"config.temperature={config.temperature}: must be positive")
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   disc, gen = model_configs(config, vocab_size)
+  g = generator_options(config)
   seed = int(config.seed)
+  options = None
+  if config.objective != "mlm":
+    options = objectives.model_options(config.objective, g["weight_sharing"])
 
   def make_model():
-    if gen is None:
+    if options is None:
       return modeling.ElectraForMaskedLM(disc, rngs=nnx.Rngs(seed))
-    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))
+    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed), **options)
 
   graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
   param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
   abstract_params = nnx.to_pure_dict(abstract_vars)
-  tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
-                              num_train_steps=int(config.num_train_steps))
+  if g["two_stage"] > 0:
+    tx, schedule = _two_stage_optimizer(config, g["two_stage"])
+  else:
+    tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
+                                num_train_steps=int(config.num_train_steps))
   replicated = sharding.replicated(mesh)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
@@ -406,9 +226,13 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
       max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length)),
       masking=config.masking, gen_weight=float(config.gen_weight), disc_weight=float(config.disc_weight),
       temperature=float(config.temperature), vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
-      sep_id=ids["sep"], mask_id=ids["mask"])
-  loss_fn = make_loss_fn(graphdef, rest, step_cfg)
-  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+      sep_id=ids["sep"], mask_id=ids["mask"], sampling=g["sampling"], disallow_correct=g["disallow_correct"],
+      two_stage=g["two_stage"])
+  loss_fn = objectives.make_loss_fn(graphdef, rest, step_cfg)
+  two_stage = None
+  if g["two_stage"] > 0:
+    two_stage = (g["two_stage"], *objectives.two_stage_frozen(abstract_params, g["weight_sharing"]))
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule, two_stage), donate_argnums=(0,),
                        out_shardings=(state_shardings, replicated))
 
   def init():
@@ -420,7 +244,25 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
                graphdef=graphdef, rest=rest, tx=tx, schedule=schedule, abstract_state=abstract_state,
                state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh, rules),
-               train_step=train_step, init_fn=init_fn)
+               train_step=train_step, init_fn=init_fn, model_options=options)
+
+
+def _two_stage_optimizer(config: Any, first: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW as optim.create builds it, with the warmup-and-decay schedule restarted for each stage (each stage is a
+  training run of its own: N generator steps, then num_train_steps - N discriminator steps)."""
+  o, total, lr = config.optimizer, int(config.num_train_steps), float(config.learning_rate)
+
+  def stage(steps):
+    return optim.warmup_decay_schedule(lr, steps, optim.resolve_warmup(o, steps),
+                                       power=float(o.get("lr_decay_power", 1.0)),
+                                       end_learning_rate=float(o.get("end_learning_rate", 0.0)),
+                                       kind=str(o.get("schedule", "multiply")))
+
+  schedule = optax.join_schedules([stage(first), stage(total - first)], [first])
+  tx = optim.adamw(schedule, b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-6)),
+                   weight_decay=float(o.get("weight_decay", 0.01)), mask=optim.weight_decay_mask,
+                   clip_norm=o.get("clip_norm", 1.0), bias_correction=bool(o.get("bias_correction", False)))
+  return tx, schedule
 
 
 def init_state(setup: Setup) -> dict[str, Any]:
@@ -627,8 +469,7 @@ def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[s
   if not distributed.is_primary():
     return dirs
   model = merge_model(setup, jax.tree.map(jnp.asarray, host))
-  parts = {"mlm": model} if setup.gen_config is None else {"discriminator": model.discriminator,
-                                                           "generator": model.generator}
+  parts = model.hf_parts() if isinstance(model, modeling.ElectraPretrainingModel) else {"mlm": model}
   for name, module in parts.items():
     dirs[name] = convert.to_hf(module, os.path.join(out_dir, name), vocab_file=tokenizer_meta["vocab_file"],
                                lowercase=tokenizer_meta["lowercase"], strip_accents=tokenizer_meta["strip_accents"])
