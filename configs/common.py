@@ -91,8 +91,9 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
 
 
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
-  """Mesh axis sizes; one of them may be -1 (the remaining devices); data may be 0: the number of TPU slices (1 on
-  one slice, GPUs and CPUs), so that only data parallelism crosses the network between slices."""
+  """Mesh axis sizes; one of them may be -1 (the remaining devices); data may be 0: the number of slices the devices
+  span (their slice_index: TPU multislice; 1 on a single slice and on CPUs), so that only data parallelism crosses the
+  network between slices (electra_jax.sharding.make_mesh)."""
   return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 
 

@@ -68,9 +68,9 @@ def num_slices(devices: Sequence[jax.Device]) -> int:
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh. One size may be -1 (the remaining devices); `data` may be 0, the number of slices
-  (1 unless the devices span several TPU slices). Default: all devices on `data`.
+  (`num_slices`: 1 unless the devices span several TPU slices). Default: all devices on `data`.
 
-  On devices of several TPU slices, `data` must be a multiple of the slices: it is the only axis that crosses the
+  On devices of several slices, `data` must be a multiple of the slices: it is the only axis that crosses the
   data-centre network between them (data parallelism across slices); fsdp and tensor stay inside a slice.
   """
   devices = list(devices) if devices is not None else jax.devices()
