@@ -368,16 +368,6 @@ HEADS: dict[str, type[nnx.Module]] = {
 }
 
 
-def head_class(name: str) -> type[nnx.Module]:
-  """An HF head class by name, or one of the original ELECTRA heads (electra_jax/modeling/original_heads.py)."""
-  if name in HEADS:
-    return HEADS[name]
-  from electra_jax.modeling.original_heads import ORIGINAL_HEADS  # pylint: disable=import-outside-toplevel
-  if name in ORIGINAL_HEADS:
-    return ORIGINAL_HEADS[name]
-  raise ValueError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS) + sorted(ORIGINAL_HEADS)}")
-
-
 def count_params(module: nnx.Module) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 

@@ -202,7 +202,7 @@ def beam_candidates(start_top_log_probs, start_top_index, end_top_log_probs, end
   return out
 
 
-# The original heads by checkpoint kind (models.head_class looks here after the HF heads).
+# The original heads by checkpoint kind (modeling.head_class looks here after the HF heads).
 ORIGINAL_HEADS = {
     "OriginalElectraForSequenceClassification": OriginalElectraForSequenceClassification,
     "OriginalElectraForQuestionAnswering": OriginalElectraForQuestionAnswering,
