@@ -51,7 +51,7 @@ from electra_jax.train import checkpointing, compiling, distributed, flops, metr
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ORIGINAL_HEADS = original_heads.ORIGINAL_HEADS
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "kernels")
 ARCH_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "intermediate_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
