@@ -18,7 +18,7 @@ Variants (each the real `pretrain_lib` step with one thing changed; `parts` time
   bf16        compute dtype bfloat16 (parameters float32)
   scan        jax.lax.scan over the layers
   gelu_erfc   exact GELU as jax.nn.gelu(approximate=False), which XLA lowers through erfc (the model before it took
-              torch's form, x / 2 * (1 + erf(x / sqrt 2)), layers.gelu_exact); the same function
+              torch's form, x / 2 * (1 + erf(x / sqrt 2)), ops.gelu); the same function
   dropout_float  dropout masks from a float32 uniform per element (jax.random.bernoulli: 32 random bits each), as
               the model did before its masks took 16 bits per element (four per threefry hash since change 13)
   attn_heads_major  attention computed in [B, heads, L, head_dim] order: q/k/v projected straight into it with
@@ -74,7 +74,7 @@ flags.DEFINE_string("json_out", "", "Also write the final JSON line to this file
 
 # Categories of XLA ops. Matrix products and pure layout copies are recognised from the HLO itself (a fusion is a
 # matmul when its computation holds a dot); the rest by the named scope of the JAX code they came from (the model
-# names them: layers.dropout, layers.gelu_exact, layers.LayerNorm, the attention core, the optimizer update), which
+# names them: ops.dropout, ops.gelu, layers.LayerNorm, the attention core, the optimizer update), which
 # XLA keeps in the op_name metadata of forward and backward ops alike. The first match wins.
 SCOPES = (
     ("dropout random bits and masks", "dropout_mask"),
@@ -92,7 +92,8 @@ def _gelu_erfc(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-def _dropout_float(x, rate, rng):
+def _dropout_float(x, rate, rng, *, kernels="auto"):
+  del kernels
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   if rng is None or rate == 0.0:
@@ -101,12 +102,14 @@ def _dropout_float(x, rate, rng):
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def _layer_heads_major(self, x, mask, rng=None):
+def _layer_heads_major(self, x, mask, rng=None, positions=None):
   """ElectraLayer.__call__ with attention in [B, N, L, D] order (see the attn_heads_major variant)."""
+  if positions is not None:
+    raise NotImplementedError("attn_heads_major: the pretraining step computes every position of the last layer")
   import math  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax import ops, sharding  # pylint: disable=import-outside-toplevel
   from electra_jax.modeling import layers  # pylint: disable=import-outside-toplevel
   r_att, r_out1, r_out2 = layers.split_rng(rng, 3)
   n, d, dt = self.num_heads, self.head_dim, self.dtype
@@ -123,13 +126,13 @@ def _layer_heads_major(self, x, mask, rng=None):
   else:
     scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = layers.dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, r_att).astype(dt)
+    probs = ops.dropout(jax.nn.softmax(scores, axis=-1), self.attention_rate, r_att, kernels=self.kernels).astype(dt)
     ctx = jnp.einsum("bnqk,bnkd->bnqd", probs, v)
   wo = self.attention_output.kernel[...].astype(dt).reshape(n, d, -1)
   a = jnp.einsum("bnld,ndh->blh", ctx, wo) + self.attention_output.bias[...].astype(dt)
-  x = self.attention_norm(layers.dropout(a, self.hidden_rate, r_out1) + x)
+  x = self.attention_norm(ops.dropout(a, self.hidden_rate, r_out1, kernels=self.kernels) + x)
   f = self.output(self.act(self.intermediate(x)))
-  x = self.output_norm(layers.dropout(f, self.hidden_rate, r_out2) + x)
+  x = self.output_norm(ops.dropout(f, self.hidden_rate, r_out2, kernels=self.kernels) + x)
   return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
@@ -141,23 +144,23 @@ class patched:  # pylint: disable=invalid-name
     self.saved = []
 
   def __enter__(self):
-    from electra_jax.modeling import layers, models  # pylint: disable=import-outside-toplevel
+    from electra_jax import ops  # pylint: disable=import-outside-toplevel
+    from electra_jax.modeling import layers, models, original_heads  # pylint: disable=import-outside-toplevel
     if self.gelu_erfc:
       original = layers.activation
 
-      def activation(name):
-        return _gelu_erfc if name == "gelu" else original(name)
+      def activation(name, kernels="auto"):
+        return _gelu_erfc if name == "gelu" else original(name, kernels)
 
-      for mod in (layers, models):
+      for mod in (layers, models, original_heads):
         self.saved.append((mod, "activation", getattr(mod, "activation")))
         mod.activation = activation
     if self.attn_heads_major:
       self.saved.append((layers.ElectraLayer, "__call__", layers.ElectraLayer.__call__))
       layers.ElectraLayer.__call__ = _layer_heads_major
-    if self.dropout_float:
-      for mod in (layers, models):
-        self.saved.append((mod, "dropout", getattr(mod, "dropout")))
-        mod.dropout = _dropout_float
+    if self.dropout_float:   # every module's dropout goes through ops.dropout
+      self.saved.append((ops, "dropout", ops.dropout))
+      ops.dropout = _dropout_float
     return self
 
   def __exit__(self, *exc):

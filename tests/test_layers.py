@@ -1,89 +1,103 @@
-"""Hand-written gradients (layers.layer_norm, layers.matmul) against autodiff of the textbook formula, and torch's."""
+"""The modules through the kernel seam: each passes its config's `kernels` to electra_jax.ops, a model's values and
+gradients are the same in every form, Dense stays one 2-D product (the op-level tests are in tests/test_ops.py)."""
+
+import collections
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from flax import nnx
 
-from electra_jax.modeling import layers
+from electra_jax.modeling import HEADS, ORIGINAL_HEADS, ElectraConfig, head_class
+from electra_jax.modeling.layers import Dense, attention_mask_bias
+from electra_jax.ops import xla_cpu
 
-
-def _reference(x, scale, bias, eps):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
-
-
-@pytest.mark.parametrize("eps", [1e-12, 1e-3])
-def test_layer_norm_value_and_gradient_equal_autodiff(eps):
-  k = jax.random.split(jax.random.key(0), 4)
-  x = jax.random.normal(k[0], (4, 7, 48)) * 3 + 1
-  scale, bias = jax.random.normal(k[1], (48,)), jax.random.normal(k[2], (48,))
-  cot = jax.random.normal(k[3], x.shape)
-  np.testing.assert_allclose(layers.layer_norm(x, scale, bias, eps), _reference(x, scale, bias, eps), atol=2e-6)
-
-  def grads(fn):
-    return jax.grad(lambda *a: jnp.sum(fn(*a) * cot), (0, 1, 2))(x, scale, bias)
-
-  for got, want in zip(grads(lambda *a: layers.layer_norm(*a, eps)), grads(lambda *a: _reference(*a, eps))):
-    np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()))
-  # torch's LayerNorm, value and input gradient
-  tx = torch.tensor(np.asarray(x), requires_grad=True)
-  ty = torch.nn.functional.layer_norm(tx, (48,), torch.tensor(np.asarray(scale)), torch.tensor(np.asarray(bias)), eps)
-  (ty * torch.tensor(np.asarray(cot))).sum().backward()
-  np.testing.assert_allclose(layers.layer_norm(x, scale, bias, eps), ty.detach().numpy(), atol=2e-6)
-  np.testing.assert_allclose(grads(lambda *a: layers.layer_norm(*a, eps))[0], tx.grad.numpy(), atol=2e-5)
+SMALL = dict(vocab_size=61, embedding_size=16, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=40, max_position_embeddings=16, num_labels=3)
+OPS = ("dropout", "dense", "tied_logits", "layer_norm", "gelu", "attention")
 
 
-def test_layer_norm_gradient_keeps_nan_where_autodiff_has_it():
-  # The written-out backward (with its no-op select) hides nothing: a NaN row's gradient is NaN as autodiff's is, and
-  # the other rows' gradients are unaffected by it.
-  x = jnp.arange(3 * 8, dtype=jnp.float32).reshape(3, 8) / 7
-  x = x.at[1, 2].set(jnp.nan)
-  scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.zeros(8)
-  got = jax.grad(lambda v: jnp.sum(layers.layer_norm(v, scale, bias, 1e-12) ** 2))(x)
-  want = jax.grad(lambda v: jnp.sum(_reference(v, scale, bias, 1e-12) ** 2))(x)
-  assert np.isnan(got[1]).all() and np.isnan(want[1]).all()
-  np.testing.assert_allclose(np.asarray(got)[[0, 2]], np.asarray(want)[[0, 2]], atol=1e-4)
+def _inputs(head, b=2, length=8):
+  ids = (jnp.arange(b * length).reshape(b, length) % 50 + 5).astype(jnp.int32)
+  mask = jnp.ones((b, length), jnp.int32).at[1, 5:].set(0)
+  if head == "ElectraForMultipleChoice":
+    ids, mask = jnp.stack([ids, ids[::-1]], 1), jnp.stack([mask, mask[::-1]], 1)
+  return ids, mask
 
 
-@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (24, 24)])
-def test_matmul_gradients_equal_autodiff_in_either_orientation(shape):
-  # On CPU a kernel with more rows than columns takes its gradient as (g^T x)^T (layers.matmul): the same values.
-  k = jax.random.split(jax.random.key(1), 3)
-  x, w = jax.random.normal(k[0], (40, shape[0])), jax.random.normal(k[1], shape)
-  cot = jax.random.normal(k[2], (40, shape[1]))
-  np.testing.assert_allclose(layers.matmul(x, w), x @ w, rtol=1e-6)
-
-  def grads(fn):
-    return jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b) * cot), (0, 1)))(x, w)
-
-  for got, want in zip(grads(layers.matmul), grads(jnp.dot)):
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-  def swapped():
-    return "optimization_barrier" in str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.matmul(x, a))))(w))
-
-  assert swapped() == (shape[0] > shape[1] and jax.default_backend() == "cpu")
-  # The platform of the mesh in context decides (launch/tpu_aot.py traces for TPU devices on a CPU host).
-  from jax._src.mesh import AbstractDevice  # pylint: disable=import-outside-toplevel
-  tpu = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=AbstractDevice("TPU v5 lite", None, "tpu"))
-  with jax.sharding.use_abstract_mesh(tpu):
-    assert not swapped()
+@pytest.mark.parametrize("head", sorted(HEADS) + sorted(ORIGINAL_HEADS))
+def test_every_module_runs_the_forms_its_config_names(head, monkeypatch):
+  calls = collections.Counter()
+  for name in OPS:
+    def counted(*args, _op=getattr(xla_cpu, name), _name=name, **kw):
+      calls[_name] += 1
+      return _op(*args, **kw)
+    monkeypatch.setattr(xla_cpu, name, counted)
+  ids, mask = _inputs(head)
+  for kernels in ("reference", "xla_cpu", "auto"):
+    calls.clear()
+    cfg = ElectraConfig(**SMALL, kernels=kernels, is_decoder=head == "ElectraForCausalLM")
+    graphdef, state = nnx.split(head_class(head)(cfg, rngs=nnx.Rngs(0)))
+    jax.eval_shape(lambda s: nnx.merge(graphdef, s)(ids, mask, dropout_rng=jax.random.key(0)), state)   # training
+    jax.eval_shape(lambda s: nnx.merge(graphdef, s)(ids, mask), state)                                  # inference
+    if kernels == "reference":
+      assert not calls, f"{head} with kernels='reference' ran CPU forms: {dict(calls)}"
+    else:   # on CPU, "auto" is "xla_cpu"
+      lm = head in ("ElectraForMaskedLM", "ElectraForCausalLM")
+      assert {op for op in OPS if calls[op]} == set(OPS) - ({"tied_logits"} - ({"tied_logits"} if lm else set()))
 
 
-@pytest.mark.parametrize("queries,causal", [(9, False), (9, True), (2, False)])
-def test_attention_heads_major_equals_dot_product_attention(queries, causal):
-  # The CPU inference attention (operands copied into heads-major order) against jax.nn.dot_product_attention:
-  # padding, causal masks, and fewer queries than keys (the pruned last layer).
-  k = jax.random.split(jax.random.key(0), 3)
-  q = jax.random.normal(k[0], (3, queries, 2, 8))
-  kk, v = jax.random.normal(k[1], (3, 9, 2, 8)), jax.random.normal(k[2], (3, 9, 2, 8))
-  pad = jnp.asarray([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
-  mask = layers.attention_mask_bias(pad, causal=causal)[:, :, :queries]
-  want = jax.nn.dot_product_attention(q, kk, v, mask=mask)
-  got = jax.jit(layers._attention_heads_major, static_argnums=4)(q, kk, v, mask, jnp.float32)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, atol=2e-6)
+@pytest.mark.parametrize("head", ["ElectraForCausalLM", "ElectraForSequenceClassification"])
+def test_model_values_and_gradients_are_the_same_in_every_form(head):
+  # A causal LM (causal masks, the tied LM head) and a [CLS] head (its last layer at [CLS] alone), without dropout.
+  ids, mask = _inputs(head)
+  cfg = ElectraConfig(**SMALL, is_decoder=head == "ElectraForCausalLM", hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+  _, params = nnx.split(head_class(head)(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  cot = jax.random.normal(jax.random.key(2), (2, 8, SMALL["vocab_size"]) if "LM" in head else (2, SMALL["num_labels"]))
+
+  def value_and_grads(kernels):
+    graphdef, _, rest = nnx.split(head_class(head)(cfg.replace(kernels=kernels), rngs=nnx.Rngs(1)), nnx.Param, ...)
+    f = lambda p: nnx.merge(graphdef, p, rest)(ids, mask, dropout_rng=jax.random.key(0)).logits  # noqa: E731
+    y, grads = jax.jit(lambda p: (f(p), jax.grad(lambda q: jnp.sum(f(q) * cot))(p)))(params)
+    return y, jax.tree.leaves(grads)
+
+  (want, want_grads), (got, got_grads) = value_and_grads("reference"), value_and_grads("xla_cpu")
+  assert got.shape == cot.shape
+  np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()))
+  for g, w in zip(got_grads, want_grads, strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.abs(w).max()) + 1e-9)
+
+
+def test_dense_is_one_2d_product():
+  # [B, L, in] x [in, out] runs as one [B * L, in] x [in, out] product, forward and backward (benchmarks/README.md,
+  # change 1); the kernel [in, out] is the transpose of torch's Linear weight.
+  cfg = ElectraConfig(**SMALL)
+  layer = Dense(24, 40, ("embed", "mlp"), cfg, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 7, 24))
+  dots = [e for e in _eqns(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(layer(v))))(x).jaxpr)
+          if e.primitive.name == "dot_general"]
+  assert len(dots) >= 2 and all(v.aval.ndim == 2 for e in dots for v in e.invars)
+  np.testing.assert_allclose(layer(x), x @ layer.kernel[...] + layer.bias[...], atol=1e-6)
+
+
+def _eqns(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs inside it."""
+  for e in jaxpr.eqns:
+    yield e
+    for p in e.params.values():
+      for inner in p if isinstance(p, (tuple, list)) else (p,):
+        inner = getattr(inner, "jaxpr", inner)
+        if hasattr(inner, "eqns"):
+          yield from _eqns(inner)
+
+
+def test_attention_mask_bias():
+  pad = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]])
+  keep = attention_mask_bias(pad, causal=False)
+  assert keep.shape == (2, 1, 1, 4) and keep.dtype == jnp.bool_
+  np.testing.assert_array_equal(keep[:, 0, 0], pad.astype(bool))
+  causal = attention_mask_bias(pad, causal=True)
+  assert causal.shape == (2, 1, 4, 4)
+  np.testing.assert_array_equal(causal[1, 0], np.tril(np.ones((4, 4), bool)) & np.array([1, 1, 0, 0], bool))

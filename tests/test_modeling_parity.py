@@ -139,7 +139,7 @@ def _assert_gradients_close(pairs):
 
 @pytest.mark.slow
 def test_masked_lm_gradients_equal_transformers(tmp_path):
-  """The tied LM head's hand-written backward (layers.tied_logits): table, bias and the layers below, against torch."""
+  """The tied LM head's hand-written backward (xla_cpu.tied_logits): table, bias and the layers below, against torch."""
   vocab = CONFIGS["factorized"]["vocab_size"]
 
   def labels(mask):

@@ -230,8 +230,8 @@ def from_hf(path: str | os.PathLike, head: str | None = None, *, new_head_ok: bo
             **runtime) -> nnx.Module:
   """Loads an HF ELECTRA folder as an electra_jax module, ready for inference (dropout is off unless asked for).
 
-  runtime: dtype / param_dtype / scan_layers / remat_policy. config_overrides: architecture fields to change (e.g.
-  num_labels for a new head). With a mesh, parameters are placed with the logical sharding rules.
+  runtime: dtype / param_dtype / scan_layers / remat_policy / kernels. config_overrides: architecture fields to
+  change (e.g. num_labels for a new head). With a mesh, parameters are placed with the logical sharding rules.
   """
   path = os.fspath(path)
   config = ElectraConfig.from_json_file(os.path.join(path, "config.json"), **runtime)

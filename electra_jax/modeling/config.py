@@ -3,9 +3,9 @@
     cfg = ElectraConfig(hidden_size=256, num_attention_heads=4)            # HF defaults = ELECTRA-Small discriminator
     cfg = ElectraConfig.from_json_file("hf_dir/config.json")               # reads an HF config.json
     cfg.to_hf_dict()                                                        # what goes back into config.json
-    cfg = cfg.replace(dtype="bfloat16", scan_layers=True, remat_policy="dots")
+    cfg = cfg.replace(dtype="bfloat16", scan_layers=True, remat_policy="dots", kernels="auto")
 
-The runtime-only fields (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`) never reach config.json.
+The runtime-only fields (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`, `kernels`) never reach config.json.
 Invalid values raise `ConfigError` naming the field (and the file, when read from one).
 """
 
@@ -19,12 +19,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from electra_jax import ops
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 SUMMARY_TYPES = ("first", "last", "mean")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "kernels")
 # Keys that HF writes into config.json but that say nothing about the architecture.
 _HF_BOOKKEEPING = {"model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path", "output_past",
                    "return_dict", "output_hidden_states", "output_attentions", "chunk_size_feed_forward",
@@ -76,6 +78,7 @@ class ElectraConfig:
   param_dtype: str = "float32"      # storage dtype of parameters
   scan_layers: bool = False         # jax.lax.scan over the stacked layers instead of a Python loop
   remat_policy: str = "none"        # rematerialisation of each layer in the backward pass
+  kernels: str = "auto"             # forms of the ops (electra_jax/ops): auto, reference, xla_cpu, cudnn, pallas
 
   def __post_init__(self):
     if isinstance(self.id2label, dict):  # accept HF's {id: name} mapping; store hashable pairs
@@ -127,6 +130,15 @@ class ElectraConfig:
         bad(f, f"must be one of {tuple(DTYPES)}")
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"must be one of {REMAT_POLICIES}")
+    if self.kernels not in ops.KERNELS:
+      bad("kernels", f"must be one of {ops.KERNELS}")
+    if self.kernels in ops.FUSED_ATTENTION and float(self.attention_probs_dropout_prob) > 0:
+      bad("kernels", f"attention_probs_dropout_prob must be 0 for kernels={self.kernels!r} (its fused attention has "
+                     f"no dropout; got {self.attention_probs_dropout_prob}): set "
+                     f"--config.model.attention_probs_dropout_prob=0 or kernels=auto")
+    if self.kernels == "cudnn" and self.dtype == "float32":
+      bad("kernels", "cuDNN's fused attention runs bfloat16 or float16, not dtype=float32: set dtype=bfloat16 or "
+                     "kernels=auto")
 
   # ---------------------------------------------------------------- helpers
   @property

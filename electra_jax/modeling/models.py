@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from electra_jax import sharding
+from electra_jax import ops, sharding
 from electra_jax.modeling.config import ElectraConfig
 from electra_jax.modeling.layers import (Dense, ElectraEmbeddings, ElectraEncoder, LayerNorm, _param, activation,
-                                         attention_mask_bias, dropout, split_rng, tied_logits)
+                                         attention_mask_bias, split_rng)
 
 IGNORE_INDEX = -100  # label value that the token-level losses skip, as in torch's CrossEntropyLoss
 
@@ -127,7 +127,7 @@ class ElectraDiscriminatorPredictions(nnx.Module):
     h = config.hidden_size
     self.dense = Dense(h, h, ("embed", "mlp"), config, rngs=rngs)
     self.dense_prediction = Dense(h, 1, ("mlp", "classes"), config, rngs=rngs)
-    self.act = activation(config.hidden_act)
+    self.act = activation(config.hidden_act, config.kernels)
 
   def __call__(self, x):
     return self.dense_prediction(self.act(self.dense(x)))[..., 0].astype(jnp.float32)
@@ -156,7 +156,7 @@ class ElectraGeneratorPredictions(nnx.Module):
   def __init__(self, config: ElectraConfig, *, rngs: nnx.Rngs):
     self.dense = Dense(config.hidden_size, config.embedding_size, ("embed", "emb"), config, rngs=rngs)
     self.layer_norm = LayerNorm(config.embedding_size, config)
-    self.act = activation("gelu")
+    self.act = activation("gelu", config.kernels)
 
   def __call__(self, x):
     return self.layer_norm(self.act(self.dense(x)))
@@ -184,9 +184,8 @@ class _LMHead(_Head):
       return self.generator_lm_head(x).astype(jnp.float32)
     dtype = self.config.compute_dtype
     table = self.electra.embeddings.word_embeddings[...].astype(dtype)
-    # one 2-D product, as in Dense, with a hand-written backward (layers.tied_logits)
     bias = self.generator_lm_head.bias[...].astype(dtype)
-    logits = tied_logits(x.astype(dtype).reshape(-1, x.shape[-1]), table, bias)
+    logits = ops.tied_logits(x.astype(dtype).reshape(-1, x.shape[-1]), table, bias, kernels=self.config.kernels)
     return logits.reshape(*x.shape[:-1], -1).astype(jnp.float32)
 
 
@@ -222,13 +221,14 @@ class ElectraClassificationHead(nnx.Module):
     h = config.hidden_size
     self.dense = Dense(h, h, ("embed", "mlp"), config, rngs=rngs)
     self.out_proj = Dense(h, config.num_labels, ("mlp", "classes"), config, rngs=rngs)
-    self.act = activation("gelu")
+    self.act = activation("gelu", config.kernels)
     self.rate = rate
+    self.kernels = config.kernels
 
   def __call__(self, h, rng):
     r1, r2 = split_rng(rng, 2)
-    x = dropout(h[:, 0], self.rate, r1)
-    x = dropout(self.act(self.dense(x)), self.rate, r2)
+    x = ops.dropout(h[:, 0], self.rate, r1, kernels=self.kernels)
+    x = ops.dropout(self.act(self.dense(x)), self.rate, r2, kernels=self.kernels)
     return self.out_proj(x).astype(jnp.float32)
 
 
@@ -276,10 +276,11 @@ class ElectraSequenceSummary(nnx.Module):
     h = config.hidden_size
     out = config.num_labels if config.summary_proj_to_labels and config.num_labels > 0 else h
     self.summary = Dense(h, out, ("embed", "mlp"), config, rngs=rngs) if config.summary_use_proj else None
-    self.act = activation(config.summary_activation) if config.summary_activation else (lambda x: x)
+    self.act = activation(config.summary_activation, config.kernels) if config.summary_activation else (lambda x: x)
     self.summary_type = config.summary_type
     self.first_rate = config.summary_first_dropout
     self.last_rate = config.summary_last_dropout
+    self.kernels = config.kernels
 
   def __call__(self, h, rng):
     r1, r2 = split_rng(rng, 2)
@@ -289,10 +290,10 @@ class ElectraSequenceSummary(nnx.Module):
       x = h[:, -1]
     else:
       x = jnp.mean(h, axis=1)
-    x = dropout(x, self.first_rate, r1)
+    x = ops.dropout(x, self.first_rate, r1, kernels=self.kernels)
     if self.summary is not None:
       x = self.summary(x)
-    return dropout(self.act(x), self.last_rate, r2)
+    return ops.dropout(self.act(x), self.last_rate, r2, kernels=self.kernels)
 
 
 class ElectraForMultipleChoice(_Head):
@@ -330,7 +331,8 @@ class ElectraForTokenClassification(_Head):
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *, labels=None,
                dropout_rng=None) -> LogitsOutput:
     h, r_head = self._body(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng)
-    logits = self.classifier(dropout(h, self.classifier_rate, r_head)).astype(jnp.float32)
+    h_drop = ops.dropout(h, self.classifier_rate, r_head, kernels=self.config.kernels)
+    logits = self.classifier(h_drop).astype(jnp.float32)
     loss = None if labels is None else cross_entropy(logits, jnp.asarray(labels))
     return LogitsOutput(logits=logits, loss=loss, last_hidden_state=h)
 
@@ -366,16 +368,6 @@ HEADS: dict[str, type[nnx.Module]] = {
     "ElectraForTokenClassification": ElectraForTokenClassification,
     "ElectraForQuestionAnswering": ElectraForQuestionAnswering,
 }
-
-
-def head_class(name: str) -> type[nnx.Module]:
-  """An HF head class by name, or one of the original ELECTRA heads (electra_jax/modeling/original_heads.py)."""
-  if name in HEADS:
-    return HEADS[name]
-  from electra_jax.modeling.original_heads import ORIGINAL_HEADS  # pylint: disable=import-outside-toplevel
-  if name in ORIGINAL_HEADS:
-    return ORIGINAL_HEADS[name]
-  raise ValueError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS) + sorted(ORIGINAL_HEADS)}")
 
 
 def count_params(module: nnx.Module) -> int:

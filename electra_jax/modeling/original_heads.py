@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from electra_jax import ops
 from electra_jax.modeling.config import ElectraConfig
-from electra_jax.modeling.layers import Dense, activation, dropout, split_rng
+from electra_jax.modeling.layers import Dense, activation, split_rng
 from electra_jax.modeling.models import ElectraModel, LogitsOutput, binary_cross_entropy, cross_entropy
 
 QA_HIDDEN_SIZE = 512           # width of the original's "qa_hidden" and answerability layers
@@ -60,7 +61,8 @@ class OriginalElectraForSequenceClassification(nnx.Module):
     # only [CLS] is read: the last layer is computed there alone (last_hidden_state [B, 1, H])
     h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
                      last_layer_positions=1).last_hidden_state
-    logits = self.classifier(dropout(h[:, 0], self.rate, r_head)).astype(jnp.float32)
+    x = ops.dropout(h[:, 0], self.rate, r_head, kernels=self.config.kernels)
+    logits = self.classifier(x).astype(jnp.float32)
     loss = None
     if labels is not None:
       labels = jnp.asarray(labels)
@@ -117,7 +119,7 @@ class OriginalElectraForQuestionAnswering(nnx.Module):
                              if answerable_classifier else None)
     self.beam_size = beam_size
     self.answerable_weight = answerable_weight
-    self.act = activation("gelu")
+    self.act = activation("gelu", config.kernels)
 
   def _end_logits(self, start_repr: jax.Array, h: jax.Array, penalty: jax.Array) -> jax.Array:
     """End logits for given start representations.
@@ -202,7 +204,7 @@ def beam_candidates(start_top_log_probs, start_top_index, end_top_log_probs, end
   return out
 
 
-# The original heads by checkpoint kind (models.head_class looks here after the HF heads).
+# The original heads by checkpoint kind (modeling.head_class looks here after the HF heads).
 ORIGINAL_HEADS = {
     "OriginalElectraForSequenceClassification": OriginalElectraForSequenceClassification,
     "OriginalElectraForQuestionAnswering": OriginalElectraForQuestionAnswering,

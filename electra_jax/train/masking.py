@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from electra_jax import ops
+
 OBJECTIVES = ("electra", "mlm", "electra_15", "replace_mlm", "all_tokens_mlm", "electric")
 SAMPLINGS = ("model", "uniform")   # the generator's: its softmax, or uniform over the vocabulary
 MASKINGS = ("electra", "bert")
@@ -142,42 +144,20 @@ def safe_div(a, b):
   return a / jnp.maximum(b, 1e-6)
 
 
-@jax.custom_vjp
-def _cross_entropy_rows(x: jax.Array, targets: jax.Array, m: jax.Array, mass: jax.Array) -> jax.Array:
-  """logsumexp(x) - x[target] per row of x [R, V], the logsumexp from softmax_stats(x) = (m, mass)."""
-  return _cross_entropy_rows_fwd(x, targets, m, mass)[0]
-
-
-def _cross_entropy_rows_fwd(x, targets, m, mass):
-  lse = m + jnp.log(jnp.sum(mass, -1))
-  return lse - jnp.take_along_axis(x, targets[:, None], 1)[:, 0], (x, targets, lse)
-
-
-def _cross_entropy_rows_bwd(res, g):
-  # d/dx = softmax(x) - one_hot(target), as one elementwise pass over [R, V] (the target by comparison with an iota:
-  # no scatter). m and mass are statistics of x under stop_gradient: the full derivative is the one above.
-  x, targets, lse = res
-  one_hot = jax.lax.broadcasted_iota(targets.dtype, x.shape, 1) == targets[:, None]
-  return g[:, None] * (jnp.exp(x - lse[:, None]) - one_hot), None, None, None
-
-
-_cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
-
-
-def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kernels: str = "auto"
+                   ) -> tuple[jax.Array, jax.Array]:
   """(mean cross-entropy over the weighted positions, accuracy of the top prediction there).
 
-  The cross-entropy has a hand-written gradient (softmax - one-hot in one pass over the logits; autodiff of
-  logsumexp and of a one-hot product made three), and shares `softmax_stats` with `sample_categorical`. A prediction
-  counts as correct when the target's logit is the row maximum (an argmax would be a variadic reduction, 30x slower
-  on XLA's CPU backend; the two differ only on exact ties).
+  The cross-entropy is `ops.cross_entropy_rows` in the forms `kernels` names, its logsumexp from `softmax_stats`,
+  which it shares with `sample_categorical`. A prediction counts as correct when the target's logit is the row
+  maximum (an argmax would be a variadic reduction; the two differ only on exact ties).
   """
   v = logits.shape[-1]
   x = logits.reshape(-1, v).astype(jnp.float32)
   t = targets.reshape(-1).astype(jnp.int32)
   w = weights.reshape(-1).astype(jnp.float32)
   m, mass = softmax_stats(x)
-  losses = _cross_entropy_rows(x, t, m, mass)
+  losses = ops.cross_entropy_rows(x, t, lse=m + jnp.log(jnp.sum(mass, -1)), kernels=kernels)
   top = jnp.take_along_axis(jax.lax.stop_gradient(x), t[:, None], 1)[:, 0] >= m
   return safe_div(jnp.sum(losses * w), jnp.sum(w)), safe_div(jnp.sum(top * w), jnp.sum(w))
 

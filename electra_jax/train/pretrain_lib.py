@@ -101,7 +101,7 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
       hidden_dropout_prob=float(m.hidden_dropout_prob),
       attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
       max_position_embeddings=int(m.max_position_embeddings), dtype=config.dtype, param_dtype=config.param_dtype,
-      scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
+      scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy, kernels=config.get("kernels", "auto"),
       architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
                      ("ElectraForPreTraining",)))
   if disc.max_position_embeddings < config.max_seq_length:

@@ -1,0 +1,140 @@
+"""The kernel seam: every op the model's speed depends on, in a reference form and in forms tuned per platform.
+
+    from electra_jax import ops
+    y = ops.dense(x2d, kernel, kernels=config.kernels)            # config.kernels: ElectraConfig's runtime field
+    out = ops.attention(q, k, v, mask, dropout_rate=0.1, dropout_rng=key, kernels="auto")
+
+`kernels` names the forms:
+  "reference"  plain jax.numpy with autodiff (reference.py), on any platform;
+  "xla_cpu"    the forms tuned for XLA's CPU backend (xla_cpu.py);
+  "cudnn"      the reference forms, attention through cuDNN's fused kernel (gpu.py);
+  "pallas"     the reference forms, attention through the TPU flash kernel (pallas_attention.py, when present);
+  "auto"       chosen at trace time by the platform being compiled for (`platform()`): xla_cpu on CPU, cudnn on GPU,
+               pallas on TPU, reference elsewhere.
+The fused attentions have no probability dropout: under "auto" a call whose attention dropout is on (training with
+attention_probs_dropout_prob > 0) takes the reference attention, as does a call the fused kernel cannot serve
+(cuDNN: float32 operands; pallas: the module absent). Named explicitly, they refuse such calls (and ElectraConfig
+refuses kernels="cudnn" / "pallas" with attention_probs_dropout_prob > 0). Every tuned form equals its reference in
+values and gradients (tests/test_ops.py); that is the contract for adding one.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+
+from electra_jax.ops import gpu, reference, xla_cpu
+
+KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "pallas")
+FUSED_ATTENTION = ("cudnn", "pallas")   # kernels whose attention has no probability dropout
+_AUTO = {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "pallas"}
+
+
+def platform() -> str:
+  """The platform the computation being traced targets: that of the mesh in context (`jax.set_mesh`, as the trainers
+  and launch/tpu_aot.py's compile-only TPU devices set it on a CPU host), else JAX's default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def resolve(kernels: str = "auto") -> str:
+  """The forms `kernels` names: itself, or for "auto" the platform's (see the module docstring)."""
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels={kernels!r}: must be one of {KERNELS}")
+  return _AUTO.get(platform(), "reference") if kernels == "auto" else kernels
+
+
+def _tuned(kernels: str):
+  """The module holding the forms of the ops other than attention: xla_cpu's, or reference's."""
+  return xla_cpu if resolve(kernels) == "xla_cpu" else reference
+
+
+# ------------------------------------------------------------------------------------------------ the ops
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, *, kernels: str = "auto") -> jax.Array:
+  """Inverted dropout (kept values scaled by 1 / (1 - rate)); x itself when rng is None or rate is 0."""
+  return _tuned(kernels).dropout(x, rate, rng)
+
+
+def dense(x: jax.Array, kernel: jax.Array, *, kernels: str = "auto") -> jax.Array:
+  """x [N, in] @ kernel [in, out] (a Dense layer's product, as one 2-D product)."""
+  return _tuned(kernels).dense(x, kernel)
+
+
+def tied_logits(x: jax.Array, table: jax.Array, bias: jax.Array, *, kernels: str = "auto") -> jax.Array:
+  """x [N, E] @ table [V, E]^T + bias [V]: the LM head whose kernel is the word-embedding table."""
+  return _tuned(kernels).tied_logits(x, table, bias)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, *, kernels: str = "auto") -> jax.Array:
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis."""
+  return _tuned(kernels).layer_norm(x, scale, bias, eps)
+
+
+def gelu(x: jax.Array, *, kernels: str = "auto") -> jax.Array:
+  """The exact (erf) GELU in torch's form, x / 2 * (1 + erf(x / sqrt 2)): HF's "gelu"."""
+  with jax.named_scope("gelu"):   # scopes name the ops in profiles (benchmarks/profile_step.py)
+    return _tuned(kernels).gelu(x)
+
+
+def cross_entropy_rows(x: jax.Array, targets: jax.Array, *, lse: jax.Array | None = None,
+                       kernels: str = "auto") -> jax.Array:
+  """logsumexp(x) - x[target] for each row of x [R, V] (float32), targets [R] int32.
+
+  `lse`: the rows' logsumexp when the caller has it already (a statistic it shares with other work, such as the
+  sampler's; no gradient flows through it, the gradient is always softmax(x) - one_hot). The reference form
+  recomputes it.
+  """
+  if resolve(kernels) != "xla_cpu":
+    return reference.cross_entropy_rows(x, targets)
+  if lse is None:
+    lse = jax.nn.logsumexp(jax.lax.stop_gradient(x), axis=-1)
+  return xla_cpu.cross_entropy_rows(x, targets, lse)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dropout_rate: float = 0.0,
+              dropout_rng: jax.Array | None = None, kernels: str = "auto") -> jax.Array:
+  """softmax(q k^T / sqrt(D), masked) v with the probabilities dropped out at `dropout_rate` when dropout_rng is set.
+
+  q [B, Lq, N, D] (Lq <= L: queries of the first Lq positions), k and v [B, L, N, D], mask boolean, broadcastable to
+  [B, 1, Lq, L] (True: the query attends to the key; padding and causal masks alike) -> [B, Lq, N, D] in q's dtype.
+  """
+  forms = resolve(kernels)
+  if forms == "xla_cpu":
+    return xla_cpu.attention(q, k, v, mask, dropout_rate, dropout_rng)
+  if forms in FUSED_ATTENTION:
+    explicit = kernels != "auto"
+    if dropout_rng is not None and dropout_rate > 0.0:
+      if explicit:
+        raise ValueError(f"attention_probs_dropout_prob must be 0 for kernels={kernels!r} (its fused attention has "
+                         f"no dropout); set --config.model.attention_probs_dropout_prob=0 or kernels=auto")
+    elif forms == "cudnn" and (explicit or gpu.supports(q)):
+      return gpu.attention(q, k, v, mask)
+    elif forms == "pallas":
+      flash = _flash_attention(required=explicit)
+      if flash is not None:
+        return flash(q, k, v, mask)
+  return reference.attention(q, k, v, mask, dropout_rate, dropout_rng)
+
+
+# ------------------------------------------------------------------------------------------------ the TPU slot
+def _flash_attention(required: bool):
+  """The TPU flash-attention kernel as an attention form (q, k, v, mask) -> out, or None while
+  electra_jax/ops/pallas_attention.py is absent (an error instead when `required`)."""
+  try:
+    pallas_attention = importlib.import_module("electra_jax.ops.pallas_attention")
+  except ModuleNotFoundError as e:
+    if e.name != "electra_jax.ops.pallas_attention":
+      raise
+    if required:
+      raise ValueError("kernels='pallas': this build has no electra_jax/ops/pallas_attention.py; use kernels=auto "
+                       "or kernels=reference") from None
+    return None
+
+  def flash(q, k, v, mask):
+    # A [B, 1, 1, L] mask is key padding alone: handed over as [B, L]; causal masks as they are.
+    # TODO(merge): the wiring the kernel's author settles (mask layout, causal flag, block sizes).
+    key_mask = mask[:, 0, 0, :] if mask.shape[2] == 1 else mask
+    return pallas_attention.flash_attention(q, k, v, mask=key_mask, interpret=platform() != "tpu")
+
+  return flash
