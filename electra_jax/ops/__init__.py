@@ -1,0 +1,1 @@
+"""Kernel seam: plain reference forms of ops and their tuned forms."""
