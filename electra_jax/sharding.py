@@ -46,6 +46,11 @@ def use_rules(rules: Rules | None):
     _RULES.reset(token)
 
 
+def current_rules() -> Rules:
+  """The rules table in effect (`use_rules`), else DEFAULT_RULES."""
+  return _RULES.get()
+
+
 def rules_from_config(rules: Iterable[Any] | None) -> tuple[tuple[str, MeshAxes], ...]:
   """Normalises a rules table from a config (lists from ml_collections become tuples)."""
   if rules is None:

@@ -295,3 +295,22 @@ def test_xla_cpu_module_is_what_auto_runs_here():
   # The ops' CPU forms are the functions in xla_cpu (tests/test_dropout.py tests their bits).
   x = jnp.ones((4, 8))
   np.testing.assert_array_equal(ops.dropout(x, 0.5, jax.random.key(0)), xla_cpu.dropout(x, 0.5, jax.random.key(0)))
+
+
+@pytest.mark.skipif(not HAS_PALLAS, reason="electra_jax/ops/pallas_attention.py is not in this build")
+def test_pallas_attention_runs_per_shard_under_a_mesh():
+  """On a (data, fsdp, tensor) mesh the TPU kernel runs on each device's batch and heads (shard_map): values and
+  gradients as the reference's on the same sharded operands."""
+  from electra_jax import sharding
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  q, k, v, cot = _qkv(8, jnp.float32)
+  q, k, v, cot = (jnp.concatenate([t] * 4, axis=0)[:, :, :, :] for t in (q, k, v, cot))   # batch divisible by 4
+  mask = jnp.ones((q.shape[0], 1, 1, k.shape[1]), bool).at[0, :, :, -3:].set(False)
+  fused = lambda *a: ops.attention(*a, mask, kernels="pallas")  # noqa: E731
+  ref = lambda *a: reference.attention(*a, mask)  # noqa: E731
+  with jax.set_mesh(mesh), sharding.use_rules(None):
+    got = jax.jit(fused)(q, k, v)
+    grads = _grads(fused, (q, k, v), cot, (0, 1, 2))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref(q, k, v)), atol=1e-5)
+  for g, w in zip(grads, _grads(ref, (q, k, v), cot, (0, 1, 2))):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=4e-5)

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from electra_jax.modeling.config import ConfigError, ElectraConfig
-from electra_jax.modeling.layers import split_rng, tied_logits
+from electra_jax import ops
+from electra_jax.modeling.layers import split_rng
 from electra_jax.modeling.models import (ElectraDiscriminatorPredictions, ElectraForMaskedLM, ElectraForPreTraining,
                                          ElectraGeneratorPredictions, ElectraModel, TiedLMBias)
 
@@ -76,8 +77,8 @@ class TwoTowerClozeGenerator(nnx.Module):
     x = self.cloze_predictions(h)
     dtype = self.config.compute_dtype
     table = self.ltr.embeddings.word_embeddings[...].astype(dtype)
-    logits = tied_logits(x.astype(dtype).reshape(-1, x.shape[-1]), table,
-                         self.cloze_lm_head.bias[...].astype(dtype))
+    logits = ops.tied_logits(x.astype(dtype).reshape(-1, x.shape[-1]), table,
+                             self.cloze_lm_head.bias[...].astype(dtype), kernels=self.config.kernels)
     return logits.reshape(b, length, -1).astype(jnp.float32)
 
 

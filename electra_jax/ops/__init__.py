@@ -24,6 +24,7 @@ import importlib
 
 import jax
 
+from electra_jax import sharding
 from electra_jax.ops import gpu, reference, xla_cpu
 
 KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "pallas")
@@ -112,8 +113,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, drop
       return gpu.attention(q, k, v, mask)
     elif forms == "pallas":
       flash = _flash_attention(required=explicit)
-      if flash is not None:
-        return flash(q, k, v, mask)
+      out = None if flash is None else flash(q, k, v, mask)
+      if out is not None:
+        return out
   return reference.attention(q, k, v, mask, dropout_rate, dropout_rng)
 
 
@@ -132,9 +134,22 @@ def _flash_attention(required: bool):
     return None
 
   def flash(q, k, v, mask):
-    # A [B, 1, 1, L] mask is key padding alone: handed over as [B, L]; causal masks as they are.
-    # TODO(merge): the wiring the kernel's author settles (mask layout, causal flag, block sizes).
-    key_mask = mask[:, 0, 0, :] if mask.shape[2] == 1 else mask
-    return pallas_attention.flash_attention(q, k, v, mask=key_mask, interpret=platform() != "tpu")
+    if mask.shape[2] != 1:   # a per-query (causal) mask: the reference form takes it
+      return None
+    return _per_shard(pallas_attention.flash_attention, q, k, v, mask[:, 0, 0, :])
 
   return flash
+
+
+def _per_shard(kernel, q, k, v, key_mask):
+  """kernel(q, k, v, key_mask) on each device's slice of the batch and the heads (shard_map under the mesh in
+  context): XLA cannot partition a Mosaic call itself, and would gather the operands onto every device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(q, k, v, key_mask)
+  rules = sharding.current_rules()
+  b_axes = sharding.logical_to_spec(("activation_batch",), rules, mesh, q.shape[:1])[0]
+  h_axes = sharding.logical_to_spec(("heads",), rules, mesh, q.shape[2:3])[0]
+  qkv = jax.sharding.PartitionSpec(b_axes, None, h_axes, None)
+  return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, jax.sharding.PartitionSpec(b_axes, None)), out_specs=qkv,
+                       check_vma=False)(q, k, v, key_mask)
