@@ -12,10 +12,10 @@
   "auto"       chosen at trace time by the platform being compiled for (`platform()`): xla_cpu on CPU, cudnn on GPU,
                pallas on TPU, reference elsewhere.
 The fused attentions have no probability dropout: under "auto" a call whose attention dropout is on (training with
-attention_probs_dropout_prob > 0) takes the reference attention, as does a call the fused kernel cannot serve
-(cuDNN: float32 operands; pallas: the module absent). Named explicitly, they refuse such calls (and ElectraConfig
-refuses kernels="cudnn" / "pallas" with attention_probs_dropout_prob > 0). Every tuned form equals its reference in
-values and gradients (tests/test_ops.py); that is the contract for adding one.
+attention_probs_dropout_prob > 0) takes the reference attention, as does a call the fused kernel cannot serve (cuDNN:
+float32 operands or a head size it lacks; pallas: the module absent). Named explicitly, they refuse such calls (and
+ElectraConfig refuses kernels="cudnn" / "pallas" with attention_probs_dropout_prob > 0). Every tuned form equals its
+reference in values and gradients (tests/test_ops.py); that is the contract for adding one.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 cuDNN's kernel never materialises the [B, N, Lq, L] probabilities, so it has no probability dropout: it serves calls
 whose attention dropout is off (inference, or attention_probs_dropout_prob = 0); `auto` gives the others the
-reference attention. It runs bfloat16 / float16 operands only.
+reference attention. It runs bfloat16 / float16 operands with a head size that is a multiple of 8, up to 128.
 """
 
 from __future__ import annotations
@@ -11,20 +11,36 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = (jnp.bfloat16, jnp.float16)
+MAX_HEAD_DIM = 128   # 256 on Hopper and later; the smaller bound holds on every GPU cuDNN's flash attention runs on
 
 
 def supports(q: jax.Array) -> bool:
-  """Whether cuDNN's fused attention takes operands like q (its dtype)."""
-  return any(q.dtype == d for d in DTYPES)
+  """Whether cuDNN's fused attention takes operands like q [B, Lq, N, D] (dtype, head size)."""
+  return any(q.dtype == d for d in DTYPES) and q.shape[-1] % 8 == 0 and q.shape[-1] <= MAX_HEAD_DIM
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """reference.attention without dropout: q [B, Lq, N, D], k and v [B, L, N, D], boolean mask broadcastable to
-  [B, 1, Lq, L] -> [B, Lq, N, D]. cuDNN takes the mask as an additive bias of the full [B, 1, Lq, L] shape (it is
-  broadcast over the heads only)."""
+  [B, 1, Lq, L] -> [B, Lq, N, D].
+
+  cuDNN takes the mask as an additive bias of the full [B, 1, Lq, L] shape (broadcast over the heads only) and, in
+  training, query and key lengths that are even: an odd one (the [CLS]-only last layer has Lq = 1) gets one padding
+  row, a query attending to key 0 or a key no query attends to, sliced off the output.
+  """
   if not supports(q):
-    raise ValueError(f"kernels='cudnn': cuDNN's fused attention runs bfloat16 or float16, got {q.dtype}; set "
+    raise ValueError(f"kernels='cudnn': cuDNN's fused attention runs bfloat16 or float16 operands with a head size "
+                     f"that is a multiple of 8 up to {MAX_HEAD_DIM}, got {q.dtype} and {q.shape[-1]}; set "
                      f"dtype=bfloat16 or kernels=auto")
   b, lq, _, _ = q.shape
-  mask = jnp.broadcast_to(mask, (b, 1, lq, k.shape[1]))
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  length = k.shape[1]
+  mask = jnp.broadcast_to(mask, (b, 1, lq, length))
+  pad_q, pad_k = lq % 2, length % 2
+  if pad_k:
+    k, v = (jnp.pad(t, ((0, 0), (0, 1), (0, 0), (0, 0))) for t in (k, v))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, 1)), constant_values=False)
+  if pad_q:
+    q = jnp.pad(q, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    row = jnp.zeros((b, 1, 1, mask.shape[-1]), bool).at[..., 0].set(True)
+    mask = jnp.concatenate([mask, row], axis=2)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  return out[:, :lq]
