@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict()
   c.generator.hidden_fraction = gen_frac    # generator hidden = round(H * fraction), heads H_g // 64, FFN 4 H_g
   c.generator.layers_fraction = 1.0
+  c.generator.share_encoder = False         # True: one encoder for both (the original's untied_generator=False)
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = str(paths.default_corpus()) if tiny else ""   # files, folders, globs or tfds:NAME (comma-separated)

@@ -242,10 +242,17 @@ def test_pretraining_resumes_with_the_original_adam_state(workdir):
 
 
 @pytest.mark.slow
-def test_pretrain_binary_resumes_the_converted_workdir(workdir, tmp_path):
-  """`python -m electra_jax.train.pretrain` continues from global_step on a tiny corpus in the fixture's vocabulary."""
+@pytest.mark.parametrize("layout", ["separate", "shared"])
+def test_pretrain_binary_resumes_the_converted_workdir(layout, workdir, tmp_path):
+  """`python -m electra_jax.train.pretrain` continues a converted workdir on a tiny corpus in the fixture's vocabulary:
+  from global_step with the Adam slots (separate layout), from step 0 (shared layout, converted without slots)."""
   run = tmp_path / "run"
-  shutil.copytree(workdir, run)
+  if layout == "separate":
+    shutil.copytree(workdir, run)
+    start = fx.STEP
+  else:
+    tf_convert.tf_to_orbax(load("shared"), os.fspath(run))
+    start = 0
   words = [w for w in open(os.path.join(fixture("separate"), "vocab.txt"), encoding="utf-8").read().split()
            if not w.startswith("[")]
   rng = np.random.default_rng(0)
@@ -253,16 +260,44 @@ def test_pretrain_binary_resumes_the_converted_workdir(workdir, tmp_path):
   corpus.mkdir()
   (corpus / "a.txt").write_text("\n\n".join(" ".join(rng.choice(words, 12)) + " .\n" + " ".join(rng.choice(words, 9))
                                             for _ in range(40)) + "\n")
-  overrides = tf_convert.resume_flags(load("separate"))
+  overrides = tf_convert.resume_flags(load(layout))
   cmd = [sys.executable, "-m", "electra_jax.train.pretrain", "--config=configs/pretrain.py:size=tiny",
          f"--workdir={run}", *overrides, "--config.optimizer.bias_correction=False", "--config.max_seq_length=16",
-         "--config.batch_size=8", "--config.num_train_steps=1236", "--config.log_every_steps=1",
-         f"--config.data.corpus={corpus}", f"--config.data.vocab_file={fixture('separate')}/vocab.txt",
+         "--config.batch_size=8", f"--config.num_train_steps={start + 2}", "--config.log_every_steps=1",
+         f"--config.data.corpus={corpus}", f"--config.data.vocab_file={fixture(layout)}/vocab.txt",
          "--config.data.num_shards=1", "--config.export=false", "--config.peak_flops_per_device=1e11"]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resuming at step 1234" in proc.stderr and "no data-loader position" in proc.stderr
+  assert f"resuming at step {start}" in proc.stderr and "no data-loader position" in proc.stderr
   losses = pretrain_lib.read_losses(os.fspath(run))
-  assert sorted(losses) == [1235, 1236] and all(np.isfinite(list(losses.values())))
-  assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit()) == [1234, 1236]
+  assert sorted(losses) == [start + 1, start + 2] and all(np.isfinite(list(losses.values())))
+  assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit()) == [start, start + 2]
+
+
+def test_shared_layout_becomes_a_shared_encoder_pretraining_workdir(tmp_path):
+  """untied_generator=False: one encoder under discriminator/electra serves both heads, and the trainer built with
+  config.generator.share_encoder restores the workdir."""
+  conv = load("shared")
+  out = tf_convert.tf_to_orbax(conv, os.fspath(tmp_path / "wd"))
+  ref = np.load(os.path.join(fixture("shared"), "reference.npz"))
+  model = checkpointing.load_model(out)
+  assert model.share_encoder and model.generator.electra is model.discriminator.electra
+  args = (ref["input_ids"], ref["input_mask"], ref["segment_ids"])
+  np.testing.assert_allclose(np.asarray(model.generator(*args).logits), ref["gen_logits"], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(model.discriminator(*args).logits), ref["disc_logits"], atol=1e-5, rtol=0)
+  config = pretrain_config.get_config("size=tiny")
+  for flag in tf_convert.resume_flags(conv):
+    key, value = flag[len("--config."):].split("=")
+    section, field = key.split(".")
+    config[section][field] = value == "True" if field == "share_encoder" else int(value)
+  config.max_seq_length = 16
+  setup = pretrain_lib.build_setup(config, pretrain_lib.build_mesh(config, jax.devices()[:1]), vocab_size=100,
+                                   ids={"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4})
+  assert sorted(setup.abstract_state["params"]["generator"]) == ["generator_lm_head", "generator_predictions"]
+  ckpt = checkpointing.Checkpointer(os.path.join(out, "checkpoints"), handle_sigterm=False)
+  restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
+  ckpt.close()
+  assert restored.step == 0 and int(restored.opt_state[3].count) == 0
+  np.testing.assert_array_equal(np.asarray(restored.params["generator"]["generator_lm_head"]["bias"]),
+                                conv.networks["generator"].params["generator_lm_head/bias"])

@@ -14,7 +14,8 @@
 Every mapping goes through electra_jax/convert/mapping.py (HF) and tf_mapping.py (TF); an unmapped, missing or
 mis-shaped key is an error.
 
-tf_to_orbax: a pretraining checkpoint (generator under generator/, the original's default) becomes a workdir that
+tf_to_orbax: a pretraining checkpoint (a generator under generator/, the original's default, or one network for both
+with untied_generator=False, then resumed with --config.generator.share_encoder=True) becomes a workdir that
 `train.pretrain` resumes (with the matching --config overrides, printed) and `train.finetune` initialises from
 (--config.init_checkpoint=WORKDIR); --continue_pretraining carries over global_step and the Adam slots (adam_m,
 adam_v), whose update continues exactly under our AdamW (no bias correction, as the original), else training starts
@@ -114,7 +115,7 @@ def tf_command(command: str) -> str:
       print(f"{name}: {path}")
     return FLAGS.out
   path = tf_convert.tf_to_orbax(conv, FLAGS.out, continue_pretraining=FLAGS.continue_pretraining, **tokenizer)
-  if conv.layout == "separate":
+  if conv.layout in tf_convert.PRETRAINING_LAYOUTS:
     print("resume with: python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=... "
           f"--workdir={os.path.abspath(path)} " + " ".join(tf_convert.resume_flags(conv)) +
           " --config.optimizer.bias_correction=False --config.data.vocab_file=VOCAB and the original run's "

@@ -10,6 +10,10 @@ As in the original ELECTRA, the generator reuses the discriminator's embedding m
 tables and the embedding LayerNorm — and so its LM head is tied to the shared word embeddings. The generator keeps its
 own embedding projection (embedding_size -> its hidden size). NNX shares the module object, so the parameters exist once
 in the state (under discriminator/electra/embeddings) and receive the gradients of both networks.
+
+share_encoder=True is the original's untied_generator=False: generator and discriminator are one encoder (the whole
+discriminator/electra, same config) with two heads; only generator_predictions and generator_lm_head are the
+generator's own.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from electra_jax.modeling.models import ElectraForMaskedLM, ElectraForPreTrainin
 class ElectraPretrainingModel(nnx.Module):
   """discriminator: ElectraForPreTraining; generator: ElectraForMaskedLM with the discriminator's embeddings."""
 
-  def __init__(self, discriminator_config: ElectraConfig, generator_config: ElectraConfig, *, rngs: nnx.Rngs):
+  def __init__(self, discriminator_config: ElectraConfig, generator_config: ElectraConfig, *, rngs: nnx.Rngs,
+               share_encoder: bool = False):
     d, g = discriminator_config, generator_config
+    if share_encoder and d.replace(architectures=None) != g.replace(architectures=None):
+      raise ConfigError("share_encoder=True: the generator is the discriminator's encoder, so their configs must be "
+                        "equal (apart from architectures)")
     for field in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"):
       if getattr(d, field) != getattr(g, field):
         raise ConfigError(f"generator {field}={getattr(g, field)} differs from the discriminator's "
@@ -34,4 +42,8 @@ class ElectraPretrainingModel(nnx.Module):
                         "word embeddings")
     self.discriminator = ElectraForPreTraining(d, rngs=rngs)
     self.generator = ElectraForMaskedLM(g, rngs=rngs)
-    self.generator.electra.embeddings = self.discriminator.electra.embeddings
+    if share_encoder:
+      self.generator.electra = self.discriminator.electra
+    else:
+      self.generator.electra.embeddings = self.discriminator.electra.embeddings
+    self.share_encoder = share_encoder

@@ -65,13 +65,16 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 
 def pretraining_meta(discriminator_config: Any, generator_config: Any,
-                     tokenizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     tokenizer: Mapping[str, Any] | None = None, share_encoder: bool = False) -> dict[str, Any]:
   """model_config for the joint ELECTRA model (ElectraConfig objects or HF config dicts).
 
   tokenizer: optional {"vocab_file", "lowercase", "strip_accents"}, so tools can rebuild the tokenizer.
+  share_encoder: generator and discriminator are one encoder (the original's untied_generator=False).
   """
   meta = {"kind": "pretraining", "discriminator": _as_dict(discriminator_config),
           "generator": _as_dict(generator_config)}
+  if share_encoder:
+    meta["share_encoder"] = True
   if tokenizer is not None:
     meta["tokenizer"] = dict(tokenizer)
   return meta
@@ -389,7 +392,8 @@ def build_model(model_meta: Mapping[str, Any], seed: int = 0, abstract: bool = F
   if kind == "pretraining":
     disc = modeling.ElectraConfig.from_hf_dict(model_meta["discriminator"], **runtime)
     gen = modeling.ElectraConfig.from_hf_dict(model_meta["generator"], **runtime)
-    ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))  # noqa: E731
+    share = bool(model_meta.get("share_encoder", False))
+    ctor = lambda: modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed), share_encoder=share)  # noqa: E731
   elif kind:
     config = modeling.ElectraConfig.from_hf_dict(model_meta["config"], **runtime)
     cls = modeling.head_class(kind)   # an HF head or an original ELECTRA head

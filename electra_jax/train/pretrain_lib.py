@@ -330,6 +330,8 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
                      f"{disc.max_position_embeddings}")
   if objective == "mlm":
     return disc, None
+  if config.generator.get("share_encoder", False):   # the original's untied_generator=False: one encoder
+    return disc, disc.replace(architectures=("ElectraForMaskedLM",))
   gen = modeling.generator_config(disc, float(config.generator.hidden_fraction),
                                   float(config.generator.layers_fraction))
   return disc, gen
@@ -358,7 +360,8 @@ class Setup:
   def model_meta(self) -> dict[str, Any]:
     if self.gen_config is None:
       return checkpointing.head_meta("ElectraForMaskedLM", self.disc_config)
-    return checkpointing.pretraining_meta(self.disc_config, self.gen_config)
+    return checkpointing.pretraining_meta(self.disc_config, self.gen_config,
+                                          share_encoder=bool(self.config.generator.get("share_encoder", False)))
 
 
 def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
@@ -382,7 +385,8 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   def make_model():
     if gen is None:
       return modeling.ElectraForMaskedLM(disc, rngs=nnx.Rngs(seed))
-    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed))
+    return modeling.ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(seed),
+                                            share_encoder=bool(config.generator.get("share_encoder", False)))
 
   graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
   param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
