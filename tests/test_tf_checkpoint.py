@@ -225,3 +225,20 @@ def test_varint_reader_rejects_overlong_input():
   with pytest.raises(ValueError):
     _varint(b"\xff" * 11, 0)
   assert _varint(struct.pack("B", 5), 0) == (5, 1)
+
+
+def test_generator_with_embeddings_of_its_own(tmp_path):
+  """untied_generator_embeddings=True: generator/embeddings/ is the generator's (here a copy, so the outputs stay)."""
+  folder = copy("separate", tmp_path)
+
+  def untie(t):
+    for k in [k for k in t if k.startswith("electra/embeddings/") and not tm.is_slot(k)]:
+      t["generator/" + k[len("electra/"):]] = t[k] * 1.0
+  conv = tf_convert.load_tf_checkpoint(_rewrite(folder, untie), num_attention_heads=2)
+  assert conv.layout == "untied_embeddings"
+  ref = np.load(os.path.join(folder, "reference.npz"))
+  out = tf_convert.build_module(conv.networks["generator"])(ref["input_ids"], ref["input_mask"], ref["segment_ids"])
+  np.testing.assert_allclose(np.asarray(out.logits), ref["gen_logits"], atol=1e-5, rtol=0)
+  with pytest.raises(ConversionError, match=r"--continue_pretraining needs a pretraining checkpoint of generator"):
+    tf_convert.tf_to_orbax(conv, os.fspath(tmp_path / "out"), continue_pretraining=True)
+  assert not os.path.exists(tmp_path / "out")
