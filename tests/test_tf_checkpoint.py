@@ -201,7 +201,8 @@ def _rewrite(folder: str, change) -> str:
 
 def test_unknown_missing_and_misshapen_variables_are_named(tmp_path):
   folder = copy("shared", tmp_path)
-  prefix = _rewrite(folder, lambda t: t.update({"generator_ltr/encoder/layer_0/output/dense/kernel": np.zeros(2, np.float32)}))
+  extra = {"generator_ltr/encoder/layer_0/output/dense/kernel": np.zeros(2, np.float32)}   # Electric's two-tower
+  prefix = _rewrite(folder, lambda t: t.update(extra))
   with pytest.raises(ConversionError, match=r"variable generator_ltr/encoder/layer_0/output/dense/kernel is not "
                                             r"known to the ELECTRA mapping"):
     tf_convert.load_tf_checkpoint(prefix)
@@ -211,7 +212,7 @@ def test_unknown_missing_and_misshapen_variables_are_named(tmp_path):
   prefix = _rewrite(folder, lambda t: t.update({"discriminator_predictions/dense_1/bias": np.zeros(3, np.float32)}))
   with pytest.raises(ConversionError, match=r"variable discriminator_predictions/dense_1/bias has shape \(3,\)"):
     tf_convert.load_tf_checkpoint(prefix, num_attention_heads=2)
-  with pytest.raises(ConversionError, match=r"ElectraConfig.hidden_size=32: must be divisible by num_attention_heads=3"):
+  with pytest.raises(ConversionError, match=r"hidden_size=32: must be divisible by num_attention_heads=3"):
     tf_convert.load_tf_checkpoint(folder, num_attention_heads=3)
 
 
@@ -224,3 +225,20 @@ def test_varint_reader_rejects_overlong_input():
   with pytest.raises(ValueError):
     _varint(b"\xff" * 11, 0)
   assert _varint(struct.pack("B", 5), 0) == (5, 1)
+
+
+def test_generator_with_embeddings_of_its_own(tmp_path):
+  """untied_generator_embeddings=True: generator/embeddings/ is the generator's (here a copy, so the outputs stay)."""
+  folder = copy("separate", tmp_path)
+
+  def untie(t):
+    for k in [k for k in t if k.startswith("electra/embeddings/") and not tm.is_slot(k)]:
+      t["generator/" + k[len("electra/"):]] = t[k] * 1.0
+  conv = tf_convert.load_tf_checkpoint(_rewrite(folder, untie), num_attention_heads=2)
+  assert conv.layout == "untied_embeddings"
+  ref = np.load(os.path.join(folder, "reference.npz"))
+  out = tf_convert.build_module(conv.networks["generator"])(ref["input_ids"], ref["input_mask"], ref["segment_ids"])
+  np.testing.assert_allclose(np.asarray(out.logits), ref["gen_logits"], atol=1e-5, rtol=0)
+  with pytest.raises(ConversionError, match=r"--continue_pretraining needs a pretraining checkpoint of generator"):
+    tf_convert.tf_to_orbax(conv, os.fspath(tmp_path / "out"), continue_pretraining=True)
+  assert not os.path.exists(tmp_path / "out")

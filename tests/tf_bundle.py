@@ -45,7 +45,7 @@ def write_bundle(prefix: str, tensors: dict[str, np.ndarray], num_shards: int = 
   data = [bytearray() for _ in range(num_shards)]
   entries = []
   for i, name in enumerate(sorted(tensors)):
-    x = np.ascontiguousarray(tensors[name])
+    x = np.asarray(tensors[name])   # tobytes() is C order; ascontiguousarray would make a scalar 1-d
     shard = i % num_shards
     raw = x.tobytes()
     entries.append((name.encode(), entry_proto(DTYPES[x.dtype], x.shape, shard, len(data[shard]), len(raw),

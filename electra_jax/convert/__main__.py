@@ -16,7 +16,8 @@ A checkpoint is verified against the fingerprints saved with it before anything 
 tokenizer files from the vocab the checkpoint records (fine-tuning and pretraining record theirs) unless --vocab_file
 says otherwise. Bad input: one line on stderr, exit status 1 (2 for bad usage).
 
-tf_to_orbax: a pretraining checkpoint (generator under generator/, the original's default) becomes a workdir that
+tf_to_orbax: a pretraining checkpoint (a generator under generator/, the original's default, or one network for both
+with untied_generator=False, then resumed with --config.generator.weight_sharing=all) becomes a workdir that
 `train.pretrain` resumes (with the matching --config overrides, printed) and `train.finetune` initialises from
 (--config.init_checkpoint=WORKDIR); --continue_pretraining carries over global_step and the Adam slots (adam_m,
 adam_v), whose update continues exactly under our AdamW (no bias correction, as the original), else training starts
@@ -138,7 +139,7 @@ def tf_command(command: str) -> str:
       print(f"{name}: {path}")
     return FLAGS.out
   path = tf_convert.tf_to_orbax(conv, FLAGS.out, continue_pretraining=FLAGS.continue_pretraining, **tokenizer)
-  if conv.layout == "separate":
+  if conv.layout in tf_convert.PRETRAINING_LAYOUTS:
     print("resume with: python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=... "
           f"--workdir={os.path.abspath(path)} " + " ".join(tf_convert.resume_flags(conv)) +
           " --config.optimizer.bias_correction=False --config.data.vocab_file=VOCAB and the original run's "

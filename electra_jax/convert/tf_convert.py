@@ -126,10 +126,13 @@ def _check_shapes(source: str, net: Network, name: str) -> None:
                             f"checkpoint's other variables give expects {want}")
 
 
-def _plan(r: _Reader, layout: str, task: str | None) -> tuple[dict[str, tuple[str, list[tm.TFRule], str, str, dict]], set[str]]:
+_Plan = dict[str, tuple[str, list[tm.TFRule], str, str, dict]]
+
+
+def _plan(r: _Reader, layout: str, task: str | None) -> tuple[_Plan, set[str]]:
   """{network: (kind, rules, scope, embeddings scope, options)} and the TF names known but deliberately unused."""
   names = set(r.ckpt.entries)
-  plan: dict[str, tuple[str, list[tm.TFRule], str, str, dict]] = {}
+  plan: _Plan = {}
   unused: set[str] = set()
   disc_body = tm.body_rules("electra", "electra", r.has("electra/embeddings_project/kernel"))
   tasks = tm.task_names(names)
@@ -310,16 +313,21 @@ def optimizer_state(mu: Any, nu: Any, count: int) -> tuple:
           optax.MaskedState(inner_state=optax.EmptyState()), optax.ScaleByScheduleState(count=c))
 
 
+PRETRAINING_LAYOUTS = ("separate", "shared")
+
+
 def pretraining_tree(conv: Converted, which: str | None = None) -> dict[str, Any]:
-  """The joint model's parameter tree (or, with which="adam_m"/"adam_v", that slot's tree); embeddings once."""
-  if conv.layout != "separate":
-    raise ConversionError(f"{conv.source}: generator layout {conv.layout!r}; our pretraining model is the separate "
-                          f"generator with shared embeddings (layout 'separate')")
+  """The joint model's parameter tree (or, with which="adam_m"/"adam_v", that slot's tree); what the networks share
+  (the embeddings, or in the shared layout the whole encoder) is stored once, under the discriminator."""
+  if conv.layout not in PRETRAINING_LAYOUTS:
+    raise ConversionError(f"{conv.source}: generator layout {conv.layout!r} is not one of our pretraining model's "
+                          f"{PRETRAINING_LAYOUTS}")
+  shared = "electra/" if conv.layout == "shared" else "electra/embeddings/"
   parts = {}
   for name, net in conv.networks.items():
     flat = net.params if which is None else net.slots[which]
     if name == "generator":
-      flat = {k: v for k, v in flat.items() if not k.startswith("electra/embeddings/")}
+      flat = {k: v for k, v in flat.items() if not k.startswith(shared)}
     parts[name] = unflatten(dict(flat))
   return parts
 
@@ -328,18 +336,20 @@ def tf_to_orbax(conv: Converted, out: str, *, continue_pretraining: bool = False
                 lowercase: bool = True, strip_accents: bool | None = None) -> str:
   """Writes OUT/checkpoints/<step> for our trainers.
 
-  A pretraining checkpoint (layout "separate") becomes a full pretraining state {params, opt_state, train_meta}
-  that train.pretrain resumes: at global_step with the original's Adam moments (continue_pretraining), or at step 0
-  with zero moments. Other checkpoints (a discriminator alone, a fine-tuned head, or the other generator layouts,
-  of which the discriminator is kept) become a params-only checkpoint of that head, which train.finetune
-  initialises from.
+  A pretraining checkpoint (generator layout "separate", or "shared": config.generator.weight_sharing=all) becomes a full
+  pretraining state {params, opt_state, train_meta} that train.pretrain resumes: at global_step with the original's
+  Adam moments (continue_pretraining), or at step 0 with zero moments. Other checkpoints (a discriminator alone, a
+  fine-tuned head, or a generator with embeddings of its own, of which the discriminator is kept) become a params-only
+  checkpoint of that head, which train.finetune initialises from.
   """
   tokenizer = _tokenizer_settings(conv, vocab_file, lowercase, strip_accents)
   disc = conv.networks["discriminator"]
-  if conv.layout == "separate":
+  if conv.layout in PRETRAINING_LAYOUTS:
     params = pretraining_tree(conv)
+    share = conv.layout == "shared"
     abstract = nnx.eval_shape(lambda: ElectraPretrainingModel(disc.config, conv.networks["generator"].config,
-                                                              rngs=nnx.Rngs(0)))
+                                                              rngs=nnx.Rngs(0),
+                                                              weight_sharing="all" if share else "embeddings"))
     _, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, params)   # raises if the structure differs
     step = conv.global_step if continue_pretraining else 0
@@ -348,12 +358,12 @@ def tf_to_orbax(conv: Converted, out: str, *, continue_pretraining: bool = False
     else:
       mu = nu = _zeros_like(params)
     opt_state = optimizer_state(mu, nu, step)
-    meta = _pretraining_meta(disc.config, conv.networks["generator"].config, tokenizer)
+    meta = _pretraining_meta(disc.config, conv.networks["generator"].config, tokenizer, share)
     train_meta = {"converted_from": conv.source, "global_step": conv.global_step}
     return _write_checkpoint(out, meta, params, opt_state, train_meta, step)
   if continue_pretraining:
-    raise ConversionError(f"{conv.source}: --continue_pretraining needs a pretraining checkpoint with a separate "
-                          f"generator (layout 'separate'); this one's layout is {conv.layout!r}")
+    raise ConversionError(f"{conv.source}: --continue_pretraining needs a pretraining checkpoint of generator layout "
+                          f"{' or '.join(PRETRAINING_LAYOUTS)}; this one's layout is {conv.layout!r}")
   if conv.layout != "discriminator":
     logging.warning("%s: generator layout %r is not our pretraining model's; writing the discriminator alone (for "
                     "fine-tuning); use tf_to_hf for the generator", conv.source, conv.layout)
@@ -369,8 +379,12 @@ def _zeros_like(tree: Any) -> Any:
   return {k: _zeros_like(v) if isinstance(v, dict) else np.zeros(v.shape, np.float32) for k, v in tree.items()}
 
 
-def _pretraining_meta(disc: ElectraConfig, gen: ElectraConfig, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
+def _pretraining_meta(disc: ElectraConfig, gen: ElectraConfig, tokenizer: dict[str, Any] | None,
+                      share_encoder: bool) -> dict[str, Any]:
+  """checkpointing.pretraining_meta's dict (built here so that this module imports the trainers' code in one place)."""
   meta = {"kind": "pretraining", "discriminator": disc.to_hf_dict(), "generator": gen.to_hf_dict()}
+  if share_encoder:   # the original's untied_generator=False: ElectraPretrainingModel(weight_sharing="all")
+    meta["options"] = {"weight_sharing": "all", "discriminator_head": "rtd", "generator_kind": "mlm"}
   if tokenizer is not None:
     meta["tokenizer"] = tokenizer
   return meta
@@ -402,13 +416,16 @@ def _write_checkpoint(out: str, meta: dict[str, Any], params: Any, opt_state: An
 def resume_flags(conv: Converted) -> list[str]:
   """configs/pretrain.py overrides under which train.pretrain builds the model of a converted checkpoint."""
   d, g = conv.networks["discriminator"].config, conv.networks["generator"].config
+  generator = ([f"--config.generator.hidden_fraction={g.hidden_size / d.hidden_size:.6g}",
+                f"--config.generator.layers_fraction={g.num_hidden_layers / d.num_hidden_layers:.6g}"]
+               if conv.layout == "separate" else ["--config.generator.hidden_fraction=1",
+                                                  "--config.generator.layers_fraction=1",
+                                                  "--config.generator.weight_sharing=all"])
   flags = [f"--config.model.embedding_size={d.embedding_size}", f"--config.model.hidden_size={d.hidden_size}",
            f"--config.model.num_hidden_layers={d.num_hidden_layers}",
            f"--config.model.num_attention_heads={d.num_attention_heads}",
            f"--config.model.intermediate_size={d.intermediate_size}",
-           f"--config.model.max_position_embeddings={d.max_position_embeddings}",
-           f"--config.generator.hidden_fraction={g.hidden_size / d.hidden_size:.6g}",
-           f"--config.generator.layers_fraction={g.num_hidden_layers / d.num_hidden_layers:.6g}"]
+           f"--config.model.max_position_embeddings={d.max_position_embeddings}", *generator]
   return flags
 
 
