@@ -21,7 +21,9 @@ from flax import nnx
 from configs import pretrain as pretrain_config
 from electra_jax.convert import flatten, tf_convert, unflatten
 from electra_jax.convert.tf_checkpoint import TFCheckpoint
-from electra_jax.train import checkpointing, finetune_lib, optim, pretrain_lib
+from electra_jax import checkpointing
+from electra_jax.train import finetune_lib, objectives, optim, pretrain_lib
+from electra_jax.train import metrics as train_metrics
 from tests.fixtures import make_tf_checkpoints as fx
 from tests.test_tf_checkpoint import DATA, _rewrite, copy, fixture, load
 
@@ -70,7 +72,7 @@ def test_bad_input_one_line_non_zero_exit_nothing_written(tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, (name, stderr)
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and re.match(r"convert: \S+" + cases[name][1], lines[0]), (name, stderr)
+    assert len(lines) == 1 and re.match(r"convert: error: \S+" + cases[name][1], lines[0]), (name, stderr)
     assert "Traceback" not in stderr and not stdout.strip()
     assert not os.path.exists(tmp_path / f"out_{name}") and not any(
         p.name.startswith(f"out_{name}") for p in tmp_path.iterdir()), name
@@ -136,11 +138,11 @@ def test_workdir_holds_the_networks_and_fine_tuning_initialises_from_it(workdir)
   args = (ref["input_ids"], ref["input_mask"], ref["segment_ids"])
   np.testing.assert_allclose(np.asarray(model.discriminator(*args).logits), ref["disc_logits"], atol=1e-5, rtol=0)
   np.testing.assert_allclose(np.asarray(model.generator(*args).logits), ref["gen_logits"], atol=1e-5, rtol=0)
-  meta = finetune_lib.read_checkpoint_meta(workdir)
+  meta = checkpointing.read_model_config(workdir)
   assert meta["tokenizer"]["vocab_file"].endswith("separate/vocab.txt") and meta["tokenizer"]["lowercase"]
-  config = finetune_lib.electra_config_from_meta(meta, workdir, {}).replace(
+  config = checkpointing.electra_config_from_meta(meta, workdir, {}).replace(
       num_labels=3, architectures=("OriginalElectraForSequenceClassification",))
-  spec = finetune_lib.ModelSpec("OriginalElectraForSequenceClassification", config)
+  spec = checkpointing.ModelSpec("OriginalElectraForSequenceClassification", config)
   shapes = {k: tuple(v.shape) for k, v in flatten(nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: spec.build(0)),
                                                                               nnx.Param))).items()}
   values = finetune_lib.init_values(spec, ml_collections.ConfigDict({"init_checkpoint": workdir}), "orbax", meta,
@@ -217,7 +219,7 @@ def test_pretraining_resumes_with_the_original_adam_state(workdir):
   assert not decayed["discriminator/electra/encoder/layers/attention_norm/scale"]
   assert not decayed["generator/generator_lm_head/bias"] and decayed["discriminator/electra/embeddings/word_embeddings"]
 
-  loss_fn = pretrain_lib.make_loss_fn(setup.graphdef, setup.rest, setup.step_config)
+  loss_fn = objectives.make_loss_fn(setup.graphdef, setup.rest, setup.step_config)
   loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r)[0]))
   rng = np.random.default_rng(0)
   for step in range(3):
@@ -228,7 +230,7 @@ def test_pretraining_resumes_with_the_original_adam_state(workdir):
     as_tree = unflatten({k: jnp.asarray(x, jnp.float32) for k, x in theta.items()})
     ref_loss, grads = loss_and_grad(as_tree, batch, key)
     grads = flat(grads)
-    state, metrics = pretrain_lib.run_step(setup, state, batch, key)
+    state, metrics = pretrain_lib.run_step(setup, state, batch, jax.random.key(0))   # folded with the step inside
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_loss), rtol=1e-5)
     theta = _numpy_adamw(theta, grads, m, v, 1234 + step, decayed)
   ours = flat(state["params"])
@@ -270,7 +272,7 @@ def test_pretrain_binary_resumes_the_converted_workdir(layout, workdir, tmp_path
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"resuming at step {start}" in proc.stderr and "no data-loader position" in proc.stderr
-  losses = pretrain_lib.read_losses(os.fspath(run))
+  losses = {r["step"]: r["loss"] for r in train_metrics.read_metrics(os.fspath(run)) if "loss" in r}
   assert sorted(losses) == [start + 1, start + 2] and all(np.isfinite(list(losses.values())))
   assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit()) == [start, start + 2]
 
