@@ -1,0 +1,1 @@
+"""Experiments on top of the training libraries: the paper-replication harness (replicate.py, harness.py)."""

@@ -1,0 +1,428 @@
+"""The replication harness: pretrain every variant of the chosen suites for the same pretraining FLOPs, fine-tune
+each checkpoint on the GLUE subset with several seeds, and write results.json, results.md and the plots.
+
+    from electra_jax.experiments import harness
+    results = harness.run(["efficiency"], hc, "/tmp/rep")     # hc: configs/replicate.py's config; resumes
+
+WORKDIR layout (every stage is resumable; a finished stage is skipped when the command runs again):
+  data/                                the pretraining dataset, built once for all variants
+  variants/<key>/pretrain/             pretrain_lib.train_and_evaluate's workdir (checkpoints, metrics.jsonl)
+  variants/<key>/pretrain/done.json    steps, FLOPs and seconds of the finished run
+  variants/<key>/glue_<step>/<task>/   finetune_lib.train_and_evaluate's workdir (seed_<s>/, results.json)
+  stages.jsonl                         one line per finished stage: what, seconds
+  results.json, results.md, *.png      the report (rewritten after every stage, so a partial run shows its results)
+
+Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the harness's size) trains
+`budget.electra_steps` steps; its FLOPs (electra_jax.train.flops.train_flops_per_step: what the step computes, backward
+= 2 x forward, gathered embeddings) are every variant's budget, so variant v trains round(budget / FLOPs per step of v)
+steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
+Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
+
+The micro suite's time on this 2-core CPU (--suite=efficiency, size=micro; quiet machine; measured per stage with
+short runs, see benchmarks/replication/README.md for the measurements):
+  pretraining, E64 H128 2 layers (+ generator H32), batch 32 x 128, ELECTRA 21.2 GFLOP per step x 1,200 steps =
+    25.4 TFLOP per variant; BERT 19.5 GFLOP/step -> 1,304 steps; ELECTRA 15% = ELECTRA; Replace MLM 28.3 -> 898;
+    All-Tokens MLM 72.1 -> 353 (its vocabulary softmax over all 128 tokens costs 3.4x ELECTRA's whole step at this
+    size). At ~? GFLOP/s: 5 x 25.4 TFLOP ~ ? min, plus ~25 s of compilation per variant;
+  fine-tuning, 5 tasks x 3 seeds x 300 steps of 32 x 128 + the full dev sets, per variant: ~? min;
+  total ~? min. (size=small needs an accelerator: 125k ELECTRA-Small steps per variant.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from electra_jax import paths
+from electra_jax.experiments import report, suites
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def config_module(name: str):
+  """configs/<name>.py as a module (the configs folder sits next to the package, not inside it)."""
+  root = str(paths.REPO_ROOT)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  return importlib.import_module(f"configs.{name}")
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """config.a.b = value for dotted = "a.b"; the field must exist (a typo is an error, not a new field)."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise ValueError(f"unknown config field {dotted!r} ({p!r} does not exist)")
+    node = node[p]
+  if leaf not in node:
+    raise ValueError(f"unknown config field {dotted!r}")
+  node[leaf] = value
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested ConfigDict of overrides -> {"a.b": value}."""
+  out: dict[str, Any] = {}
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def parse_override(text: str, config: ml_collections.ConfigDict) -> tuple[str, Any]:
+  """'finetune.seeds=5' -> ("finetune.seeds", 5), typed like the field's current value."""
+  key, sep, raw = text.partition("=")
+  if not sep:
+    raise ValueError(f"override {text!r}: expected FIELD=VALUE")
+  key = key.strip()
+  node: Any = config
+  for p in key.split("."):
+    if not isinstance(node, (ml_collections.ConfigDict, Mapping)) or p not in node:
+      raise ValueError(f"override {text!r}: unknown field {key!r}")
+    node = node[p]
+  raw = raw.strip()
+  if isinstance(node, bool):
+    value: Any = raw.lower() in ("1", "true", "yes")
+  elif isinstance(node, int):
+    value = int(raw)
+  elif isinstance(node, float):
+    value = float(raw)
+  elif isinstance(node, (tuple, list)):
+    items = [s.strip() for s in raw.split(",") if s.strip()]
+    value = tuple(type(node[0])(s) for s in items) if node else tuple(items)
+  else:
+    value = raw
+  return key, value
+
+
+def pretrain_config(hc: ml_collections.ConfigDict, variant: suites.Variant, workdir: str
+                    ) -> ml_collections.ConfigDict:
+  """configs/pretrain.py at the harness's preset + its overrides + the variant's, data in WORKDIR/data."""
+  objective = str(variant.overrides.get("objective", "electra"))
+  c = config_module("pretrain").get_config(f"size={hc.pretrain.preset},objective={objective}")
+  for key, value in flatten(hc.pretrain.overrides).items():
+    set_field(c, key, value)
+  for key, value in variant.overrides.items():
+    set_field(c, key, value)
+  c.seed = int(hc.pretrain.seed)
+  c.data.corpus = hc.corpus
+  c.data.vocab_file = hc.vocab_file
+  c.data.cache_dir = os.path.join(workdir, "data")
+  c.export = False
+  c.optimizer.warmup_proportion = float(hc.budget.warmup_proportion)
+  c.log_every_steps = int(hc.log_every_steps)
+  return c
+
+
+def vocab_size(vocab_file: str) -> int:
+  with open(vocab_file, encoding="utf-8") as f:
+    return sum(1 for line in f if line.strip())
+
+
+def flops_per_step(config: ml_collections.ConfigDict, vocab: int) -> float:
+  """electra_jax.train.flops.train_flops_per_step of a pretraining config (what its step computes)."""
+  from electra_jax.train import flops, pretrain_lib  # pylint: disable=import-outside-toplevel
+  disc, gen = pretrain_lib.model_configs(config, vocab)
+  preds = int(config.max_predictions_per_seq)
+  if preds <= 0:
+    preds = pretrain_lib.max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length))
+  return flops.train_flops_per_step(disc, gen, batch_size=int(config.batch_size),
+                                    seq_len=int(config.max_seq_length), num_predictions=preds,
+                                    objective=config.objective)
+
+
+def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: str) -> ml_collections.ConfigDict:
+  f = hc.finetune
+  c = config_module("glue").get_config(f"task={task},size={f.size},trials={int(f.seeds)}")
+  c.init_checkpoint = init_checkpoint
+  c.max_seq_length = int(f.max_seq_length)
+  c.batch_size = int(f.batch_size)
+  c.eval_batch_size = max(int(f.batch_size), 32)
+  if int(f.num_train_steps) > 0:
+    c.num_train_steps = int(f.num_train_steps)
+  c.max_train_examples = int(f.max_train_examples)
+  c.max_eval_examples = int(f.max_eval_examples)
+  c.write_predictions = False
+  c.predict_test = False
+  c.checkpoint_every_steps = 0
+  c.keep_checkpoints = 1
+  c.log_every_steps = max(1, int(hc.log_every_steps))
+  for key, value in flatten(f.overrides).items():
+    set_field(c, key, value)
+  return c
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclasses.dataclass
+class PlannedVariant:
+  variant: suites.Variant
+  config: ml_collections.ConfigDict
+  flops_per_step: float
+  steps: int
+  eval_steps: tuple[int, ...]          # the checkpoints that get fine-tuned
+  workdir: str
+
+  @property
+  def key(self) -> str:
+    return self.variant.key
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  kind: str                            # "pretrain" or "finetune"
+  variant: str
+  step: int = 0                        # finetune: the pretraining checkpoint's step
+  task: str = ""
+
+  @property
+  def name(self) -> str:
+    if self.kind == "pretrain":
+      return f"pretrain {self.variant}"
+    return f"finetune {self.variant}@{self.step} {self.task}"
+
+
+def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
+         ) -> tuple[dict[str, PlannedVariant], list[Stage], dict[str, Any]]:
+  """(variants by key, stages in run order, budget) for the suites."""
+  vocab = vocab_size(hc.vocab_file)
+  reference = pretrain_config(hc, suites.VARIANTS["electra"], workdir)
+  ref_fps = flops_per_step(reference, vocab)
+  electra_steps = int(hc.budget.electra_steps)
+  budget = {"reference": "electra", "electra_steps": electra_steps, "flops": ref_fps * electra_steps,
+            "match": str(hc.budget.match)}
+  if budget["match"] not in ("flops", "steps"):
+    raise ValueError(f"budget.match={budget['match']!r}: must be 'flops' or 'steps'")
+  fractions = sorted({float(f) for f in hc.curve_fractions} | {1.0})
+  if any(not 0 < f <= 1 for f in fractions):
+    raise ValueError(f"curve_fractions={tuple(hc.curve_fractions)}: each must be in (0, 1]")
+  curve_keys = {k for s in suite_list for k in suites.SUITES[s].variants if suites.SUITES[s].curve}
+  variants: dict[str, PlannedVariant] = {}
+  for name in suite_list:
+    for key in suites.SUITES[name].variants:
+      if key in variants:
+        continue
+      v = suites.VARIANTS[key]
+      config = pretrain_config(hc, v, workdir)
+      fps = flops_per_step(config, vocab)
+      steps = electra_steps if budget["match"] == "steps" else max(1, round(budget["flops"] / fps))
+      wanted = fractions if key in curve_keys else [1.0]
+      # checkpoints exactly at the wanted fractions (and at least every quarter, so that an interrupted run resumes
+      # near where it stopped): every `unit` steps, with steps a multiple of it
+      grain = max(4, round(1 / min(wanted)))
+      unit = max(1, round(steps / grain))
+      steps = unit * grain
+      eval_steps = tuple(sorted({max(unit, round(f * grain) * unit) for f in wanted}))
+      config.num_train_steps = steps
+      config.checkpoint_every_steps = unit
+      config.keep_checkpoints = grain + 1
+      variants[key] = PlannedVariant(v, config, fps, steps, eval_steps,
+                                     os.path.join(workdir, "variants", key, "pretrain"))
+  stages: list[Stage] = []
+  for key, pv in variants.items():
+    stages.append(Stage("pretrain", key))
+    for step in pv.eval_steps:
+      stages.extend(Stage("finetune", key, step, task) for task in hc.finetune.tasks)
+  return variants, stages, budget
+
+
+def finetune_dir(pv: PlannedVariant, step: int, task: str) -> str:
+  return os.path.join(os.path.dirname(pv.workdir), f"glue_{step}", task)
+
+
+def checkpoint_dir(pv: PlannedVariant, step: int) -> str:
+  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  return os.path.join(pv.workdir, checkpointing.CHECKPOINTS_SUBDIR, str(step))
+
+
+def stage_done(stage: Stage, variants: Mapping[str, PlannedVariant]) -> bool:
+  pv = variants[stage.variant]
+  if stage.kind == "pretrain":
+    return os.path.isfile(os.path.join(pv.workdir, "done.json"))
+  return os.path.isfile(os.path.join(finetune_dir(pv, stage.step, stage.task), "results.json"))
+
+
+# ------------------------------------------------------------------------------------------------ running
+def run_pretrain(pv: PlannedVariant) -> dict[str, Any]:
+  from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
+  start = time.time()
+  result = pretrain_lib.train_and_evaluate(pv.config, pv.workdir)
+  if result.preempted:
+    raise KeyboardInterrupt(f"pretraining of {pv.key} stopped at step {result.step} (preemption); rerun to resume")
+  done = {"steps": pv.steps, "flops_per_step": pv.flops_per_step, "flops": pv.flops_per_step * pv.steps,
+          "seconds": time.time() - start, "last_metrics": result.last_metrics}
+  _write_json(os.path.join(pv.workdir, "done.json"), done)
+  for step in _checkpoint_steps(pv.workdir):   # the checkpoints kept only to resume
+    if step not in pv.eval_steps:
+      shutil.rmtree(checkpoint_dir(pv, step), ignore_errors=True)
+  return done
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR)
+  return sorted(int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else []) if d.isdigit())
+
+
+def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, task: str) -> dict[str, Any]:
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  config = finetune_config(hc, task, checkpoint_dir(pv, step))
+  workdir = finetune_dir(pv, step, task)
+  results = finetune_lib.train_and_evaluate(config, workdir)
+  # the fine-tuned weights are not part of the report (scores and metrics.jsonl stay): free the disk
+  for trial in results.get("trials", []):
+    shutil.rmtree(os.path.join(trial["workdir"], "checkpoints"), ignore_errors=True)
+  return results
+
+
+class Progress:
+  """A bar and an ETA over the stages, from the FLOPs left to pretrain and the fine-tuning runs left; the rates are
+  the measured ones once a stage of each kind has run (config.estimate before)."""
+
+  def __init__(self, stages: Sequence[Stage], variants: Mapping[str, PlannedVariant], hc: ml_collections.ConfigDict,
+               out: Callable[[str], None] = print):
+    self.stages, self.variants, self.out = list(stages), variants, out
+    self.flop_rate = float(hc.estimate.pretrain_flops_per_second)
+    self.ft_run = float(hc.estimate.finetune_seconds_per_run)
+    self.ft_compile = float(hc.estimate.finetune_compile_seconds)
+    self.seeds = int(hc.finetune.seeds)
+    self.measured: dict[str, list[tuple[float, float]]] = {"pretrain": [], "finetune": []}   # (work, seconds)
+    self.start = time.time()
+
+  def _work(self, stage: Stage) -> float:
+    return self.variants[stage.variant].flops_per_step * self.variants[stage.variant].steps \
+        if stage.kind == "pretrain" else float(self.seeds)
+
+  def estimate(self, stage: Stage) -> float:
+    m = self.measured[stage.kind]
+    if stage.kind == "pretrain":
+      rate = sum(w for w, _ in m) / sum(s for _, s in m) if m else self.flop_rate
+      return self._work(stage) / rate
+    if m:
+      return sum(s for _, s in m) / len(m)
+    return self.ft_compile + self.seeds * self.ft_run
+
+  def eta(self, remaining: Sequence[Stage]) -> float:
+    return sum(self.estimate(s) for s in remaining)
+
+  def record(self, stage: Stage, seconds: float) -> None:
+    self.measured[stage.kind].append((self._work(stage), seconds))
+
+  def show(self, index: int, stage: Stage | None, remaining: Sequence[Stage], note: str = "") -> None:
+    n = len(self.stages)
+    width = 30
+    filled = int(round(width * index / max(n, 1)))
+    bar = "#" * filled + "." * (width - filled)
+    what = stage.name if stage is not None else "done"
+    self.out(f"[{bar}] {index}/{n} {what}{note} | elapsed {_duration(time.time() - self.start)} | "
+             f"ETA {_duration(self.eta(remaining))}")
+
+
+def run(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str, *,
+        out: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
+  """Runs (or resumes) the suites and writes the report; returns the results dict."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if bool(hc.get("compilation_cache", False)):
+    _enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  variants, stages, budget = plan(suite_list, hc, workdir)
+  _check_same_plan(workdir, hc, budget)
+  progress = Progress(stages, variants, hc, out)
+  pending = [s for s in stages if not stage_done(s, variants)]
+  out(f"{len(stages)} stages ({len(stages) - len(pending)} already done) for suites {', '.join(suite_list)}: "
+      f"{len(variants)} pretraining runs of {budget['flops']:.3g} FLOPs each ({budget['match']}-matched), "
+      f"fine-tuning on {', '.join(hc.finetune.tasks)} x {int(hc.finetune.seeds)} seeds; first estimate "
+      f"{_duration(progress.eta(pending))}")
+  for pv in variants.values():
+    out(f"  {pv.key:22s} {pv.config.objective:15s} {pv.steps:7d} steps x {pv.flops_per_step / 1e9:8.2f} GFLOP; "
+        f"fine-tuned at steps {list(pv.eval_steps)}")
+  results: dict[str, Any] = {}
+  index = len(stages) - len(pending)
+  for i, stage in enumerate(pending):
+    progress.show(index, stage, pending[i:])
+    start = time.time()
+    if stage.kind == "pretrain":
+      run_pretrain(variants[stage.variant])
+    else:
+      run_finetune(hc, variants[stage.variant], stage.step, stage.task)
+    seconds = time.time() - start
+    progress.record(stage, seconds)
+    _append_jsonl(os.path.join(workdir, "stages.jsonl"), {"stage": stage.name, "kind": stage.kind,
+                                                          "variant": stage.variant, "step": stage.step,
+                                                          "task": stage.task, "seconds": seconds,
+                                                          "finished": time.time()})
+    index += 1
+    results = report.write(workdir, suite_list, hc, variants, budget, command=command)
+  progress.show(index, None, [])
+  if not pending:
+    results = report.write(workdir, suite_list, hc, variants, budget, command=command)
+  out(f"wrote {os.path.join(workdir, 'results.json')}, results.md and plots")
+  return results
+
+
+def _check_same_plan(workdir: str, hc: ml_collections.ConfigDict, budget: Mapping[str, Any]) -> None:
+  """A WORKDIR belongs to one harness config: resuming with another one would mix incomparable runs."""
+  path = os.path.join(workdir, "harness_config.json")
+  current = json.loads(hc.to_json_best_effort(sort_keys=True))
+  current.pop("estimate", None)
+  current.pop("log_every_steps", None)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    saved.pop("estimate", None)
+    saved.pop("log_every_steps", None)
+    if saved != current:
+      changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+      raise ValueError(f"{workdir} holds runs of another harness config (differs in {changed}); use a new --workdir")
+  else:
+    _write_json(path, current)
+  del budget
+
+
+def _enable_compilation_cache(directory: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  except (AttributeError, ValueError) as e:   # an older JAX: run without it
+    logging.warning("no persistent compilation cache: %s", e)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, obj: Mapping[str, Any]) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(obj, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+  if hasattr(x, "item"):
+    return x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return str(x)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,62 @@
+r"""Replicates the ELECTRA paper's ablations at a chosen scale (thin binary: flags, then experiments.harness).
+
+    python -m electra_jax.experiments.replicate --suite=efficiency --workdir=/tmp/rep
+    python -m electra_jax.experiments.replicate --suite=all --workdir=/tmp/rep_all          # every suite, shared runs
+    python -m electra_jax.experiments.replicate --suite=sharing,generator_size --size=small --workdir=gs://b/rep \
+        --corpus=/data/openwebtext --override=finetune.seeds=5
+
+Suites (electra_jax/experiments/suites.py): efficiency (paper Table 5's five objectives), sharing, generator_size,
+mlm_vs_electra (with earlier checkpoints scored), attention_dropout (attention-probability dropout off), or `all`.
+Sizes (configs/replicate.py): micro (default; this 2-core CPU), small (ELECTRA-Small on an accelerator), smoke
+(tests). Running the same command again resumes where it stopped. Writes WORKDIR/results.json, results.md and PNGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("suite", "efficiency", "Suite name(s), comma-separated, or 'all'.")
+flags.DEFINE_string("workdir", None, "Where the runs, results.json, results.md and plots go (resumable).")
+flags.DEFINE_string("size", "micro", "configs/replicate.py size: smoke, micro or small.")
+flags.DEFINE_string("corpus", "", "Pretraining corpus (files, folders, globs, tfds:NAME); default: the size's.")
+flags.DEFINE_multi_string("override", [], "FIELD=VALUE of configs/replicate.py (repeatable), e.g. finetune.seeds=5.")
+flags.DEFINE_boolean("verbose", False, "Log every training step at INFO (default: progress lines and warnings).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # pylint: disable=import-outside-toplevel
+  from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
+  from electra_jax.data.tokenization import VocabError
+  from electra_jax.experiments import harness, suites
+  from electra_jax.train import checkpointing, finetune_lib, pretrain_lib
+  logging.getLogger().setLevel(logging.INFO if FLAGS.verbose else logging.WARNING)
+  checkpointing.quiet_orbax_logging()
+  try:
+    names = suites.suite_names(FLAGS.suite)
+    hc = harness.config_module("replicate").get_config(f"size={FLAGS.size}")
+    if FLAGS.corpus:
+      hc.corpus = FLAGS.corpus
+    for text in FLAGS.override:
+      key, value = harness.parse_override(text, hc)
+      harness.set_field(hc, key, value)
+    if not hc.corpus:
+      raise ValueError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
+    command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    harness.run(names, hc, FLAGS.workdir, command=command)
+  except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
+          pretrain_lib.NonFiniteLossError, finetune_lib.FinetuneError, ValueError) as e:
+    logging.debug("replicate failed", exc_info=True)
+    print(f"replicate: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
