@@ -243,7 +243,7 @@ def finetune_dir(pv: PlannedVariant, step: int, task: str) -> str:
 
 
 def checkpoint_dir(pv: PlannedVariant, step: int) -> str:
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   return os.path.join(pv.workdir, checkpointing.CHECKPOINTS_SUBDIR, str(step))
 
 
@@ -271,7 +271,7 @@ def run_pretrain(pv: PlannedVariant) -> dict[str, Any]:
 
 
 def _checkpoint_steps(workdir: str) -> list[int]:
-  from electra_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   directory = os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR)
   return sorted(int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else []) if d.isdigit())
 

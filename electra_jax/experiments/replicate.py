@@ -36,7 +36,8 @@ def main(argv) -> None:
   from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
   from electra_jax.data.tokenization import VocabError
   from electra_jax.experiments import harness, suites
-  from electra_jax.train import checkpointing, finetune_lib, pretrain_lib
+  from electra_jax import checkpointing
+  from electra_jax.train import finetune_lib, loop
   logging.getLogger().setLevel(logging.INFO if FLAGS.verbose else logging.WARNING)
   checkpointing.quiet_orbax_logging()
   try:
@@ -52,7 +53,7 @@ def main(argv) -> None:
     command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     harness.run(names, hc, FLAGS.workdir, command=command)
   except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
-          pretrain_lib.NonFiniteLossError, finetune_lib.FinetuneError, ValueError) as e:
+          loop.NonFiniteLossError, finetune_lib.FinetuneError, ValueError) as e:
     logging.debug("replicate failed", exc_info=True)
     print(f"replicate: error: {e}", file=sys.stderr)
     sys.exit(1)
