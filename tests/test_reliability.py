@@ -403,3 +403,17 @@ def test_bad_files_are_one_line(tmp_path):
             stdin="good\n")
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert json.loads(ok.stdout)["label"] in ("negative", "positive")
+
+
+# ================================================================================================ the newcomer's items
+def test_classifiers_carry_the_task_label_names():
+  """Exported classifiers labelled classes "0"/"1"; the pipeline should say positive / entailment."""
+  from configs import glue as glue_config  # pylint: disable=import-outside-toplevel
+  from electra_jax.data import glue  # pylint: disable=import-outside-toplevel
+  from electra_jax.eval.tasks import make_adapter  # pylint: disable=import-outside-toplevel
+  assert glue.get_task("sst2").label_names == ("negative", "positive")
+  assert glue.get_task("mrpc").label_names == ("not_equivalent", "equivalent")
+  assert glue.get_task("rte").label_names == ("entailment", "not_entailment")
+  assert glue.get_task("stsb").label_names is None
+  adapter = make_adapter(glue_config.get_config("task=sst2,size=tiny"), tokenizer=None)
+  assert adapter.head_overrides()["id2label"] == {0: "negative", 1: "positive"}

@@ -6,15 +6,17 @@
     model = checkpointing.load_model("workdir")                # the nnx module its model_config describes
 
 `store` wraps Orbax (the only importer of Orbax); `integrity` fingerprints what is saved so every restore can verify
-it; `models` turns a checkpoint's model_config into a module; `lock` keeps two runs out of one workdir.
+it; `models` turns a checkpoint's model_config into a module; `lock` keeps two runs out of one workdir; `quiet`
+keeps Orbax's log lines out of the way.
 """
 
 from electra_jax.checkpointing.lock import WorkdirBusyError, WorkdirLock
 from electra_jax.checkpointing.models import (ModelSpec, build_model, electra_config_from_meta, head_meta, load_model,
                                               pretraining_meta, read_model_config)
+from electra_jax.checkpointing.quiet import quiet_orbax_logging
 from electra_jax.checkpointing.store import (CHECKPOINTS_SUBDIR, MODEL_CONFIG_FILE, Checkpointer, CheckpointError,
-                                             CorruptCheckpointError, Restored, load_params, quiet_orbax_logging,
-                                             resolve_checkpoint_dir, save_params, state_fingerprints)
+                                             CorruptCheckpointError, Restored, load_params, resolve_checkpoint_dir,
+                                             save_params, state_fingerprints)
 
 __all__ = ["CHECKPOINTS_SUBDIR", "MODEL_CONFIG_FILE", "CheckpointError", "Checkpointer", "CorruptCheckpointError",
            "ModelSpec", "Restored", "build_model", "electra_config_from_meta", "head_meta", "load_model", "load_params",

@@ -87,10 +87,21 @@ def _host(x: jax.Array) -> np.ndarray:
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
+def _each_on_device(fn, leaves: list[Any]):
+  """(index, fn(leaf)) for the jax arrays among `leaves`. One process: all dispatched, then read. Several: one at a
+  time, each read before the next starts, so that no two programs with cross-process collectives are in flight at
+  once (their order could differ between processes, and they would wait for each other)."""
+  indices = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+  if jax.process_count() == 1:
+    yield from list(zip(indices, [fn(leaves[i]) for i in indices]))
+    return
+  for i in indices:
+    yield i, jax.block_until_ready(fn(leaves[i]))
+
+
 def _digests(leaves: list[Any]) -> list[tuple[int, int]]:
   out: list[tuple[int, int] | None] = [None] * len(leaves)
-  device = {i: _jnp_digest(x) for i, x in enumerate(leaves) if isinstance(x, jax.Array)}   # dispatched, then read
-  for i, d in device.items():
+  for i, d in _each_on_device(_jnp_digest, leaves):
     h = _host(d)
     out[i] = (int(h[0]), int(h[1]))
   for i, x in enumerate(leaves):
@@ -145,9 +156,10 @@ def non_finite(tree: Any, item: str) -> list[str]:
 
 def _non_finite_keys(leaves: Mapping[str, Any]) -> list[str]:
   floats = {k: x for k, x in leaves.items() if jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.inexact)}
-  device = {k: _jnp_all_finite(x) for k, x in floats.items() if isinstance(x, jax.Array)}
-  bad = [k for k, ok in device.items() if not bool(_host(ok))]
-  bad += [k for k, x in floats.items() if k not in device and not np.all(np.isfinite(np.asarray(x, np.float32)))]
+  keys, values = list(floats), list(floats.values())
+  bad = [keys[i] for i, ok in _each_on_device(_jnp_all_finite, values) if not bool(_host(ok))]
+  bad += [k for k, x in floats.items() if not isinstance(x, jax.Array)
+          and not np.all(np.isfinite(np.asarray(x, np.float32)))]
   return sorted(bad)
 
 

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -41,11 +40,11 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
 from electra_jax.checkpointing import integrity
+from electra_jax.checkpointing.quiet import silence_failed_read_noise
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -111,31 +110,6 @@ def _describe(exc: BaseException) -> str:
   return line(exc) if root is exc else f"{line(exc)} (cause: {line(root)})"
 
 
-def _silence_failed_read_noise() -> None:
-  """After a failed restore (already reported in one line), Orbax's other pending reads end on an asyncio loop that
-  is closed: tensorstore's callbacks raise "Event loop is closed" through sys.unraisablehook and asyncio logs "Task
-  exception was never retrieved" for each, thousands of lines for one bad step. Drops exactly those two."""
-  if getattr(sys.unraisablehook, "_electra_quiet", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    exc = unraisable.exc_value
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and unraisable.object is None:
-      return
-    previous(unraisable)
-
-  hook._electra_quiet = True  # type: ignore[attr-defined]
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(_OrbaxReadTaskFilter())
-
-
-class _OrbaxReadTaskFilter(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    text = record.getMessage()
-    return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
-
-
 def _integrity_record(params: Any, opt_state: Any | None = None) -> dict[str, Any]:
   record = {"version": integrity.VERSION, "params": integrity.fingerprints(params)}
   if opt_state is not None:
@@ -174,20 +148,6 @@ def _shape_mismatches(abstract: Any, metadata: Any, item: str) -> list[str]:
   problems += [f"{item}{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
   problems += [f"{item}{k}: only in the model" for k in sorted(set(wanted) - set(saved))]
   return problems
-
-
-class _BelowWarningFromOrbax(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-def quiet_orbax_logging() -> None:
-  """Drops Orbax's INFO chatter (dozens of lines per save) from the log handlers; its warnings still show."""
-  handlers = list(logging.getLogger().handlers)
-  handlers.append(absl_logging.get_absl_handler())
-  for handler in handlers:
-    if not any(isinstance(f, _BelowWarningFromOrbax) for f in handler.filters):
-      handler.addFilter(_BelowWarningFromOrbax())
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -330,7 +290,7 @@ class Checkpointer:
         return result
       tried.append(step)
       if not isinstance(error, CorruptCheckpointError):
-        _silence_failed_read_noise()
+        silence_failed_read_noise()
       logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
                       self.directory, step, _describe(error) if error else "unreadable on another process")
       self._set_aside(step)
@@ -422,7 +382,7 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
         return _read_params(manager, directory, s)
       except Exception as e:  # pylint: disable=broad-except
         if not isinstance(e, CorruptCheckpointError):
-          _silence_failed_read_noise()
+          silence_failed_read_noise()
         if step is not None:
           raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
         logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,

@@ -66,16 +66,25 @@ def one_line(exc: BaseException) -> str:
   return text or type(exc).__name__
 
 
-def _flag_error_message(exc: BaseException) -> str:
+def _override_flag(argv: Sequence[str], key: str) -> str:
+  """The --config.a.b.<key> argument that names the unknown field `key` (ml_collections reports the last part)."""
+  for arg in argv:
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and "." in name and name.rsplit(".", 1)[1] == key:
+      return name
+  return f"--config.{key}"
+
+
+def _flag_error_message(exc: BaseException, argv: Sequence[str] = ()) -> str:
   """A flag parsing error as one line: the config file's own exception, or the mistyped field and its suggestion."""
   text = str(exc.args[0]) if isinstance(exc, (KeyError, AttributeError)) and exc.args else str(exc)
   suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
   if suggestion:
     good, bad = suggestion.groups()
-    return f"--config.{bad}: no such config field; did you mean {good}? (--config_help lists the fields)"
+    return f"{_override_flag(argv, bad)}: no such config field; did you mean {good}? (--config_help lists the fields)"
   if isinstance(exc, (KeyError, AttributeError)):
     key = text.strip().splitlines()[0].strip("'\"") if text.strip() else "?"
-    return f"--config.{key}: no such config field (--config_help lists the fields)"
+    return f"{_override_flag(argv, key)}: no such config field (--config_help lists the fields)"
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   if any(l.startswith("Traceback") for l in lines):   # config_flags embeds the config file's traceback
     head = lines[0].rstrip(":").removesuffix(": Error whilst parsing config file").rstrip(":")
@@ -123,7 +132,7 @@ def _parser(required: Sequence[str], has_config: bool) -> Callable[[list[str]], 
         sys.exit(0)
       raise e
     except (flags.Error, KeyError, AttributeError, ValueError) as e:
-      message = _flag_error_message(e)
+      message = _flag_error_message(e, argv)
       print(f"{prog}: error: {message}{'' if '--config_help' in message else ' (see --help)'}", file=sys.stderr)
       sys.exit(2)
     if has_config and FLAGS["config_help"].value:
