@@ -18,14 +18,18 @@ Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the
 steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
 Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
 
-The micro suite's time on this 2-core CPU (--suite=efficiency, size=micro; quiet machine; measured per stage with
-short runs, see benchmarks/replication/README.md for the measurements):
-  pretraining, E64 H128 2 layers (+ generator H32), batch 32 x 128, ELECTRA 21.2 GFLOP per step x 1,200 steps =
-    25.4 TFLOP per variant; BERT 19.5 GFLOP/step -> 1,304 steps; ELECTRA 15% = ELECTRA; Replace MLM 28.3 -> 898;
-    All-Tokens MLM 72.1 -> 353 (its vocabulary softmax over all 128 tokens costs 3.4x ELECTRA's whole step at this
-    size). At ~? GFLOP/s: 5 x 25.4 TFLOP ~ ? min, plus ~25 s of compilation per variant;
-  fine-tuning, 5 tasks x 3 seeds x 300 steps of 32 x 128 + the full dev sets, per variant: ~? min;
-  total ~? min. (size=small needs an accelerator: 125k ELECTRA-Small steps per variant.)
+The micro suite's time on this 2-core CPU (size=micro; benchmarks/replication/time_stages.py, load ~2, which is close
+to quiet for these sizes: wall = CPU time / 1.8; benchmarks/replication/README.md has the measurements):
+  pretraining (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x 21.2 GFLOP =
+    25.5 TFLOP per variant): ELECTRA 1,200 steps x 0.288 s = 5.8 min; ELECTRA 15% 1,200 x 0.292 = 5.8; BERT
+    1,308 x 0.270 = 5.9; Replace MLM 896 x 0.453 = 6.8; All-Tokens MLM 352 x 0.947 = 5.6 (its vocabulary softmax
+    over all 128 tokens makes its step 3.4x ELECTRA's at this size); + ~10 s of compilation each: ~30 min;
+  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~70 ms per
+    step at 128 tokens, ~8 s per task to load data and compile (less once the compilation cache holds the step), so
+    ~3.7 min per variant, 6 variants with the no-pretraining control: ~22 min;
+  --suite=efficiency: ~52 min. sharing ~30, generator_size ~58, mlm_vs_electra ~34, attention_dropout ~19;
+  --suite=all (13 pretraining runs, 90 fine-tuning stages, runs shared between suites): ~2.4 h.
+size=small needs an accelerator (125k ELECTRA-Small steps per variant).
 """
 
 from __future__ import annotations
@@ -144,11 +148,17 @@ def flops_per_step(config: ml_collections.ConfigDict, vocab: int) -> float:
                                     objective=config.objective)
 
 
-def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: str) -> ml_collections.ConfigDict:
+def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: str,
+                    architecture: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """configs/glue.py for `task` from `init_checkpoint` ("" with `architecture`, a pretraining config: from scratch)."""
   f = hc.finetune
   c = config_module("glue").get_config(f"task={task},size={f.size},trials={int(f.seeds)}")
   c.init_checkpoint = init_checkpoint
-  c.max_seq_length = int(f.max_seq_length)
+  if not init_checkpoint and architecture is not None:
+    for field in ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob"):
+      c.model[field] = architecture.model[field]
+  c.max_seq_length = int(f.get("max_seq_length_per_task", {}).get(task, f.max_seq_length))
   c.batch_size = int(f.batch_size)
   c.eval_batch_size = max(int(f.batch_size), 32)
   if int(f.num_train_steps) > 0:
@@ -174,6 +184,7 @@ class PlannedVariant:
   steps: int
   eval_steps: tuple[int, ...]          # the checkpoints that get fine-tuned
   workdir: str
+  kept_steps: tuple[int, ...] = ()     # the checkpoints kept after pretraining (every curve fraction's)
 
   @property
   def key(self) -> str:
@@ -216,23 +227,30 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
         continue
       v = suites.VARIANTS[key]
       config = pretrain_config(hc, v, workdir)
+      if not v.pretrain:
+        variants[key] = PlannedVariant(v, config, 0.0, 0, (0,), os.path.join(workdir, "variants", key, "pretrain"))
+        continue
       fps = flops_per_step(config, vocab)
       steps = electra_steps if budget["match"] == "steps" else max(1, round(budget["flops"] / fps))
-      wanted = fractions if key in curve_keys else [1.0]
-      # checkpoints exactly at the wanted fractions (and at least every quarter, so that an interrupted run resumes
-      # near where it stopped): every `unit` steps, with steps a multiple of it
-      grain = max(4, round(1 / min(wanted)))
+      # checkpoints exactly at every curve fraction (for every variant, whichever suites run now, so that a later run
+      # of another suite in the same WORKDIR finds them) and at least every quarter (an interrupted run resumes near
+      # where it stopped): every `unit` steps, with steps a multiple of it
+      grain = max(1, round(1 / min(fractions)))
+      if steps >= 16:
+        grain = max(grain, 4)
       unit = max(1, round(steps / grain))
       steps = unit * grain
-      eval_steps = tuple(sorted({max(unit, round(f * grain) * unit) for f in wanted}))
+      kept = tuple(sorted({max(unit, round(f * grain) * unit) for f in fractions}))
+      eval_steps = kept if key in curve_keys else (steps,)
       config.num_train_steps = steps
       config.checkpoint_every_steps = unit
       config.keep_checkpoints = grain + 1
       variants[key] = PlannedVariant(v, config, fps, steps, eval_steps,
-                                     os.path.join(workdir, "variants", key, "pretrain"))
+                                     os.path.join(workdir, "variants", key, "pretrain"), kept)
   stages: list[Stage] = []
   for key, pv in variants.items():
-    stages.append(Stage("pretrain", key))
+    if pv.variant.pretrain:
+      stages.append(Stage("pretrain", key))
     for step in pv.eval_steps:
       stages.extend(Stage("finetune", key, step, task) for task in hc.finetune.tasks)
   return variants, stages, budget
@@ -265,7 +283,7 @@ def run_pretrain(pv: PlannedVariant) -> dict[str, Any]:
           "seconds": time.time() - start, "last_metrics": result.last_metrics}
   _write_json(os.path.join(pv.workdir, "done.json"), done)
   for step in _checkpoint_steps(pv.workdir):   # the checkpoints kept only to resume
-    if step not in pv.eval_steps:
+    if step not in pv.kept_steps:
       shutil.rmtree(checkpoint_dir(pv, step), ignore_errors=True)
   return done
 
@@ -278,7 +296,10 @@ def _checkpoint_steps(workdir: str) -> list[int]:
 
 def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, task: str) -> dict[str, Any]:
   from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
-  config = finetune_config(hc, task, checkpoint_dir(pv, step))
+  if pv.variant.pretrain:
+    config = finetune_config(hc, task, checkpoint_dir(pv, step))
+  else:
+    config = finetune_config(hc, task, "", architecture=pv.config)
   workdir = finetune_dir(pv, step, task)
   results = finetune_lib.train_and_evaluate(config, workdir)
   # the fine-tuned weights are not part of the report (scores and metrics.jsonl stay): free the disk
@@ -288,31 +309,36 @@ def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, t
 
 
 class Progress:
-  """A bar and an ETA over the stages, from the FLOPs left to pretrain and the fine-tuning runs left; the rates are
-  the measured ones once a stage of each kind has run (config.estimate before)."""
+  """A bar and an ETA over the stages. Pretraining cost = FLOPs / FLOP rate; fine-tuning cost = overhead + seeds x
+  (steps x seconds per step at the task's length + evaluation). The rates are config.estimate's until a stage of the
+  kind has run, then the measured ones."""
 
   def __init__(self, stages: Sequence[Stage], variants: Mapping[str, PlannedVariant], hc: ml_collections.ConfigDict,
                out: Callable[[str], None] = print):
-    self.stages, self.variants, self.out = list(stages), variants, out
-    self.flop_rate = float(hc.estimate.pretrain_flops_per_second)
-    self.ft_run = float(hc.estimate.finetune_seconds_per_run)
-    self.ft_compile = float(hc.estimate.finetune_compile_seconds)
-    self.seeds = int(hc.finetune.seeds)
+    self.stages, self.variants, self.out, self.hc = list(stages), variants, out, hc
+    e = hc.estimate
+    self.flop_rate = float(e.pretrain_flops_per_second)
+    self.ft_step = float(e.finetune_seconds_per_step)
+    self.ft_overhead = float(e.finetune_overhead_seconds)
     self.measured: dict[str, list[tuple[float, float]]] = {"pretrain": [], "finetune": []}   # (work, seconds)
     self.start = time.time()
 
   def _work(self, stage: Stage) -> float:
-    return self.variants[stage.variant].flops_per_step * self.variants[stage.variant].steps \
-        if stage.kind == "pretrain" else float(self.seeds)
+    """Pretraining: FLOPs. Fine-tuning: seconds at the assumed rates (rescaled by the measured ones later)."""
+    if stage.kind == "pretrain":
+      pv = self.variants[stage.variant]
+      return pv.flops_per_step * pv.steps
+    f = self.hc.finetune
+    length = int(f.get("max_seq_length_per_task", {}).get(stage.task, f.max_seq_length))
+    steps = int(f.num_train_steps) if int(f.num_train_steps) > 0 else 1000
+    return self.ft_overhead + int(f.seeds) * steps * self.ft_step * length / 128
 
   def estimate(self, stage: Stage) -> float:
     m = self.measured[stage.kind]
+    scale = sum(s for _, s in m) / sum(w for w, _ in m) if m else None
     if stage.kind == "pretrain":
-      rate = sum(w for w, _ in m) / sum(s for _, s in m) if m else self.flop_rate
-      return self._work(stage) / rate
-    if m:
-      return sum(s for _, s in m) / len(m)
-    return self.ft_compile + self.seeds * self.ft_run
+      return self._work(stage) / (self.flop_rate if scale is None else 1 / scale)
+    return self._work(stage) * (1.0 if scale is None else scale)
 
   def eta(self, remaining: Sequence[Stage]) -> float:
     return sum(self.estimate(s) for s in remaining)
@@ -370,6 +396,16 @@ def run(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str, 
     results = report.write(workdir, suite_list, hc, variants, budget, command=command)
   out(f"wrote {os.path.join(workdir, 'results.json')}, results.md and plots")
   return results
+
+
+def publish(workdir: str, target: str) -> int:
+  """Copies the report (results.json, results.md, stages.jsonl, harness_config.json, *.png) to `target`."""
+  os.makedirs(target, exist_ok=True)
+  names = [n for n in sorted(os.listdir(workdir))
+           if n in ("results.json", "results.md", "stages.jsonl", "harness_config.json") or n.endswith(".png")]
+  for n in names:
+    shutil.copyfile(os.path.join(workdir, n), os.path.join(target, n))
+  return len(names)
 
 
 def _check_same_plan(workdir: str, hc: ml_collections.ConfigDict, budget: Mapping[str, Any]) -> None:

@@ -25,6 +25,8 @@ flags.DEFINE_string("workdir", None, "Where the runs, results.json, results.md a
 flags.DEFINE_string("size", "micro", "configs/replicate.py size: smoke, micro or small.")
 flags.DEFINE_string("corpus", "", "Pretraining corpus (files, folders, globs, tfds:NAME); default: the size's.")
 flags.DEFINE_multi_string("override", [], "FIELD=VALUE of configs/replicate.py (repeatable), e.g. finetune.seeds=5.")
+flags.DEFINE_string("publish_dir", "", "Also copy results.json, results.md, stages.jsonl and the plots here "
+                    "(e.g. benchmarks/replication/efficiency).")
 flags.DEFINE_boolean("verbose", False, "Log every training step at INFO (default: progress lines and warnings).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -51,6 +53,8 @@ def main(argv) -> None:
       raise ValueError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
     command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     harness.run(names, hc, FLAGS.workdir, command=command)
+    if FLAGS.publish_dir:
+      print(f"copied {harness.publish(FLAGS.workdir, FLAGS.publish_dir)} files to {FLAGS.publish_dir}")
   except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
           pretrain_lib.NonFiniteLossError, finetune_lib.FinetuneError, ValueError) as e:
     logging.debug("replicate failed", exc_info=True)

@@ -336,8 +336,15 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
     if fractions != (1.0, 1.0):
       raise ValueError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
                        f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
-    return disc, disc.replace(architectures=("ElectraForMaskedLM",))
-  return disc, modeling.generator_config(disc, *fractions)
+    gen = disc.replace(architectures=("ElectraForMaskedLM",))
+  else:
+    gen = modeling.generator_config(disc, *fractions)
+  if g["weight_sharing"] == "none" and g["two_stage"] == 0:
+    # the original's untied generator (untied_generator_embeddings=True) builds its own embeddings at its own width
+    # (embedding_size=None -> hidden size), without a projection; two_stage keeps the discriminator's width so that
+    # the generator's encoder can be copied into it
+    gen = gen.replace(embedding_size=gen.hidden_size)
+  return disc, gen
 
 
 def generator_options(config: Any) -> dict[str, Any]:
