@@ -24,9 +24,10 @@ import sys
 import ml_collections
 
 try:
-  from configs import common  # noqa: F401  (checks the import path)
+  from configs import common
 except ImportError:  # run from outside the repository root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import common
 from electra_jax import paths
 
 SIZES = ("smoke", "micro", "small")
@@ -38,8 +39,7 @@ def _corpus(*relative: str) -> str:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  from configs import common as common_lib  # pylint: disable=import-outside-toplevel
-  arg = common_lib.parse_arg(arg, size="micro")
+  arg = common.parse_arg(arg, size="micro")
   if arg.size not in SIZES:
     raise ValueError(f"size={arg.size!r}: must be one of {SIZES}")
   c = ml_collections.ConfigDict()

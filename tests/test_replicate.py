@@ -8,14 +8,14 @@ import statistics
 import numpy as np
 import pytest
 
-from electra_jax.experiments import harness, report, suites
+from electra_jax.experiments import harness, report, run_configs, suites
 from tests.conftest import shared_data
 
 
 @pytest.fixture
 def hc():
   shared_data("vocab")
-  return harness.config_module("replicate").get_config("size=smoke")
+  return run_configs.config_module("replicate").get_config("size=smoke")
 
 
 def test_plan_matches_pretraining_flops_and_shares_variants_between_suites(hc, tmp_path):
@@ -55,12 +55,12 @@ def test_plan_matches_pretraining_flops_and_shares_variants_between_suites(hc, t
 
 
 def test_overrides_are_typed_and_unknown_fields_refused(hc):
-  assert harness.parse_override("finetune.seeds=5", hc) == ("finetune.seeds", 5)
-  assert harness.parse_override("budget.match=steps", hc) == ("budget.match", "steps")
-  assert harness.parse_override("finetune.tasks=cola,rte", hc) == ("finetune.tasks", ("cola", "rte"))
-  assert harness.parse_override("estimate.finetune_seconds_per_step=2", hc)[1] == 2.0
+  assert run_configs.parse_override("finetune.seeds=5", hc) == ("finetune.seeds", 5)
+  assert run_configs.parse_override("budget.match=steps", hc) == ("budget.match", "steps")
+  assert run_configs.parse_override("finetune.tasks=cola,rte", hc) == ("finetune.tasks", ("cola", "rte"))
+  assert run_configs.parse_override("estimate.finetune_seconds_per_step=2", hc)[1] == 2.0
   with pytest.raises(ValueError, match="unknown field"):
-    harness.parse_override("finetune.seed=5", hc)
+    run_configs.parse_override("finetune.seed=5", hc)
   with pytest.raises(ValueError, match="suite"):
     suites.suite_names("efficiency,tabel5")
   assert suites.suite_names("all") == list(suites.SUITES)
@@ -133,7 +133,8 @@ def test_smoke_run_end_to_end_then_resumes(hc, tmp_path):
   # run again: nothing to do; lose one fine-tuning result: only that stage runs
   harness.run(["attention_dropout"], hc, str(tmp_path), out=lines.append)
   assert len((tmp_path / "stages.jsonl").read_text().splitlines()) == 4
-  os.remove(tmp_path / "variants/electra" / f"glue_{results['variants']['electra']['pretrain']['steps']}/sst2/results.json")
+  steps = results["variants"]["electra"]["pretrain"]["steps"]
+  os.remove(tmp_path / "variants/electra" / f"glue_{steps}/sst2/results.json")
   harness.run(["attention_dropout"], hc, str(tmp_path), out=lines.append)
   again = [json.loads(s) for s in (tmp_path / "stages.jsonl").read_text().splitlines()]
   assert len(again) == 5 and again[-1]["stage"].startswith("finetune electra@")

@@ -86,20 +86,21 @@ def time_pretraining(hc, variants) -> dict[str, dict[str, float]]:
 
 
 def time_finetuning(hc) -> dict[str, float]:
-  from electra_jax.experiments import harness  # pylint: disable=import-outside-toplevel
+  from electra_jax.experiments import run_configs, suites  # pylint: disable=import-outside-toplevel
   from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
-  pre = harness.pretrain_config(hc, harness.suites.VARIANTS["electra"], tempfile.mkdtemp())
+  pre = run_configs.pretrain_config(hc, suites.VARIANTS["electra"], tempfile.mkdtemp())
   runs = {}
   for name, seeds, steps in (("a", 1, FLAGS.finetune_steps), ("b", 2, FLAGS.finetune_steps),
                              ("c", 1, 2 * FLAGS.finetune_steps)):
-    c = harness.finetune_config(hc, FLAGS.finetune_task, "", architecture=pre)
+    c = run_configs.finetune_config(hc, FLAGS.finetune_task, "", architecture=pre)
     c.num_trials = seeds
     c.num_train_steps = steps
     t, cpu0 = time.time(), _cpu()
     finetune_lib.train_and_evaluate(c, tempfile.mkdtemp())
     runs[name] = (time.time() - t, _cpu() - cpu0)
   per_seed = (runs["b"][0] - runs["a"][0], runs["b"][1] - runs["a"][1])
-  per_step = ((runs["c"][0] - runs["a"][0]) / FLAGS.finetune_steps, (runs["c"][1] - runs["a"][1]) / FLAGS.finetune_steps)
+  per_step = ((runs["c"][0] - runs["a"][0]) / FLAGS.finetune_steps,
+              (runs["c"][1] - runs["a"][1]) / FLAGS.finetune_steps)
   overhead = (runs["a"][0] - per_seed[0], runs["a"][1] - per_seed[1])
   seed_fixed = (per_seed[0] - FLAGS.finetune_steps * per_step[0], per_seed[1] - FLAGS.finetune_steps * per_step[1])
   out = {"overhead_wall_s": overhead[0], "overhead_cpu_s": overhead[1], "per_step_wall_s": per_step[0],
@@ -115,8 +116,8 @@ def main(argv) -> None:
   del argv
   import logging  # pylint: disable=import-outside-toplevel
   logging.getLogger().setLevel(logging.WARNING)
-  from electra_jax.experiments import harness, suites  # pylint: disable=import-outside-toplevel
-  hc = harness.config_module("replicate").get_config(f"size={FLAGS.size}")
+  from electra_jax.experiments import harness, run_configs, suites  # pylint: disable=import-outside-toplevel
+  hc = run_configs.config_module("replicate").get_config(f"size={FLAGS.size}")
   names = suites.suite_names(FLAGS.suite)
   variants, stages, budget = harness.plan(names, hc, tempfile.mkdtemp())
   load = os.getloadavg()

@@ -71,7 +71,8 @@ def collect(workdir: str, hc: Any, variants: Mapping[str, Any]) -> dict[str, Any
                      "metrics_at_end": _last_pretrain_metrics(pv.workdir)},
         "checkpoints": []}
     for step in pv.eval_steps:
-      point: dict[str, Any] = {"step": step, "flops": pv.flops_per_step * step, "fraction": step / pv.steps if pv.steps else 1.0,
+      point: dict[str, Any] = {"step": step, "flops": pv.flops_per_step * step,
+                               "fraction": step / pv.steps if pv.steps else 1.0,
                                "tasks": {}}
       for task in hc.finetune.tasks:
         res = _read_json(os.path.join(harness.finetune_dir(pv, step, task), "results.json"))
@@ -101,7 +102,8 @@ def write(workdir: str, suite_list: Sequence[str], hc: Any, variants: Mapping[st
   results = {
       "command": command, "size": hc.size, "suites": {}, "budget": dict(budget),
       "finetune": {"tasks": list(hc.finetune.tasks), "seeds": int(hc.finetune.seeds),
-                   "num_train_steps": int(hc.finetune.num_train_steps), "max_seq_length": int(hc.finetune.max_seq_length),
+                   "num_train_steps": int(hc.finetune.num_train_steps),
+                   "max_seq_length": int(hc.finetune.max_seq_length),
                    "batch_size": int(hc.finetune.batch_size)},
       "pretrain_seed": int(hc.pretrain.seed), "corpus": hc.corpus,
       "seconds": {"total": sum(s["seconds"] for s in stages),
