@@ -33,12 +33,12 @@ flags.mark_flags_as_required(["workdir"])
 
 class _StepLinesAndWarnings(logging.Filter):
   """Keeps warnings and the training loops' step lines (they carry the stage's own ETA); drops other INFO records
-  and Orbax's note that the pretraining checkpoint is opened read-only (as it should be)."""
+  and Orbax's notes that the pretraining checkpoint is opened read-only (as it should be)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
     if record.levelno >= logging.WARNING:
-      return "Given directory is read only" not in message
+      return "read only" not in message and "read_only=True" not in message
     return " | ETA " in message
 
 
