@@ -24,6 +24,8 @@ One step (objective "electra", as google-research/electra run_pretraining.py):
      RTD loss = sigmoid BCE averaged over the real tokens;
   5. loss = gen_weight * MLM + disc_weight * RTD (1 and 50). Objective "mlm": BERT-style masked LM of a
      discriminator-size ElectraForMaskedLM (steps 1-2 only).
+The other objectives (electra_15, replace_mlm, all_tokens_mlm, electric) and the generator switches (sampling,
+disallow_correct, weight_sharing, two_stage) are composed in electra_jax/train/objectives.py.
 Discriminator AUC is computed on device from a fixed-bin histogram of the step's logits (4096 bins over [-16, 16]):
 pairs in the same bin count 1/2, so it is the exact AUC of logits rounded to 1/128.
 """
