@@ -7,8 +7,9 @@ Sizes (each suite runs unchanged at every size; the budget is the ELECTRA varian
 the same analytical pretraining FLOPs, electra_jax.train.flops.train_flops_per_step):
   smoke  a few steps of a 1-layer model, one task, one seed: the tests' end-to-end run (seconds).
   micro  this 2-core CPU: E64 H128, 2 layers (configs/pretrain.py's tiny model), batch 32 x 128, ELECTRA 1,200 steps
-         (25.4 TFLOP per variant); fine-tuning: 5 GLUE tasks x 3 seeds, 300 steps of 32 x 128 each, full dev sets.
-         The arithmetic behind the ~50 minutes of --suite=efficiency is in electra_jax/experiments/harness.py.
+         (25.5 TFLOP per variant); fine-tuning: 5 GLUE tasks x 3 seeds, 200 steps of 32 x 128 (CoLA, SST-2: x 64)
+         each, full dev sets. The arithmetic behind the ~52 minutes of --suite=efficiency is in
+         electra_jax/experiments/harness.py.
   small  ELECTRA-Small (paper Table 6) for 125k steps of 128 x 128 (12.5% of the paper's 1M: Table 1's "12.5%
          trained" row, GLUE 76.0); fine-tuning with the paper's recipe (Table 7; 3 epochs, 10 for RTE/STS-B) and
          10 seeds. Needs an accelerator and a real corpus (--corpus): the shared corpus is ~2M tokens.
@@ -23,9 +24,10 @@ import sys
 import ml_collections
 
 try:
-  from configs import common  # noqa: F401  (checks the import path)
+  from configs import common
 except ImportError:  # run from outside the repository root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import common
 from electra_jax import paths
 
 SIZES = ("smoke", "micro", "small")
@@ -37,8 +39,7 @@ def _corpus(*relative: str) -> str:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  from configs import common as common_lib  # pylint: disable=import-outside-toplevel
-  arg = common_lib.parse_arg(arg, size="micro")
+  arg = common.parse_arg(arg, size="micro")
   if arg.size not in SIZES:
     raise ValueError(f"size={arg.size!r}: must be one of {SIZES}")
   c = ml_collections.ConfigDict()
@@ -64,19 +65,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.finetune.seeds = 3
   c.finetune.size = "tiny"           # configs/glue.py size: learning rate 1e-3, layer-wise decay 0.8
   c.finetune.overrides = ml_collections.ConfigDict()   # configs/glue.py fields, for every task
-  c.finetune.num_train_steps = 300   # > 0: steps per task and seed (else the paper's epochs)
+  c.finetune.num_train_steps = 200   # > 0: steps per task and seed (else the paper's epochs)
   c.finetune.max_train_examples = -1
   c.finetune.max_eval_examples = -1  # -1: the full dev sets
   c.finetune.max_seq_length = 128
+  # shorter for the single-sentence tasks, whose longest dev/train example has 55/66 WordPieces (none is cut)
+  c.finetune.max_seq_length_per_task = ml_collections.ConfigDict({"cola": 64, "sst2": 64})
   c.finetune.batch_size = 32
 
   # mlm_vs_electra also scores these earlier checkpoints (fractions of each variant's steps)
   c.curve_fractions = (0.25, 0.5, 1.0)
   # ETA before the first stages have run: assumed pretraining FLOP rate and seconds per fine-tuning run
   c.estimate = ml_collections.ConfigDict()
-  c.estimate.pretrain_flops_per_second = 1.0e11
-  c.estimate.finetune_seconds_per_run = 25.0
-  c.estimate.finetune_compile_seconds = 10.0
+  c.estimate.pretrain_flops_per_second = 7.0e10     # measured here: ELECTRA micro 21.2 GFLOP in ~0.29 s
+  c.estimate.finetune_seconds_per_step = 0.07       # batch 32 x 128 tokens (shorter tasks scale down)
+  c.estimate.finetune_overhead_seconds = 10.0       # per task: data, compilation, per-seed evaluation
   c.log_every_steps = 100
   c.compilation_cache = True         # JAX's persistent compilation cache in WORKDIR/jax_cache (identical fine-tuning
                                      # steps of different variants compile once)
@@ -96,11 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.max_train_examples = 64
     c.finetune.max_eval_examples = 64
     c.finetune.max_seq_length = 32
+    c.finetune.max_seq_length_per_task = ml_collections.ConfigDict()
     c.finetune.batch_size = 8
     c.curve_fractions = (0.5, 1.0)
     c.log_every_steps = 2
     c.estimate.pretrain_flops_per_second = 2e10
-    c.estimate.finetune_seconds_per_run = 5.0
+    c.estimate.finetune_seconds_per_step = 0.02
   elif arg.size == "small":
     c.corpus = ""                    # a real corpus: --corpus=... (the shared one is ~2M tokens)
     c.budget.electra_steps = 125_000
@@ -110,5 +114,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.seeds = 10            # the paper reports the median of 10 fine-tuning runs
     c.log_every_steps = 1000
     c.estimate.pretrain_flops_per_second = 1.0e14
-    c.estimate.finetune_seconds_per_run = 300.0
+    c.estimate.finetune_seconds_per_step = 0.05
+    c.estimate.finetune_overhead_seconds = 60.0
   return c

@@ -308,6 +308,19 @@ def test_weight_sharing_all_trains_one_encoder_and_exports_it_to_both_folders(tm
     np.testing.assert_array_equal(again[k], disc[k])
 
 
+def test_untied_generator_has_embeddings_of_its_own_width():
+  """As the original's untied_generator_embeddings=True: embedding_size = the generator's hidden size, no projection
+  (two_stage keeps the discriminator's, so the encoder can be copied)."""
+  disc, gen = pretrain_lib.model_configs(_config("electra", weight_sharing="none"), VOCAB)
+  assert (gen.hidden_size, gen.embedding_size, disc.embedding_size) == (16, 16, 16)
+  disc, gen = pretrain_lib.model_configs(_config("electra", weight_sharing="none", hidden_fraction=0.25), VOCAB)
+  assert (gen.hidden_size, gen.embedding_size) == (8, 8)
+  config = _config("electra", weight_sharing="none", hidden_fraction=1.0)
+  config.two_stage, config.num_train_steps = 2, 4
+  disc, gen = pretrain_lib.model_configs(config, VOCAB)
+  assert gen.embedding_size == disc.embedding_size == 16 and gen.hidden_size == 32
+
+
 def test_weight_sharing_all_needs_a_same_size_generator():
   with pytest.raises(ValueError, match="hidden_fraction=1"):
     _setup(_config("electra", weight_sharing="all"))

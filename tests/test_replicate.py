@@ -8,20 +8,23 @@ import statistics
 import numpy as np
 import pytest
 
-from electra_jax.experiments import harness, report, suites
+from electra_jax.experiments import harness, report, run_configs, suites
 from tests.conftest import shared_data
 
 
 @pytest.fixture
 def hc():
   shared_data("vocab")
-  return harness.config_module("replicate").get_config("size=smoke")
+  return run_configs.config_module("replicate").get_config("size=smoke")
 
 
 def test_plan_matches_pretraining_flops_and_shares_variants_between_suites(hc, tmp_path):
   hc.budget.electra_steps = 400
   variants, stages, budget = harness.plan(["efficiency", "mlm_vs_electra", "generator_size"], hc, str(tmp_path))
   assert budget["flops"] == pytest.approx(variants["electra"].flops_per_step * 400)
+  control = variants.pop("no_pretraining")   # fine-tuned from a random initialisation: no pretraining stage
+  assert control.steps == 0 and control.eval_steps == (0,)
+  assert not any(s.kind == "pretrain" and s.variant == "no_pretraining" for s in stages)
   for key, pv in variants.items():   # every variant within one checkpoint unit of the budget
     unit = pv.config.checkpoint_every_steps
     assert pv.steps % unit == 0
@@ -32,27 +35,32 @@ def test_plan_matches_pretraining_flops_and_shares_variants_between_suites(hc, t
   assert variants["all_tokens_mlm"].steps < variants["electra"].steps < variants["mlm"].steps
   assert fps["gen_0.125"] < fps["electra"] < fps["gen_0.5"] < fps["share_embeddings"]
   # one run per variant however many suites use it; the curve suite's variants are scored at 50% and 100%
-  assert sorted(variants) == sorted(set(suites.SUITES["efficiency"].variants) |
-                                    set(suites.SUITES["generator_size"].variants))
+  assert sorted(variants) == sorted((set(suites.SUITES["efficiency"].variants) |
+                                     set(suites.SUITES["generator_size"].variants)) - {"no_pretraining"})
   assert variants["electra"].eval_steps == (variants["electra"].steps // 2, variants["electra"].steps)
   assert variants["electra_15"].eval_steps == (variants["electra_15"].steps,)
   assert sum(s.kind == "pretrain" for s in stages) == len(variants)
-  assert sum(s.kind == "finetune" for s in stages) == sum(len(v.eval_steps) for v in variants.values())
+  assert sum(s.kind == "finetune" for s in stages) == sum(len(v.eval_steps) for v in variants.values()) + 1
   # the variants' configs say what they are
   assert variants["uniform"].config.generator.sampling == "uniform"
   assert variants["share_embeddings"].config.generator.hidden_fraction == 1.0
+  # the same run whichever suites are planned (its checkpoints at every curve fraction are kept either way)
+  alone, _, _ = harness.plan(["efficiency"], hc, str(tmp_path))
+  assert alone["electra"].steps == variants["electra"].steps
+  assert alone["electra"].kept_steps == variants["electra"].kept_steps == variants["electra"].eval_steps
+  assert alone["electra"].eval_steps == (variants["electra"].steps,)
   hc.budget.match = "steps"
   variants, _, _ = harness.plan(["efficiency"], hc, str(tmp_path / "b"))
-  assert {v.steps for v in variants.values()} == {400}
+  assert {v.steps for v in variants.values() if v.variant.pretrain} == {400}
 
 
 def test_overrides_are_typed_and_unknown_fields_refused(hc):
-  assert harness.parse_override("finetune.seeds=5", hc) == ("finetune.seeds", 5)
-  assert harness.parse_override("budget.match=steps", hc) == ("budget.match", "steps")
-  assert harness.parse_override("finetune.tasks=cola,rte", hc) == ("finetune.tasks", ("cola", "rte"))
-  assert harness.parse_override("estimate.finetune_seconds_per_run=2", hc)[1] == 2.0
+  assert run_configs.parse_override("finetune.seeds=5", hc) == ("finetune.seeds", 5)
+  assert run_configs.parse_override("budget.match=steps", hc) == ("budget.match", "steps")
+  assert run_configs.parse_override("finetune.tasks=cola,rte", hc) == ("finetune.tasks", ("cola", "rte"))
+  assert run_configs.parse_override("estimate.finetune_seconds_per_step=2", hc)[1] == 2.0
   with pytest.raises(ValueError, match="unknown field"):
-    harness.parse_override("finetune.seed=5", hc)
+    run_configs.parse_override("finetune.seed=5", hc)
   with pytest.raises(ValueError, match="suite"):
     suites.suite_names("efficiency,tabel5")
   assert suites.suite_names("all") == list(suites.SUITES)
@@ -94,6 +102,7 @@ def test_report_averages_per_seed_and_writes_table_and_plots(hc, tmp_path):
   assert "| Generator 1/4 (ELECTRA) |" in md and "Command: `cmd`" in md
   row = next(line for line in md.splitlines() if line.startswith("| Uniform generator |"))
   assert f"{statistics.fmean(expected['uniform']):.1f} ± {statistics.stdev(expected['uniform']):.1f}" in row
+  pytest.importorskip("matplotlib")
   for png in ("generator_size_glue_vs_flops.png", "generator_size.png"):
     assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # an incomplete row (a seed missing) gets no average
@@ -124,7 +133,8 @@ def test_smoke_run_end_to_end_then_resumes(hc, tmp_path):
   # run again: nothing to do; lose one fine-tuning result: only that stage runs
   harness.run(["attention_dropout"], hc, str(tmp_path), out=lines.append)
   assert len((tmp_path / "stages.jsonl").read_text().splitlines()) == 4
-  os.remove(tmp_path / "variants/electra" / f"glue_{results['variants']['electra']['pretrain']['steps']}/sst2/results.json")
+  steps = results["variants"]["electra"]["pretrain"]["steps"]
+  os.remove(tmp_path / "variants/electra" / f"glue_{steps}/sst2/results.json")
   harness.run(["attention_dropout"], hc, str(tmp_path), out=lines.append)
   again = [json.loads(s) for s in (tmp_path / "stages.jsonl").read_text().splitlines()]
   assert len(again) == 5 and again[-1]["stage"].startswith("finetune electra@")

@@ -18,152 +18,36 @@ Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the
 steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
 Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
 
-The micro suite's time on this 2-core CPU (--suite=efficiency, size=micro; quiet machine; measured per stage with
-short runs, see benchmarks/replication/README.md for the measurements):
-  pretraining, E64 H128 2 layers (+ generator H32), batch 32 x 128, ELECTRA 21.2 GFLOP per step x 1,200 steps =
-    25.4 TFLOP per variant; BERT 19.5 GFLOP/step -> 1,304 steps; ELECTRA 15% = ELECTRA; Replace MLM 28.3 -> 898;
-    All-Tokens MLM 72.1 -> 353 (its vocabulary softmax over all 128 tokens costs 3.4x ELECTRA's whole step at this
-    size). At ~? GFLOP/s: 5 x 25.4 TFLOP ~ ? min, plus ~25 s of compilation per variant;
-  fine-tuning, 5 tasks x 3 seeds x 300 steps of 32 x 128 + the full dev sets, per variant: ~? min;
-  total ~? min. (size=small needs an accelerator: 125k ELECTRA-Small steps per variant.)
+The micro suite's time on this 2-core CPU (size=micro; benchmarks/replication/time_stages.py, load ~2, which is close
+to quiet for these sizes: wall = CPU time / 1.8; benchmarks/replication/README.md has the measurements):
+  pretraining (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x 21.2 GFLOP =
+    25.5 TFLOP per variant): ELECTRA 1,200 steps x 0.288 s = 5.8 min; ELECTRA 15% 1,200 x 0.292 = 5.8; BERT
+    1,308 x 0.270 = 5.9; Replace MLM 896 x 0.453 = 6.8; All-Tokens MLM 352 x 0.947 = 5.6 (its vocabulary softmax
+    over all 128 tokens makes its step 3.4x ELECTRA's at this size); + ~10 s of compilation each: ~30 min;
+  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~70 ms per
+    step at 128 tokens, ~8 s per task to load data and compile (less once the compilation cache holds the step), so
+    ~3.7 min per variant, 6 variants with the no-pretraining control: ~22 min;
+  --suite=efficiency: ~52 min. sharing ~30, generator_size ~58, mlm_vs_electra ~34, attention_dropout ~19;
+  --suite=all (13 pretraining runs, 90 fine-tuning stages, runs shared between suites): ~2.4 h.
+size=small needs an accelerator (125k ELECTRA-Small steps per variant).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
-from electra_jax import paths
 from electra_jax.experiments import report, suites
-
-# ------------------------------------------------------------------------------------------------ configs
-
-
-def config_module(name: str):
-  """configs/<name>.py as a module (the configs folder sits next to the package, not inside it)."""
-  root = str(paths.REPO_ROOT)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  return importlib.import_module(f"configs.{name}")
-
-
-def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  """config.a.b = value for dotted = "a.b"; the field must exist (a typo is an error, not a new field)."""
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise ValueError(f"unknown config field {dotted!r} ({p!r} does not exist)")
-    node = node[p]
-  if leaf not in node:
-    raise ValueError(f"unknown config field {dotted!r}")
-  node[leaf] = value
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A nested ConfigDict of overrides -> {"a.b": value}."""
-  out: dict[str, Any] = {}
-  for k, v in config.items():
-    if isinstance(v, (ml_collections.ConfigDict, dict)):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def parse_override(text: str, config: ml_collections.ConfigDict) -> tuple[str, Any]:
-  """'finetune.seeds=5' -> ("finetune.seeds", 5), typed like the field's current value."""
-  key, sep, raw = text.partition("=")
-  if not sep:
-    raise ValueError(f"override {text!r}: expected FIELD=VALUE")
-  key = key.strip()
-  node: Any = config
-  for p in key.split("."):
-    if not isinstance(node, (ml_collections.ConfigDict, Mapping)) or p not in node:
-      raise ValueError(f"override {text!r}: unknown field {key!r}")
-    node = node[p]
-  raw = raw.strip()
-  if isinstance(node, bool):
-    value: Any = raw.lower() in ("1", "true", "yes")
-  elif isinstance(node, int):
-    value = int(raw)
-  elif isinstance(node, float):
-    value = float(raw)
-  elif isinstance(node, (tuple, list)):
-    items = [s.strip() for s in raw.split(",") if s.strip()]
-    value = tuple(type(node[0])(s) for s in items) if node else tuple(items)
-  else:
-    value = raw
-  return key, value
-
-
-def pretrain_config(hc: ml_collections.ConfigDict, variant: suites.Variant, workdir: str
-                    ) -> ml_collections.ConfigDict:
-  """configs/pretrain.py at the harness's preset + its overrides + the variant's, data in WORKDIR/data."""
-  objective = str(variant.overrides.get("objective", "electra"))
-  c = config_module("pretrain").get_config(f"size={hc.pretrain.preset},objective={objective}")
-  for key, value in flatten(hc.pretrain.overrides).items():
-    set_field(c, key, value)
-  for key, value in variant.overrides.items():
-    set_field(c, key, value)
-  c.seed = int(hc.pretrain.seed)
-  c.data.corpus = hc.corpus
-  c.data.vocab_file = hc.vocab_file
-  c.data.cache_dir = os.path.join(workdir, "data")
-  c.export = False
-  c.optimizer.warmup_proportion = float(hc.budget.warmup_proportion)
-  c.log_every_steps = int(hc.log_every_steps)
-  return c
-
-
-def vocab_size(vocab_file: str) -> int:
-  with open(vocab_file, encoding="utf-8") as f:
-    return sum(1 for line in f if line.strip())
-
-
-def flops_per_step(config: ml_collections.ConfigDict, vocab: int) -> float:
-  """electra_jax.train.flops.train_flops_per_step of a pretraining config (what its step computes)."""
-  from electra_jax.train import flops, pretrain_lib  # pylint: disable=import-outside-toplevel
-  disc, gen = pretrain_lib.model_configs(config, vocab)
-  preds = int(config.max_predictions_per_seq)
-  if preds <= 0:
-    preds = pretrain_lib.max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length))
-  return flops.train_flops_per_step(disc, gen, batch_size=int(config.batch_size),
-                                    seq_len=int(config.max_seq_length), num_predictions=preds,
-                                    objective=config.objective)
-
-
-def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: str) -> ml_collections.ConfigDict:
-  f = hc.finetune
-  c = config_module("glue").get_config(f"task={task},size={f.size},trials={int(f.seeds)}")
-  c.init_checkpoint = init_checkpoint
-  c.max_seq_length = int(f.max_seq_length)
-  c.batch_size = int(f.batch_size)
-  c.eval_batch_size = max(int(f.batch_size), 32)
-  if int(f.num_train_steps) > 0:
-    c.num_train_steps = int(f.num_train_steps)
-  c.max_train_examples = int(f.max_train_examples)
-  c.max_eval_examples = int(f.max_eval_examples)
-  c.write_predictions = False
-  c.predict_test = False
-  c.checkpoint_every_steps = 0
-  c.keep_checkpoints = 1
-  c.log_every_steps = max(1, int(hc.log_every_steps))
-  for key, value in flatten(f.overrides).items():
-    set_field(c, key, value)
-  return c
-
+from electra_jax.experiments.run_configs import finetune_config, flops_per_step, pretrain_config, vocab_size
 
 # ------------------------------------------------------------------------------------------------ the plan
 @dataclasses.dataclass
@@ -174,6 +58,7 @@ class PlannedVariant:
   steps: int
   eval_steps: tuple[int, ...]          # the checkpoints that get fine-tuned
   workdir: str
+  kept_steps: tuple[int, ...] = ()     # the checkpoints kept after pretraining (every curve fraction's)
 
   @property
   def key(self) -> str:
@@ -216,23 +101,30 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
         continue
       v = suites.VARIANTS[key]
       config = pretrain_config(hc, v, workdir)
+      if not v.pretrain:
+        variants[key] = PlannedVariant(v, config, 0.0, 0, (0,), os.path.join(workdir, "variants", key, "pretrain"))
+        continue
       fps = flops_per_step(config, vocab)
       steps = electra_steps if budget["match"] == "steps" else max(1, round(budget["flops"] / fps))
-      wanted = fractions if key in curve_keys else [1.0]
-      # checkpoints exactly at the wanted fractions (and at least every quarter, so that an interrupted run resumes
-      # near where it stopped): every `unit` steps, with steps a multiple of it
-      grain = max(4, round(1 / min(wanted)))
+      # checkpoints exactly at every curve fraction (for every variant, whichever suites run now, so that a later run
+      # of another suite in the same WORKDIR finds them) and at least every quarter (an interrupted run resumes near
+      # where it stopped): every `unit` steps, with steps a multiple of it
+      grain = max(1, round(1 / min(fractions)))
+      if steps >= 16:
+        grain = max(grain, 4)
       unit = max(1, round(steps / grain))
       steps = unit * grain
-      eval_steps = tuple(sorted({max(unit, round(f * grain) * unit) for f in wanted}))
+      kept = tuple(sorted({max(unit, round(f * grain) * unit) for f in fractions}))
+      eval_steps = kept if key in curve_keys else (steps,)
       config.num_train_steps = steps
       config.checkpoint_every_steps = unit
       config.keep_checkpoints = grain + 1
       variants[key] = PlannedVariant(v, config, fps, steps, eval_steps,
-                                     os.path.join(workdir, "variants", key, "pretrain"))
+                                     os.path.join(workdir, "variants", key, "pretrain"), kept)
   stages: list[Stage] = []
   for key, pv in variants.items():
-    stages.append(Stage("pretrain", key))
+    if pv.variant.pretrain:
+      stages.append(Stage("pretrain", key))
     for step in pv.eval_steps:
       stages.extend(Stage("finetune", key, step, task) for task in hc.finetune.tasks)
   return variants, stages, budget
@@ -265,7 +157,7 @@ def run_pretrain(pv: PlannedVariant) -> dict[str, Any]:
           "seconds": time.time() - start, "last_metrics": result.last_metrics}
   _write_json(os.path.join(pv.workdir, "done.json"), done)
   for step in _checkpoint_steps(pv.workdir):   # the checkpoints kept only to resume
-    if step not in pv.eval_steps:
+    if step not in pv.kept_steps:
       shutil.rmtree(checkpoint_dir(pv, step), ignore_errors=True)
   return done
 
@@ -278,7 +170,10 @@ def _checkpoint_steps(workdir: str) -> list[int]:
 
 def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, task: str) -> dict[str, Any]:
   from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
-  config = finetune_config(hc, task, checkpoint_dir(pv, step))
+  if pv.variant.pretrain:
+    config = finetune_config(hc, task, checkpoint_dir(pv, step))
+  else:
+    config = finetune_config(hc, task, "", architecture=pv.config)
   workdir = finetune_dir(pv, step, task)
   results = finetune_lib.train_and_evaluate(config, workdir)
   # the fine-tuned weights are not part of the report (scores and metrics.jsonl stay): free the disk
@@ -288,31 +183,36 @@ def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, t
 
 
 class Progress:
-  """A bar and an ETA over the stages, from the FLOPs left to pretrain and the fine-tuning runs left; the rates are
-  the measured ones once a stage of each kind has run (config.estimate before)."""
+  """A bar and an ETA over the stages. Pretraining cost = FLOPs / FLOP rate; fine-tuning cost = overhead + seeds x
+  (steps x seconds per step at the task's length + evaluation). The rates are config.estimate's until a stage of the
+  kind has run, then the measured ones."""
 
   def __init__(self, stages: Sequence[Stage], variants: Mapping[str, PlannedVariant], hc: ml_collections.ConfigDict,
                out: Callable[[str], None] = print):
-    self.stages, self.variants, self.out = list(stages), variants, out
-    self.flop_rate = float(hc.estimate.pretrain_flops_per_second)
-    self.ft_run = float(hc.estimate.finetune_seconds_per_run)
-    self.ft_compile = float(hc.estimate.finetune_compile_seconds)
-    self.seeds = int(hc.finetune.seeds)
+    self.stages, self.variants, self.out, self.hc = list(stages), variants, out, hc
+    e = hc.estimate
+    self.flop_rate = float(e.pretrain_flops_per_second)
+    self.ft_step = float(e.finetune_seconds_per_step)
+    self.ft_overhead = float(e.finetune_overhead_seconds)
     self.measured: dict[str, list[tuple[float, float]]] = {"pretrain": [], "finetune": []}   # (work, seconds)
     self.start = time.time()
 
   def _work(self, stage: Stage) -> float:
-    return self.variants[stage.variant].flops_per_step * self.variants[stage.variant].steps \
-        if stage.kind == "pretrain" else float(self.seeds)
+    """Pretraining: FLOPs. Fine-tuning: seconds at the assumed rates (rescaled by the measured ones later)."""
+    if stage.kind == "pretrain":
+      pv = self.variants[stage.variant]
+      return pv.flops_per_step * pv.steps
+    f = self.hc.finetune
+    length = int(f.get("max_seq_length_per_task", {}).get(stage.task, f.max_seq_length))
+    steps = int(f.num_train_steps) if int(f.num_train_steps) > 0 else 1000
+    return self.ft_overhead + int(f.seeds) * steps * self.ft_step * length / 128
 
   def estimate(self, stage: Stage) -> float:
     m = self.measured[stage.kind]
+    scale = sum(s for _, s in m) / sum(w for w, _ in m) if m else None
     if stage.kind == "pretrain":
-      rate = sum(w for w, _ in m) / sum(s for _, s in m) if m else self.flop_rate
-      return self._work(stage) / rate
-    if m:
-      return sum(s for _, s in m) / len(m)
-    return self.ft_compile + self.seeds * self.ft_run
+      return self._work(stage) / (self.flop_rate if scale is None else 1 / scale)
+    return self._work(stage) * (1.0 if scale is None else scale)
 
   def eta(self, remaining: Sequence[Stage]) -> float:
     return sum(self.estimate(s) for s in remaining)
@@ -370,6 +270,16 @@ def run(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str, 
     results = report.write(workdir, suite_list, hc, variants, budget, command=command)
   out(f"wrote {os.path.join(workdir, 'results.json')}, results.md and plots")
   return results
+
+
+def publish(workdir: str, target: str) -> int:
+  """Copies the report (results.json, results.md, stages.jsonl, harness_config.json, *.png) to `target`."""
+  os.makedirs(target, exist_ok=True)
+  names = [n for n in sorted(os.listdir(workdir))
+           if n in ("results.json", "results.md", "stages.jsonl", "harness_config.json") or n.endswith(".png")]
+  for n in names:
+    shutil.copyfile(os.path.join(workdir, n), os.path.join(target, n))
+  return len(names)
 
 
 def _check_same_plan(workdir: str, hc: ml_collections.ConfigDict, budget: Mapping[str, Any]) -> None:

@@ -25,8 +25,27 @@ flags.DEFINE_string("workdir", None, "Where the runs, results.json, results.md a
 flags.DEFINE_string("size", "micro", "configs/replicate.py size: smoke, micro or small.")
 flags.DEFINE_string("corpus", "", "Pretraining corpus (files, folders, globs, tfds:NAME); default: the size's.")
 flags.DEFINE_multi_string("override", [], "FIELD=VALUE of configs/replicate.py (repeatable), e.g. finetune.seeds=5.")
-flags.DEFINE_boolean("verbose", False, "Log every training step at INFO (default: progress lines and warnings).")
+flags.DEFINE_string("publish_dir", "", "Also copy results.json, results.md, stages.jsonl and the plots here "
+                    "(e.g. benchmarks/replication/efficiency).")
+flags.DEFINE_boolean("verbose", False, "Log everything at INFO (default: progress, the loops' step lines, warnings).")
 flags.mark_flags_as_required(["workdir"])
+
+
+class _StepLinesAndWarnings(logging.Filter):
+  """Keeps warnings and the training loops' step lines (they carry the stage's own ETA); drops other INFO records
+  and Orbax's notes that the pretraining checkpoint is opened read-only (as it should be)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if record.levelno >= logging.WARNING:
+      return "read only" not in message and "read_only=True" not in message
+    return " | ETA " in message
+
+
+def _progress_lines_only() -> None:
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  for handler in [*logging.getLogger().handlers, absl_logging.get_absl_handler()]:
+    handler.addFilter(_StepLinesAndWarnings())
 
 
 def main(argv) -> None:
@@ -35,23 +54,27 @@ def main(argv) -> None:
   # pylint: disable=import-outside-toplevel
   from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
   from electra_jax.data.tokenization import VocabError
-  from electra_jax.experiments import harness, suites
   from electra_jax import checkpointing
+  from electra_jax.experiments import harness, run_configs, suites
   from electra_jax.train import finetune_lib, loop
-  logging.getLogger().setLevel(logging.INFO if FLAGS.verbose else logging.WARNING)
+  logging.getLogger().setLevel(logging.INFO)
   checkpointing.quiet_orbax_logging()
+  if not FLAGS.verbose:
+    _progress_lines_only()
   try:
     names = suites.suite_names(FLAGS.suite)
-    hc = harness.config_module("replicate").get_config(f"size={FLAGS.size}")
+    hc = run_configs.config_module("replicate").get_config(f"size={FLAGS.size}")
     if FLAGS.corpus:
       hc.corpus = FLAGS.corpus
     for text in FLAGS.override:
-      key, value = harness.parse_override(text, hc)
-      harness.set_field(hc, key, value)
+      key, value = run_configs.parse_override(text, hc)
+      run_configs.set_field(hc, key, value)
     if not hc.corpus:
       raise ValueError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
     command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     harness.run(names, hc, FLAGS.workdir, command=command)
+    if FLAGS.publish_dir:
+      print(f"copied {harness.publish(FLAGS.workdir, FLAGS.publish_dir)} files to {FLAGS.publish_dir}")
   except (CorpusError, VocabError, IncompleteDatasetError, FileNotFoundError, checkpointing.CheckpointError,
           loop.NonFiniteLossError, finetune_lib.FinetuneError, ValueError) as e:
     logging.debug("replicate failed", exc_info=True)

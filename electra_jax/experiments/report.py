@@ -64,13 +64,15 @@ def collect(workdir: str, hc: Any, variants: Mapping[str, Any]) -> dict[str, Any
   for key, pv in variants.items():
     done = _read_json(os.path.join(pv.workdir, "done.json"))
     entry: dict[str, Any] = {
-        "label": pv.variant.label, "overrides": dict(pv.variant.overrides), "objective": pv.config.objective,
+        "label": pv.variant.label, "overrides": dict(pv.variant.overrides),
+        "objective": pv.config.objective if pv.variant.pretrain else None,
         "pretrain": {"steps": pv.steps, "flops_per_step": pv.flops_per_step, "flops": pv.flops_per_step * pv.steps,
                      "finished": done is not None, "seconds": None if done is None else done["seconds"],
                      "metrics_at_end": _last_pretrain_metrics(pv.workdir)},
         "checkpoints": []}
     for step in pv.eval_steps:
-      point: dict[str, Any] = {"step": step, "flops": pv.flops_per_step * step, "fraction": step / pv.steps,
+      point: dict[str, Any] = {"step": step, "flops": pv.flops_per_step * step,
+                               "fraction": step / pv.steps if pv.steps else 1.0,
                                "tasks": {}}
       for task in hc.finetune.tasks:
         res = _read_json(os.path.join(harness.finetune_dir(pv, step, task), "results.json"))
@@ -100,7 +102,8 @@ def write(workdir: str, suite_list: Sequence[str], hc: Any, variants: Mapping[st
   results = {
       "command": command, "size": hc.size, "suites": {}, "budget": dict(budget),
       "finetune": {"tasks": list(hc.finetune.tasks), "seeds": int(hc.finetune.seeds),
-                   "num_train_steps": int(hc.finetune.num_train_steps), "max_seq_length": int(hc.finetune.max_seq_length),
+                   "num_train_steps": int(hc.finetune.num_train_steps),
+                   "max_seq_length": int(hc.finetune.max_seq_length),
                    "batch_size": int(hc.finetune.batch_size)},
       "pretrain_seed": int(hc.pretrain.seed), "corpus": hc.corpus,
       "seconds": {"total": sum(s["seconds"] for s in stages),
@@ -175,6 +178,8 @@ def markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
             "| Variant | Objective | Steps | Minutes | " + " | ".join(PRETRAIN_METRICS) + " |",
             "|" + "---|" * (4 + len(PRETRAIN_METRICS))]
   for key, v in results["variants"].items():
+    if v["objective"] is None:
+      continue
     m = v["pretrain"]["metrics_at_end"]
     secs = v["pretrain"]["seconds"]
     lines.append(f"| {v['label']} | {v['objective']} | {v['pretrain']['steps']} | "
@@ -206,6 +211,11 @@ def write_plots(workdir: str, results: Mapping[str, Any]) -> list[str]:
       v = results["variants"].get(key)
       points = [p for p in (v or {}).get("checkpoints", []) if p.get("average")]
       if not points:
+        continue
+      if v["objective"] is None:   # the no-pretraining control: a line, not a point at 0 FLOPs
+        a = points[0]["average"]
+        ax.axhline(a["mean"], color="gray", linestyle="--", label=f"{s['labels'].get(key, v['label'])}")
+        ax.axhspan(a["mean"] - a["std"], a["mean"] + a["std"], color="gray", alpha=0.12)
         continue
       xs = [p["flops"] for p in points]
       ys = [p["average"]["mean"] for p in points]

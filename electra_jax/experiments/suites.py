@@ -18,6 +18,7 @@ class Variant:
   key: str                         # directory and results name
   label: str                       # how the paper names it
   overrides: Mapping[str, Any]     # configs/pretrain.py fields, dotted
+  pretrain: bool = True            # False: the control, fine-tuned from a random initialisation (ELECTRA's encoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ def _same_size(**extra) -> dict[str, Any]:
 
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
     Variant("electra", "ELECTRA", {}),
+    Variant("no_pretraining", "No pretraining (control)", {}, pretrain=False),
     Variant("mlm", "BERT (MLM)", {"objective": "mlm"}),
     Variant("electra_15", "ELECTRA 15%", {"objective": "electra_15"}),
     Variant("replace_mlm", "Replace MLM", {"objective": "replace_mlm"}),
@@ -56,7 +58,7 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in (
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("efficiency", "Compute efficiency: where ELECTRA's gain comes from", "Table 5 (Base size, GLUE dev)",
-          ("electra", "all_tokens_mlm", "replace_mlm", "electra_15", "mlm"),
+          ("electra", "all_tokens_mlm", "replace_mlm", "electra_15", "mlm", "no_pretraining"),
           "ELECTRA 85.0 > All-Tokens MLM 84.3 > Replace MLM 82.4 = ELECTRA 15% 82.4 > BERT 82.2: learning from all "
           "tokens is most of the gain (ELECTRA vs ELECTRA 15%, -2.6), the [MASK] mismatch a small part (Replace MLM "
           "vs BERT, +0.2)",

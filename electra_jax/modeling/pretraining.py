@@ -95,7 +95,9 @@ class ElectraPretrainingModel(nnx.Module):
       raise ConfigError(f"discriminator_head={discriminator_head!r}: must be one of {DISCRIMINATOR_HEADS}")
     if generator_kind not in GENERATOR_KINDS:
       raise ConfigError(f"generator_kind={generator_kind!r}: must be one of {GENERATOR_KINDS}")
-    self.weight_sharing, self.discriminator_head, self.generator_kind = weight_sharing, discriminator_head, generator_kind
+    self.weight_sharing = weight_sharing
+    self.discriminator_head = discriminator_head
+    self.generator_kind = generator_kind
     if g is not None:
       _check_generator(d, g, weight_sharing, generator_kind)
     self.discriminator = (ElectraForPreTraining(d, rngs=rngs) if discriminator_head == "rtd" else

@@ -98,12 +98,12 @@ def corruption_metrics(corrupted: jax.Array, original: jax.Array, input_mask: ja
                        sampled: jax.Array | None = None, masked: mk.Masked | None = None) -> dict[str, jax.Array]:
   """replaced_fraction over the real tokens; sampled_equals_original over the sampled masked positions."""
   real = input_mask.astype(jnp.float32)
-  out = {"replaced_fraction": mk.safe_div(jnp.sum((corrupted != original) * real), jnp.sum(real))}  # pylint: disable=protected-access
+  out = {"replaced_fraction": mk.safe_div(jnp.sum((corrupted != original) * real), jnp.sum(real))}
   if sampled is None:
     out["sampled_equals_original"] = jnp.zeros((), jnp.float32)
   else:
     same = (sampled == masked.targets).astype(jnp.float32)
-    out["sampled_equals_original"] = mk.safe_div(jnp.sum(same * masked.weights), jnp.sum(masked.weights))  # pylint: disable=protected-access
+    out["sampled_equals_original"] = mk.safe_div(jnp.sum(same * masked.weights), jnp.sum(masked.weights))
   return out
 
 
@@ -120,7 +120,7 @@ def rtd_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Ar
   """Sigmoid BCE averaged over the weighted positions (the discriminator's loss)."""
   bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
   w = weights.astype(jnp.float32)
-  return mk.safe_div(jnp.sum(bce * w), jnp.sum(w))  # pylint: disable=protected-access
+  return mk.safe_div(jnp.sum(bce * w), jnp.sum(w))
 
 
 def log_softmax_at(logits: jax.Array, ids: jax.Array) -> jax.Array:
@@ -148,7 +148,7 @@ def copy_mixture_nll(lm_logits: jax.Array, copy_logits: jax.Array, input_ids: ja
   same = input_ids == targets
   log_p = jnp.where(same, jnp.logaddexp(log_d, log_not_d + log_s), log_not_d + log_s)
   w = weights.astype(jnp.float32)
-  nll = mk.safe_div(-jnp.sum(log_p * w), jnp.sum(w))  # pylint: disable=protected-access
+  nll = mk.safe_div(-jnp.sum(log_p * w), jnp.sum(w))
   # accuracy: p(target) against the largest p(v) (at the input token, or the softmax's top token elsewhere)
   x = jax.lax.stop_gradient(lm_logits).astype(jnp.float32)
   d = jax.nn.sigmoid(jax.lax.stop_gradient(copy_logits))
@@ -156,8 +156,8 @@ def copy_mixture_nll(lm_logits: jax.Array, copy_logits: jax.Array, input_ids: ja
   p_input = d + (1 - d) * jnp.exp(log_softmax_at(x, input_ids))
   p_best = jnp.maximum(p_input, (1 - d) * probs_top)
   correct = jnp.exp(jax.lax.stop_gradient(log_p)) >= p_best * (1 - 1e-6)
-  accuracy = mk.safe_div(jnp.sum(correct * w), jnp.sum(w))  # pylint: disable=protected-access
-  return nll, accuracy, mk.safe_div(jnp.sum(d * w), jnp.sum(w))  # pylint: disable=protected-access
+  accuracy = mk.safe_div(jnp.sum(correct * w), jnp.sum(w))
+  return nll, accuracy, mk.safe_div(jnp.sum(d * w), jnp.sum(w))
 
 
 # ------------------------------------------------------------------------------------------------ two-stage training

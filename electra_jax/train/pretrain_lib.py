@@ -24,6 +24,8 @@ One step (objective "electra", as google-research/electra run_pretraining.py):
      RTD loss = sigmoid BCE averaged over the real tokens;
   5. loss = gen_weight * MLM + disc_weight * RTD (1 and 50). Objective "mlm": BERT-style masked LM of a
      discriminator-size ElectraForMaskedLM (steps 1-2 only).
+The other objectives (electra_15, replace_mlm, all_tokens_mlm, electric) and the generator switches (sampling,
+disallow_correct, weight_sharing, two_stage) are composed in electra_jax/train/objectives.py.
 Discriminator AUC is computed on device from a fixed-bin histogram of the step's logits (4096 bins over [-16, 16]):
 pairs in the same bin count 1/2, so it is the exact AUC of logits rounded to 1/128.
 """
@@ -116,8 +118,15 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
     if fractions != (1.0, 1.0):
       raise ValueError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
                        f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
-    return disc, disc.replace(architectures=("ElectraForMaskedLM",))
-  return disc, modeling.generator_config(disc, *fractions)
+    gen = disc.replace(architectures=("ElectraForMaskedLM",))
+  else:
+    gen = modeling.generator_config(disc, *fractions)
+  if g["weight_sharing"] == "none" and g["two_stage"] == 0:
+    # the original's untied generator (untied_generator_embeddings=True) builds its own embeddings at its own width
+    # (embedding_size=None -> hidden size), without a projection; two_stage keeps the discriminator's width so that
+    # the generator's encoder can be copied into it
+    gen = gen.replace(embedding_size=gen.hidden_size)
+  return disc, gen
 
 
 def generator_options(config: Any) -> dict[str, Any]:
