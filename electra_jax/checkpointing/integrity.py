@@ -88,15 +88,12 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def _each_on_device(fn, leaves: list[Any]):
-  """(index, fn(leaf)) for the jax arrays among `leaves`. One process: all dispatched, then read. Several: one at a
-  time, each read before the next starts, so that no two programs with cross-process collectives are in flight at
-  once (their order could differ between processes, and they would wait for each other)."""
-  indices = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
-  if jax.process_count() == 1:
-    yield from list(zip(indices, [fn(leaves[i]) for i in indices]))
-    return
-  for i in indices:
-    yield i, jax.block_until_ready(fn(leaves[i]))
+  """(index, fn(leaf)) for the jax arrays among `leaves`, one program at a time, each finished before the next
+  starts: several programs with collectives in flight at once can deadlock (XLA's CPU devices wait in a rendezvous
+  for threads busy with another program; across processes, the programs' order may differ)."""
+  for i, x in enumerate(leaves):
+    if isinstance(x, jax.Array):
+      yield i, jax.block_until_ready(fn(x))
 
 
 def _digests(leaves: list[Any]) -> list[tuple[int, int]]:
