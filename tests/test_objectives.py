@@ -4,6 +4,8 @@ generator's sampling switches, weight sharing and its export, two-stage training
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -299,8 +301,12 @@ def test_weight_sharing_all_trains_one_encoder_and_exports_it_to_both_folders(tm
   ckpt = checkpointing.save_params(str(tmp_path / "ckpt"), setup.model_meta, params)
   rebuilt = checkpointing.load_model(ckpt)
   assert rebuilt.generator.electra is rebuilt.discriminator.electra
-  from electra_jax.convert.__main__ import orbax_to_hf  # pylint: disable=import-outside-toplevel
-  out = orbax_to_hf(ckpt, str(tmp_path / "gen_hf"), part="generator")
+  out = str(tmp_path / "gen_hf")   # the converter binary, as a user runs it (its flags live in its own process)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "electra_jax.convert", "orbax_to_hf", f"--checkpoint={ckpt}",
+                         f"--out={out}", "--part=generator"], capture_output=True, text=True, cwd=repo, check=False,
+                        env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
   with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["hidden_size"] == 32
   again = convert.read_hf_weights(out)

@@ -321,7 +321,7 @@ def test_pallas_attention_runs_per_shard_under_a_mesh():
   gradients as the reference's on the same sharded operands."""
   from electra_jax import sharding
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  q, k, v, cot = _qkv(8, jnp.float32)
+  q, k, v, cot = _qkv(8, 12, jnp.float32)
   q, k, v, cot = (jnp.concatenate([t] * 4, axis=0)[:, :, :, :] for t in (q, k, v, cot))   # batch divisible by 4
   mask = jnp.ones((q.shape[0], 1, 1, k.shape[1]), bool).at[0, :, :, -3:].set(False)
   fused = lambda *a: ops.attention(*a, mask, kernels="pallas")  # noqa: E731

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from absl import logging as absl_logging
 
@@ -35,7 +36,11 @@ def silence_failed_read_noise() -> None:
 class _OrbaxReadTaskFilter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
-    return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
+    if not text.startswith("Task exception was never retrieved"):
+      return True
+    if record.exc_info and record.exc_info[2] is not None:   # the task's traceback names Orbax's reader
+      text += "".join(traceback.format_tb(record.exc_info[2])) + repr(record.exc_info[1])
+    return "orbax" not in text and "TensorStore" not in text
 
 
 class _BelowWarningFromOrbax(logging.Filter):
