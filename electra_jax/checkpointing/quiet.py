@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -14,23 +15,42 @@ import traceback
 from absl import logging as absl_logging
 
 
-def silence_failed_read_noise() -> None:
-  """After a failed restore (already reported in one line), Orbax's other pending reads end on an asyncio loop that
-  is closed: tensorstore's callbacks raise "Event loop is closed" through sys.unraisablehook and asyncio logs "Task
-  exception was never retrieved" for each, thousands of lines for one bad step. Drops exactly those two."""
-  if getattr(sys.unraisablehook, "_electra_quiet", False):
-    return
-  previous = sys.unraisablehook
+def silence_failed_read_noise(collect: bool = True) -> None:
+  """When a restore fails (and is reported in one line), Orbax's other pending reads end badly: tensorstore's
+  callbacks raise "Event loop is closed", Orbax's read coroutines raise their own read error when they are closed,
+  both through sys.unraisablehook (sometimes while the failing restore is still unwinding), and asyncio logs "Task
+  exception was never retrieved" for each task: thousands of lines for one bad step. Drops exactly those (install it
+  before reading, with collect=False); with `collect`, also finalises the abandoned reads at once (gc.collect) so that
+  none is left to print at interpreter exit, after the hook is gone."""
+  if not getattr(sys.unraisablehook, "_electra_quiet", False):
+    previous = sys.unraisablehook
 
-  def hook(unraisable):
-    exc = unraisable.exc_value
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and unraisable.object is None:
-      return
-    previous(unraisable)
+    def hook(unraisable):
+      if not _from_abandoned_read(unraisable):
+        previous(unraisable)
 
-  hook._electra_quiet = True  # type: ignore[attr-defined]
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(_OrbaxReadTaskFilter())
+    hook._electra_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_OrbaxReadTaskFilter())
+  if collect:
+    gc.collect()
+
+
+def _from_abandoned_read(unraisable) -> bool:
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return True
+  code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code", None)
+  files = [code.co_filename] if code is not None else []
+  tb = unraisable.exc_traceback
+  while tb is not None:
+    files.append(tb.tb_frame.f_code.co_filename)
+    tb = tb.tb_next
+  return any(_is_storage_file(f) for f in files)
+
+
+def _is_storage_file(filename: str) -> bool:
+  return f"{os.sep}orbax{os.sep}" in filename or f"{os.sep}tensorstore{os.sep}" in filename
 
 
 class _OrbaxReadTaskFilter(logging.Filter):

@@ -249,6 +249,7 @@ class Checkpointer:
     docstring); a step whose shapes do not fit the model raises CheckpointError instead (a changed config).
     """
     self._manager.wait_until_finished()
+    silence_failed_read_noise(collect=False)   # a bad step's abandoned reads may print while the restore unwinds
     tried = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
@@ -376,6 +377,7 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
       if step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
       steps = [step]
+    silence_failed_read_noise(collect=False)
     errors = []
     for s in steps:
       try:
