@@ -61,6 +61,8 @@ flags.DEFINE_integer("layers", None, "Override the number of layers.")
 flags.DEFINE_string("peers", "torch,flax", "Comma-separated peers to run: torch, torch_compile, flax, or none.")
 flags.DEFINE_list("kernels", ["auto"], "Our model's kernel setting(s), each a run of ours: auto, reference, ... "
                   "(config.model.kernels; the first is the one compared with the peers).")
+flags.DEFINE_float("attention_dropout", 0.1, "attention_probs_dropout_prob of every model, ours and the peers' "
+                   "(ELECTRA's 0.1; the fused attention kernels, kernels=auto on a GPU or TPU, need 0).")
 flags.DEFINE_integer("steps", 10, "Timed steps per implementation.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Our compute dtype.")
@@ -127,7 +129,7 @@ def run_all(peers: list[str], batch_path: str) -> dict:
   ours_args.append(f"--reuse_host_memory={FLAGS.reuse_host_memory}")
   peer_env = common.with_host_memory_reuse(env, FLAGS.peers_reuse_host_memory)
   common_args = [f"--batch={batch_path}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
-                 f"--warmup={FLAGS.warmup}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
+                 f"--warmup={FLAGS.warmup}", f"--attention_dropout={FLAGS.attention_dropout}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
   # The reference rate in the step's own arithmetic: float32 on the CPU; on a GPU the dtype and precision of the step.
   matmul_dtype = FLAGS.dtype if FLAGS.platform == "gpu" else "float32"
   matmul_cmd = [sys.executable, str(workers / "ours.py"), "--task=matmul", f"--matmul_n={matmul_n()}",
@@ -190,7 +192,7 @@ def figures(results: dict, peers: list[str]) -> dict:
       "datasheet_peak_gflops": datasheet / 1e9 if datasheet else None,
       "flops_per_step": model_flops,
       "flops_per_step_head_everywhere": ours.get("flops_per_step_head_everywhere"),
-      "kernels": list(FLAGS.kernels),
+      "kernels": list(FLAGS.kernels), "attention_dropout": FLAGS.attention_dropout,
   }
 
   def rates(figs: dict, median_s: float) -> None:   # MFU on the model's FLOPs, against the two peaks
@@ -256,7 +258,8 @@ def print_report(fig: dict, peers: list[str]) -> None:
                  "loss first->last": f"{p['loss_first']:.2f}->{p['loss_last']:.2f}"})
   print()
   print(f"ELECTRA-{fig['size']} pretraining step, batch {fig['batch_size']} x seq {fig['seq_len']}, "
-        f"{fig['layers']} layers, {common.where(fig)}, median of {fig['steps']} steps "
+        f"{fig['layers']} layers, attention dropout {fig['attention_dropout']:g}, {common.where(fig)}, "
+        f"median of {fig['steps']} steps "
         f"(load average before {fig['load_before'][0]:.2f}, after {fig['load_after'][0]:.2f})")
   print(common.format_table(rows, ["impl", "step_s", "tokens/s", "ours/peer", mem, "compile_s", "MFU",
                                    *(["MFU_datasheet"] if datasheet else []), "loss first->last"]))

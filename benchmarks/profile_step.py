@@ -70,6 +70,8 @@ flags.DEFINE_string("trace_dir", "", "Trace --trace_steps base steps with jax.pr
 flags.DEFINE_integer("trace_steps", 2, "Steps traced with --trace_dir.")
 flags.DEFINE_integer("top_ops", 0, "With --trace_dir, also list the N ops that take the most time per step.")
 flags.DEFINE_string("kernels", "auto", "The model's kernel choice in every variant (config.model.kernels).")
+flags.DEFINE_float("attention_dropout", 0.1, "attention_probs_dropout_prob of every variant but no_dropout (ELECTRA's "
+                   "0.1; the fused attention kernels need 0).")
 flags.DEFINE_string("json_out", "", "Also write the final JSON line to this file.")
 
 # Categories of XLA ops. Matrix products and pure layout copies are recognised from the HLO itself (a fusion is a
@@ -174,7 +176,7 @@ def _setup(size, batch_size, seq_len, *, dtype="float32", scan=False, dropout=Tr
   import ours  # pylint: disable=import-outside-toplevel
   from electra_jax.train import pretrain_lib  # pylint: disable=import-outside-toplevel
   args = argparse.Namespace(size=size, layers=None, batch_size=batch_size, seq_len=seq_len, dtype=dtype, scan=scan,
-                            remat="none", kernels=FLAGS.kernels)
+                            remat="none", kernels=FLAGS.kernels, attention_dropout=FLAGS.attention_dropout)
   c = ours.pretrain_config(args)
   if not dropout:
     c.model.hidden_dropout_prob = 0.0
@@ -464,7 +466,8 @@ def main(argv) -> None:
                                                                    "scope"]))
   line = json.dumps({"benchmark": "profile_step", "size": FLAGS.size, "batch_size": FLAGS.batch_size,
                      "seq_len": FLAGS.seq_len, "rounds": FLAGS.rounds, "variants": out, "hlo_ops": facts,
-                     "kernels": FLAGS.kernels, "fused": fused, "op_time_ms_per_step": breakdown,
+                     "kernels": FLAGS.kernels, "attention_dropout": FLAGS.attention_dropout, "fused": fused,
+                     "op_time_ms_per_step": breakdown,
                      "reuse_host_memory": FLAGS.reuse_host_memory, "dtype": FLAGS.dtype,
                      "device_kind": jax.devices()[0].device_kind, "trace": {**trace, "top": trace.get("top", [])[:50]},
                      "load": list(os.getloadavg())}, sort_keys=True)

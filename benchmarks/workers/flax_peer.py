@@ -56,11 +56,13 @@ def main(argv=None) -> None:
   p.add_argument("--layers", type=int, default=None)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--attention_dropout", type=float, default=0.1, help="attention_probs_dropout_prob (ELECTRA's 0.1)")
   args = p.parse_args(argv)
   start = time.perf_counter()
 
   d = common.model_dims(args.size, args.layers)
-  shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512)
+  shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512,
+                attention_probs_dropout_prob=args.attention_dropout)
   disc_model = FlaxElectraForPreTraining(transformers.ElectraConfig(**shared, **d["disc"]), seed=0)
   gen_model = FlaxElectraForMaskedLM(transformers.ElectraConfig(**shared, **d["gen"]), seed=1)
   gen_params = dict(gen_model.params)

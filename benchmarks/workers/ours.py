@@ -65,6 +65,7 @@ def pretrain_config(args):
   c.model.intermediate_size = dims["disc"]["intermediate_size"]
   c.model.num_hidden_layers = dims["disc"]["num_hidden_layers"]
   c.mask_prob = dims["mask_prob"]
+  c.model.attention_probs_dropout_prob = getattr(args, "attention_dropout", 0.1)
   set_kernels(c, getattr(args, "kernels", "auto"))
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   # No warmup, so that the loss moves as the peers' (constant-rate AdamW) does in a few steps; the step computes the
@@ -220,6 +221,7 @@ def main(argv=None) -> None:
   p.add_argument("--scan", type=_bool, default=False)
   p.add_argument("--remat", default="none")
   p.add_argument("--kernels", default="auto", help="the model's kernel choice (config.model.kernels)")
+  p.add_argument("--attention_dropout", type=float, default=0.1, help="attention_probs_dropout_prob (ELECTRA's 0.1)")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--compile_only", action="store_true")

@@ -46,10 +46,10 @@ import transformers  # noqa: E402  pylint: disable=wrong-import-position
 F32_MATMUL = {"highest": "highest", "tf32": "high"}
 
 
-def hf_configs(size: str, layers: int | None, attn: str = "sdpa"):
+def hf_configs(size: str, layers: int | None, attn: str = "sdpa", attention_dropout: float = 0.1):
   d = common.model_dims(size, layers)
   shared = dict(vocab_size=d["vocab_size"], embedding_size=d["embedding_size"], max_position_embeddings=512,
-                attn_implementation=attn)
+                attn_implementation=attn, attention_probs_dropout_prob=attention_dropout)
   disc = transformers.ElectraConfig(**shared, **d["disc"])
   gen = transformers.ElectraConfig(**shared, **d["gen"])
   return disc, gen, d["mask_prob"]
@@ -98,7 +98,7 @@ def _load(args) -> dict:
 
 def pretrain(args) -> dict:
   batch = _load(args)
-  disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers, args.attn)
+  disc_cfg, gen_cfg, mask_prob = hf_configs(args.size, args.layers, args.attn, args.attention_dropout)
   torch.manual_seed(0)
   disc = transformers.ElectraForPreTraining(disc_cfg).to(args.device)
   gen = transformers.ElectraForMaskedLM(gen_cfg).to(args.device)
@@ -151,7 +151,7 @@ def pretrain(args) -> dict:
 
 def finetune(args) -> dict:
   batch = _load(args)
-  disc_cfg, _, _ = hf_configs(args.size, args.layers, args.attn)
+  disc_cfg, _, _ = hf_configs(args.size, args.layers, args.attn, args.attention_dropout)
   disc_cfg.num_labels = 2
   torch.manual_seed(0)
   model = transformers.ElectraForSequenceClassification(disc_cfg).to(args.device)
@@ -194,6 +194,7 @@ def main(argv=None) -> None:
   p.add_argument("--layers", type=int, default=None)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--attention_dropout", type=float, default=0.1, help="attention_probs_dropout_prob (ELECTRA's 0.1)")
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
   p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
