@@ -54,6 +54,31 @@ def test_plan_matches_pretraining_flops_and_shares_variants_between_suites(hc, t
   assert {v.steps for v in variants.values() if v.variant.pretrain} == {400}
 
 
+def test_a_preempted_fine_tuning_stage_stops_the_suite_and_is_not_done(hc, tmp_path, monkeypatch):
+  """SIGTERM during a fine-tuning trial: the trial checkpoints and stops, its task's results.json holds the trials so
+  far. The suite used to count that task as done (fewer seeds, silently) and go on to the next stage."""
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  variants, stages, _ = harness.plan(["attention_dropout"], hc, str(tmp_path))
+  stage = next(s for s in stages if s.kind == "finetune" and s.variant == "electra")
+  pv = variants["electra"]
+  workdir = harness.finetune_dir(pv, stage.step, stage.task)
+  partial = {"trials": [{"seed": 0, "workdir": os.path.join(workdir, "seed_0"), "steps": 3, "preempted": True}]}
+
+  def preempted(config, wd):
+    os.makedirs(wd, exist_ok=True)
+    with open(os.path.join(wd, "results.json"), "w", encoding="utf-8") as f:
+      json.dump(partial, f)
+    return partial
+
+  monkeypatch.setattr(finetune_lib, "train_and_evaluate", preempted)
+  with pytest.raises(KeyboardInterrupt, match="stopped in seed 0 at step 3"):
+    harness.run_finetune(hc, pv, stage.step, stage.task)
+  assert not harness.stage_done(stage, variants)
+  partial["trials"][0].pop("preempted")
+  preempted(None, workdir)
+  assert harness.stage_done(stage, variants)
+
+
 def test_overrides_are_typed_and_unknown_fields_refused(hc):
   assert run_configs.parse_override("finetune.seeds=5", hc) == ("finetune.seeds", 5)
   assert run_configs.parse_override("budget.match=steps", hc) == ("budget.match", "steps")

@@ -143,7 +143,11 @@ def stage_done(stage: Stage, variants: Mapping[str, PlannedVariant]) -> bool:
   pv = variants[stage.variant]
   if stage.kind == "pretrain":
     return os.path.isfile(os.path.join(pv.workdir, "done.json"))
-  return os.path.isfile(os.path.join(finetune_dir(pv, stage.step, stage.task), "results.json"))
+  path = os.path.join(finetune_dir(pv, stage.step, stage.task), "results.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path, encoding="utf-8") as f:   # a preempted task writes its results so far: not done
+    return not any(t.get("preempted") for t in json.load(f).get("trials", []))
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -176,6 +180,10 @@ def run_finetune(hc: ml_collections.ConfigDict, pv: PlannedVariant, step: int, t
     config = finetune_config(hc, task, "", architecture=pv.config)
   workdir = finetune_dir(pv, step, task)
   results = finetune_lib.train_and_evaluate(config, workdir)
+  stopped = [t for t in results.get("trials", []) if t.get("preempted")]
+  if stopped:   # as for pretraining: stop the suite here; the rerun resumes this trial from its checkpoint
+    raise KeyboardInterrupt(f"fine-tuning {pv.key}@{step} {task} stopped in seed {stopped[0]['seed']} at step "
+                            f"{stopped[0]['steps']} (preemption); rerun to resume")
   # the fine-tuned weights are not part of the report (scores and metrics.jsonl stay): free the disk
   for trial in results.get("trials", []):
     shutil.rmtree(os.path.join(trial["workdir"], "checkpoints"), ignore_errors=True)

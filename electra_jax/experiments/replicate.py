@@ -80,6 +80,9 @@ def main(argv) -> None:
     logging.debug("replicate failed", exc_info=True)
     print(f"replicate: error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt as e:   # Ctrl-C, or a preemption notice (SIGTERM) that stopped a stage after a checkpoint
+    print(f"replicate: stopped: {e or 'interrupted'}; the same command resumes", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":
