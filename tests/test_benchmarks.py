@@ -154,6 +154,7 @@ def test_platform_settings_compare_like_with_like():
   assert proc.returncode != 0 and "needs --platform=gpu" in proc.stderr
 
 
+@pytest.mark.slow
 def test_matmul_shapes_benchmark_times_every_product_in_both_libraries():
   out, fig = _run("matmul_shapes.py", "--tokens=64", "--hidden=32", "--repeats=2")
   assert fig["benchmark"] == "matmul_shapes" and "XLA / torch" in out
@@ -221,6 +222,7 @@ def test_trace_breakdown_reads_cpu_ops_and_gpu_kernels():
   assert out["categories"] == pytest.approx({profile_step.MATMUL: 0.006}) and out["device_busy_ms"] is None
 
 
+@pytest.mark.slow
 def test_product_bound_finds_every_product_of_the_step():
   # ELECTRA-tiny inference: per layer q, k, v, output (H x H), FFN in and out (H x F), scores and weighted values,
   # the last layer at [CLS] alone but for its keys and values (every token); once the embedding projection (E -> H)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from electra_jax.modeling import ElectraConfig
@@ -9,6 +10,7 @@ from electra_jax.modeling.original_heads import OriginalElectraForQuestionAnswer
 from electra_jax import checkpointing
 
 
+@pytest.mark.slow
 def test_original_head_checkpoint_round_trips(tmp_path):
   cfg = ElectraConfig(vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=16)

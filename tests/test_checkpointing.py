@@ -165,6 +165,7 @@ def _tiny_configs():
   return disc, generator_config(disc, 0.5)
 
 
+@pytest.mark.slow
 def test_params_tools_roundtrip(tmp_path):
   disc, gen = _tiny_configs()
   model = ElectraPretrainingModel(disc, gen, rngs=nnx.Rngs(3))

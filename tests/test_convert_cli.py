@@ -25,6 +25,7 @@ def _same_tensors(a_dir, b_dir):
     assert np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_head_round_trip_through_orbax(tmp_path):
   torch.manual_seed(0)
   transformers.ElectraForTokenClassification(transformers.ElectraConfig(**CFG, num_labels=5)).save_pretrained(
@@ -56,6 +57,7 @@ def test_generator_and_discriminator_through_a_pretraining_checkpoint(tmp_path):
   _same_tensors(tmp_path / "gen", tmp_path / "generator")
 
 
+@pytest.mark.slow
 def test_bad_input_exits_non_zero_with_message(tmp_path):
   r = _run("hf_to_orbax", f"--hf_dir={tmp_path / 'missing'}", f"--out={tmp_path / 'x'}")
   assert r.returncode == 1 and "missing/config.json does not exist" in r.stderr

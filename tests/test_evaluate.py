@@ -44,6 +44,7 @@ def test_finetune_then_evaluate_binaries(tmp_path):
       "entailment", "not_entailment")
 
 
+@pytest.mark.slow
 def test_binaries_exit_1_with_a_message_on_bad_input(tmp_path):
   proc = _run("electra_jax.eval.evaluate", "--config=configs/glue.py:task=rte,runlocal",
               f"--checkpoint={tmp_path / 'missing'}", f"--workdir={tmp_path / 'out'}")
@@ -58,6 +59,7 @@ def test_binaries_exit_1_with_a_message_on_bad_input(tmp_path):
   assert "is an HF folder: only HF heads load from it; evaluate it with head=hf" in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_mnli_scores_both_halves_and_writes_mnli_and_ax_files(tmp_path):
   """MNLI is too large for the shared data: a small folder in its format (RTE sentences, MNLI labels) stands in."""
   import numpy as np

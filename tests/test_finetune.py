@@ -72,6 +72,7 @@ def test_mrpc_run_writes_official_files_and_scores_them(mrpc_run):
       "OriginalElectraForSequenceClassification"
 
 
+@pytest.mark.slow
 def test_loss_decreases(mrpc_run):
   _, workdir, _ = mrpc_run
   records = [r for r in metrics.read_metrics(os.path.join(workdir, "seed_0")) if "loss" in r]
@@ -83,6 +84,7 @@ def test_loss_decreases(mrpc_run):
   assert "eta_seconds" in records[-1]
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_reproduces_the_dev_scores(mrpc_run, tmp_path):
   config, workdir, results = mrpc_run
   evaluated = evaluation.evaluate_checkpoint(config, os.path.join(workdir, "seed_0"), os.fspath(tmp_path))
@@ -176,6 +178,7 @@ def test_stsb_regression_from_hf_folder_with_two_seeds(tmp_path):
                                 values["electra/encoder/layers/query/kernel"])
 
 
+@pytest.mark.slow
 def test_init_from_a_finetuned_checkpoint_takes_its_encoder(mrpc_run):
   _, workdir, _ = mrpc_run
   config = tiny_glue_config("rte", init_checkpoint=os.path.join(workdir, "seed_0"))
@@ -189,6 +192,7 @@ def test_init_from_a_finetuned_checkpoint_takes_its_encoder(mrpc_run):
                                 mrpc["electra"]["encoder"]["layers"]["value"]["kernel"])
 
 
+@pytest.mark.slow
 def test_init_from_orbax_pretraining_checkpoint(tmp_path):
   from flax import nnx
   from electra_jax.modeling import ElectraConfig, ElectraPretrainingModel, generator_config

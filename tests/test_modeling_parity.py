@@ -227,6 +227,7 @@ def test_padding_does_not_change_real_tokens():
   np.testing.assert_allclose(np.asarray(long)[:, :11][real], np.asarray(short)[real], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_and_remat_equal_the_loop():
   cfg = ElectraConfig(**CONFIGS["factorized"])
   ids, types, mask = _inputs("x", cfg.vocab_size)

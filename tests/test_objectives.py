@@ -164,6 +164,7 @@ def test_loss_matches_numpy_reference(objective, generator, fast_compile):
       assert {"disc_auc", "disc_accuracy", "sampled_mlm_accuracy"} <= set(out)
 
 
+@pytest.mark.slow
 def test_replaced_fraction_and_sampled_equals_original_count_what_they_say(fast_compile):
   """A generator that always proposes the original: nothing is replaced; disallow_correct: every masked token is."""
   del fast_compile
@@ -270,6 +271,7 @@ def test_weight_sharing_holds_one_array_per_shared_weight(sharing):
   assert shared == expected_shared
 
 
+@pytest.mark.slow
 def test_weight_sharing_all_trains_one_encoder_and_exports_it_to_both_folders(tmp_path, fast_compile):
   del fast_compile
   config = _config("electra", weight_sharing="all", hidden_fraction=1.0)
@@ -333,6 +335,7 @@ def test_weight_sharing_all_needs_a_same_size_generator():
 
 
 # ------------------------------------------------------------------------------------------------ two-stage training
+@pytest.mark.slow
 def test_two_stage_trains_the_generator_then_a_discriminator_initialised_from_it(fast_compile):
   del fast_compile
   config = _config("electra", weight_sharing="none", hidden_fraction=1.0)
@@ -394,6 +397,7 @@ def test_electric_nce_loss_is_the_original_formula():
   assert ours == pytest.approx(float(np.sum(paper * mask) / np.sum(mask)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_tower_generator_never_sees_the_token_it_predicts():
   """Changing token t changes the cloze logits at every position but t (the towers read t-1 and t+1 sides)."""
   g = modeling.ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,

@@ -223,6 +223,7 @@ def test_attention_equals_reference(form, queries, causal, keys):
     _assert_close(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["reference", *TUNED_ON_CPU])
 def test_attention_dropout_is_unbiased_and_follows_the_key(form):
   # Dropout of the probabilities keeps their expectation: the mean over many keys approaches the attention without it.
@@ -316,6 +317,7 @@ def test_xla_cpu_module_is_what_auto_runs_here():
   np.testing.assert_array_equal(ops.dropout(x, 0.5, jax.random.key(0)), xla_cpu.dropout(x, 0.5, jax.random.key(0)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PALLAS, reason="electra_jax/ops/pallas_attention.py is not in this build")
 def test_pallas_attention_runs_per_shard_under_a_mesh():
   """On a (data, fsdp, tensor) mesh the TPU kernel runs on each device's batch and heads (shard_map): values and

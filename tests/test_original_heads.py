@@ -62,6 +62,7 @@ def test_classification_head_shapes_loss_and_dropout():
       "classifier/kernel", "classifier/bias"}
 
 
+@pytest.mark.slow
 def test_regression_head_uses_squared_error():
   model = OriginalElectraForSequenceClassification(CFG.replace(num_labels=1), rngs=nnx.Rngs(0))
   ids, mask, types = _qa_inputs()
@@ -88,6 +89,7 @@ def test_head_kernels_are_glorot_uniform_with_logical_axes(qa_model):
 
 
 # ------------------------------------------------------------------------------------------------ SQuAD head
+@pytest.mark.slow
 def test_qa_training_outputs_and_loss(qa_model):
   model = qa_model
   model.answerable_weight = 0.5

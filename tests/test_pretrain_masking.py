@@ -75,6 +75,7 @@ def test_replacement_rates():
     _mask(jax.random.key(0), ids, mask, "spanbert")
 
 
+@pytest.mark.slow
 def test_masking_is_deterministic_per_key():
   ids, mask = _batch(np.random.default_rng(4), b=8)
   a, _ = _mask(jax.random.key(5), ids, mask)
@@ -104,6 +105,7 @@ def test_categorical_sampling_follows_softmax_at_temperature():
   np.testing.assert_allclose(np.bincount(hot, minlength=3) / len(hot), p / p.sum(), atol=0.015)
 
 
+@pytest.mark.slow
 def test_categorical_sampling_over_blocks_is_the_softmax_and_never_picks_empty_slots():
   # V = 300 over blocks of 128 (the last block short), mass spread over several blocks, some logits -inf.
   rng = np.random.default_rng(0)

@@ -178,6 +178,7 @@ def test_mapping_consumes_every_variable_with_the_configs_the_shapes_give():
   assert tuned.networks["discriminator"].config.num_labels == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["separate", "shared", "finetuned"])
 def test_converted_networks_equal_the_tensorflow_forward(name):
   ref = np.load(os.path.join(fixture(name), "reference.npz"))
