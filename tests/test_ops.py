@@ -290,6 +290,7 @@ def test_cudnn_attention_equals_reference(queries, causal, keys):
   assert gpu.supports(q) and not gpu.supports(q.astype(jnp.float32)) and not gpu.supports(q[..., :60])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("queries,causal,keys", ATTENTION_CASES, ids=CASE_IDS)
 def test_cudnn_form_hands_cudnn_what_it_takes(queries, causal, keys, monkeypatch):
   # Everywhere: gpu.attention's own part (the mask as a full [B, 1, Lq, L] array, odd lengths padded to even, the

@@ -130,6 +130,7 @@ def test_categorical_sampling_over_blocks_is_the_softmax_and_never_picks_empty_s
   np.testing.assert_array_equal(np.asarray(pl.sample_categorical(jax.random.key(3), one)), [777, 777, 777])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab", [50, 300])   # one short block; two blocks of 128 and a short one
 def test_masked_lm_loss_equals_cross_entropy_and_top1_accuracy(vocab):
   rng = np.random.default_rng(1)
