@@ -129,7 +129,8 @@ def run_all(peers: list[str], batch_path: str) -> dict:
   ours_args.append(f"--reuse_host_memory={FLAGS.reuse_host_memory}")
   peer_env = common.with_host_memory_reuse(env, FLAGS.peers_reuse_host_memory)
   common_args = [f"--batch={batch_path}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
-                 f"--warmup={FLAGS.warmup}", f"--attention_dropout={FLAGS.attention_dropout}"] + ([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])
+                 f"--warmup={FLAGS.warmup}", f"--attention_dropout={FLAGS.attention_dropout}",
+                 *([f"--layers={FLAGS.layers}"] if FLAGS.layers else [])]
   # The reference rate in the step's own arithmetic: float32 on the CPU; on a GPU the dtype and precision of the step.
   matmul_dtype = FLAGS.dtype if FLAGS.platform == "gpu" else "float32"
   matmul_cmd = [sys.executable, str(workers / "ours.py"), "--task=matmul", f"--matmul_n={matmul_n()}",

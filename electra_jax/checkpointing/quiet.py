@@ -1,7 +1,8 @@
 """Quiet logs around Orbax: its INFO chatter, and the flood of tracebacks after a failed read.
 
     quiet_orbax_logging()          # drop Orbax's INFO lines (binaries get this and more from runtime.cli)
-    silence_failed_read_noise()    # after a restore failed (and was reported in one line)
+    silence_failed_read_noise(collect=False)   # before reading a checkpoint: drop abandoned reads' tracebacks
+    silence_failed_read_noise()    # after a restore failed (reported in one line): also finalise those reads now
 """
 
 from __future__ import annotations
