@@ -14,8 +14,8 @@ run draws what an uninterrupted one draws. Around it the loop does what every tr
     compiles, is not timed), plus whatever `log_extras(state)` adds (e.g. the parameters' norm);
   * evaluation every `eval_every` steps through `evaluate(step, state) -> {name: value}` (not at the last step: the
     trainer evaluates the final state itself);
-  * checkpoints every `checkpoint_every` steps, at the last step, and when a preemption notice arrives (SIGTERM, or
-    JAX's sync point on pods), after which the loop stops early with `preempted=True`.
+  * checkpoints every `checkpoint_every` steps (0: none on the way), at the last step, and when a preemption notice
+    arrives (SIGTERM, or JAX's sync point on pods), after which the loop stops early with `preempted=True`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Loop:
   checkpointer: Checkpointer
   save: Callable[[int, State], None]              # writes a checkpoint of `state` at a step
   log_every: int = 100
-  checkpoint_every: int = 1000
+  checkpoint_every: int = 1000                    # 0: only at the last step (and on a preemption notice)
   eval_every: int = 0                             # 0: no evaluation during training
   evaluate: Callable[[int, State], Mapping[str, float]] | None = None
   log_extras: Callable[[State], Mapping[str, float]] | None = None
@@ -79,7 +79,8 @@ def run(loop: Loop, state: State, *, start_step: int, batch_at: Callable[[int], 
         rng: jax.Array) -> LoopResult:
   """Trains from `start_step` to `loop.total_steps` (or a preemption notice); see the module docstring."""
   step, total = start_step, loop.total_steps
-  log_every, ckpt_every = max(1, loop.log_every), max(1, loop.checkpoint_every)
+  log_every = max(1, loop.log_every)
+  ckpt_every = loop.checkpoint_every if loop.checkpoint_every > 0 else total + 1   # 0: at the last step only
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last: dict[str, float] = {}
   prefix = f"{loop.name} " if loop.name else ""
