@@ -18,17 +18,13 @@ Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the
 steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
 Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
 
-The micro suite's time on this 2-core CPU (size=micro; benchmarks/replication/time_stages.py, load ~2, which is close
-to quiet for these sizes: wall = CPU time / 1.8; benchmarks/replication/README.md has the measurements):
+The micro suite's time on this 2-core CPU (size=micro; measured stage times, benchmarks/replication/README.md):
   pretraining (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x 21.2 GFLOP =
-    25.5 TFLOP per variant): ELECTRA 1,200 steps x 0.288 s = 5.8 min; ELECTRA 15% 1,200 x 0.292 = 5.8; BERT
-    1,308 x 0.270 = 5.9; Replace MLM 896 x 0.453 = 6.8; All-Tokens MLM 352 x 0.947 = 5.6 (its vocabulary softmax
-    over all 128 tokens makes its step 3.4x ELECTRA's at this size); + ~10 s of compilation each: ~30 min;
-  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~70 ms per
-    step at 128 tokens, ~8 s per task to load data and compile (less once the compilation cache holds the step), so
-    ~3.7 min per variant, 6 variants with the no-pretraining control: ~22 min;
-  --suite=efficiency: ~52 min. sharing ~30, generator_size ~58, mlm_vs_electra ~34, attention_dropout ~19;
-  --suite=all (13 pretraining runs, 90 fine-tuning stages, runs shared between suites): ~2.4 h.
+    25.5 TFLOP per variant): 5.1-5.9 minutes per variant alone (~70 GFLOP/s);
+  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~30 s per
+    task at 64 tokens, ~57 s at 128, so ~3.8 minutes per fine-tuned checkpoint;
+  --suite=efficiency (5 pretraining runs, 6 checkpoints with the no-pretraining control): ~64 min as measured (~51
+    quiet). sharing ~29, generator_size ~57, mlm_vs_electra ~35, attention_dropout ~19; --suite=all ~2.4 h.
 size=small needs an accelerator (125k ELECTRA-Small steps per variant).
 """
 

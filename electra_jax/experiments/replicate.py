@@ -26,7 +26,7 @@ flags.DEFINE_string("size", "micro", "configs/replicate.py size: smoke, micro or
 flags.DEFINE_string("corpus", "", "Pretraining corpus (files, folders, globs, tfds:NAME); default: the size's.")
 flags.DEFINE_multi_string("override", [], "FIELD=VALUE of configs/replicate.py (repeatable), e.g. finetune.seeds=5.")
 flags.DEFINE_string("publish_dir", "", "Also copy results.json, results.md, stages.jsonl and the plots here "
-                    "(e.g. benchmarks/replication/efficiency).")
+                    "(e.g. benchmarks/replication/micro).")
 flags.DEFINE_boolean("verbose", False, "Log everything at INFO (default: progress, the loops' step lines, warnings).")
 flags.mark_flags_as_required(["workdir"])
 
