@@ -350,6 +350,16 @@ def test_abandoned_read_futures_are_dropped_from_asyncio_logs_and_other_errors_k
 
     abandon(ValueError('FAILED_PRECONDITION: Error reading "emb/0.0" in OCDBT database at local file "/w/4/params/"'))
     abandon(Exception("Encountered error while reading array index. See full TensorStore details: <...>"))
+    # asyncio.gather's own future (CI's third message: "_GatheringFuture exception was never retrieved")
+    loop = asyncio.new_event_loop()
+    child = loop.create_future()
+    gathered = asyncio.gather(child)
+    child.set_exception(ValueError('Error reading "emb/0.0" in OCDBT database'))
+    loop.run_until_complete(asyncio.sleep(0))
+    child.exception()   # the child's error is retrieved; only the gathering future's is left
+    del gathered, child
+    gc.collect()
+    loop.close()
     assert records == []
     abandon(ValueError("a bug of ours"))
     assert [r.getMessage().splitlines()[0] for r in records] == ["Future exception was never retrieved"]

@@ -54,18 +54,18 @@ def _is_storage_file(filename: str) -> bool:
   return f"{os.sep}orbax{os.sep}" in filename or f"{os.sep}tensorstore{os.sep}" in filename
 
 
-_NEVER_RETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
+_NEVER_RETRIEVED = " exception was never retrieved"   # asyncio: f"{type(future).__name__} exception was never retrieved"
 _STORAGE_WORDS = ("orbax", "tensorstore", "ocdbt")
 
 
 class _OrbaxReadTaskFilter(logging.Filter):
-  """Drops asyncio's "Task/Future exception was never retrieved" records whose exception comes from a checkpoint read:
-  its traceback names Orbax or TensorStore, or its message names TensorStore's storage (a future that TensorStore
-  completed with an error carries no traceback, only a message such as 'Error reading ... in OCDBT database')."""
+  """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" records whose exception comes
+  from a checkpoint read: its traceback names Orbax or TensorStore, or its message names TensorStore's storage (a
+  future that TensorStore completed with an error carries no traceback, only 'Error reading ... in OCDBT database')."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
-    if not text.startswith(_NEVER_RETRIEVED):
+    if _NEVER_RETRIEVED not in text.split("\n", 1)[0]:   # Task, Future, _GatheringFuture, ...
       return True
     if record.exc_info and record.exc_info[1] is not None:
       text += "".join(traceback.format_tb(record.exc_info[2])) + repr(record.exc_info[1])
