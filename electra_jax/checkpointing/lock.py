@@ -3,8 +3,9 @@
     with WorkdirLock(workdir):          # raises WorkdirBusyError("... is in use by pid 1234 on host-a since ...")
       train(...)
 
-The lock is WORKDIR/electra.lock, created with O_CREAT | O_EXCL (atomic on local and NFS file systems) and holding
-{"host", "pid", "started", "process_start", "token", "argv"}. A second run finds it and refuses with one line naming
+The lock is WORKDIR/electra.lock, written whole to a private file and hard-linked into place (atomic, and it fails
+when a lock exists, on local and NFS file systems), holding {"host", "pid", "started", "process_start", "token",
+"argv"}. A second run finds it and refuses with one line naming
 the host and pid. A lock left by a killed run is stale when its host is this host and its pid is gone (or is another
 process: the recorded process start time differs); it is then renamed aside atomically, so of two runs that find
 the same stale lock only one takes it over, and the other sees the new holder. A lock from another host cannot be
@@ -98,15 +99,24 @@ class WorkdirLock:
 
   # -------------------------------------------------------------- acquire / release
   def _try_create(self) -> bool:
+    # Written whole to a private file, then linked into place (atomic, fails if the lock exists): the lock never
+    # exists empty, so no other run can judge a lock being written stale and move it aside.
     mine = self._mine()
+    private = f"{self.path}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(mine, f)
-      f.flush()
-      os.fsync(f.fileno())
+      with open(private, "w", encoding="utf-8") as f:
+        json.dump(mine, f)
+        f.flush()
+        os.fsync(f.fileno())
+      try:
+        os.link(private, self.path)
+      except FileExistsError:
+        return False
+    finally:
+      try:
+        os.remove(private)
+      except FileNotFoundError:
+        pass
     self._token = mine["token"]
     return True
 
