@@ -16,15 +16,15 @@ class _NoPreemption:
     return None
 
 
-def _run(tmp_path, total, checkpoint_every, log_every=3):
+def _run(tmp_path, total, checkpoint_every, log_every=3, step_fn=None):
   saved = []
 
-  def step_fn(state, batch, rng):
+  def counting_step(state, batch, rng):
     return {"step": state["step"] + 1}, {"loss": jnp.float32(1.0) * batch["x"], "grad_norm": jnp.float32(0.5)}
 
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   result = loop.run(
-      loop.Loop(step_fn=step_fn, total_steps=total, mesh=mesh, rules=sharding.DEFAULT_RULES,
+      loop.Loop(step_fn=step_fn or counting_step, total_steps=total, mesh=mesh, rules=sharding.DEFAULT_RULES,
                 writer=metrics.MetricWriter(tmp_path), checkpointer=_NoPreemption(),
                 meter=metrics.Throughput(tokens_per_step=1, flops_per_step=1.0, num_devices=1,
                                          peak_flops_per_device=None, total_steps=total),
@@ -45,12 +45,5 @@ def test_a_non_finite_loss_names_its_step(tmp_path):
     loss = jnp.where(batch["x"] == 1.0, jnp.nan, 0.0)   # the second step (x = 1), which the loop counts as step 2
     return state, {"loss": loss, "grad_norm": jnp.float32(0.0)}
 
-  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   with pytest.raises(loop.NonFiniteLossError, match="non-finite loss .* at step 2"):
-    loop.run(loop.Loop(step_fn=step_fn, total_steps=5, mesh=mesh, rules=sharding.DEFAULT_RULES,
-                       writer=metrics.MetricWriter(tmp_path), checkpointer=_NoPreemption(),
-                       meter=metrics.Throughput(tokens_per_step=1, flops_per_step=1.0, num_devices=1,
-                                                peak_flops_per_device=None, total_steps=5),
-                       save=lambda step, state: None, log_every=5, checkpoint_every=0),
-             {"step": jnp.zeros((), jnp.int32)}, start_step=0, batch_at=lambda s: {"x": jnp.float32(s)},
-             rng=jax.random.key(0))
+    _run(tmp_path, total=5, checkpoint_every=0, log_every=5, step_fn=step_fn)

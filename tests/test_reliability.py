@@ -350,7 +350,7 @@ def test_abandoned_read_futures_are_dropped_from_asyncio_logs_and_other_errors_k
 
     abandon(ValueError('FAILED_PRECONDITION: Error reading "emb/0.0" in OCDBT database at local file "/w/4/params/"'))
     abandon(Exception("Encountered error while reading array index. See full TensorStore details: <...>"))
-    # asyncio.gather's own future (CI's third message: "_GatheringFuture exception was never retrieved")
+    # asyncio.gather's own future (the third form, met in a full run: "_GatheringFuture exception was never retrieved")
     loop = asyncio.new_event_loop()
     child = loop.create_future()
     gathered = asyncio.gather(child)

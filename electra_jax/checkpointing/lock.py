@@ -5,11 +5,11 @@
 
 The lock is WORKDIR/electra.lock, written whole to a private file and hard-linked into place (atomic, and it fails
 when a lock exists, on local and NFS file systems), holding {"host", "pid", "started", "process_start", "token",
-"argv"}. A second run finds it and refuses with one line naming
-the host and pid. A lock left by a killed run is stale when its host is this host and its pid is gone (or is another
-process: the recorded process start time differs); it is then renamed aside atomically, so of two runs that find
-the same stale lock only one takes it over, and the other sees the new holder. A lock from another host cannot be
-checked from here: the message says how to remove it by hand once that run is known to be dead.
+"argv"}. A second run finds it and refuses with one line naming the host and pid. A lock left by a killed run is stale
+when its host is this host and its pid is gone (or is another process: the recorded process start time differs); it is
+then renamed aside atomically, so of two runs that find the same stale lock only one takes it over, and the other sees
+the new holder. A lock from another host cannot be checked from here: the message says how to remove it by hand once
+that run is known to be dead.
 With several JAX processes only process 0 takes the lock (`primary`), and all of them learn whether it got it.
 """
 
