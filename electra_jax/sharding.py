@@ -27,12 +27,13 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from electra_jax import errors
 from electra_jax.sharding_rules import DEFAULT_RULES, MESH_AXES, MeshAxes, Rules  # noqa: F401  (re-exported)
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("electra_sharding_rules", default=DEFAULT_RULES)
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.Error, ValueError):
   """A parameter or activation whose logical axes the rules table cannot place."""
 
 

@@ -24,10 +24,12 @@ import time
 import uuid
 from typing import Any
 
+from electra_jax import errors
+
 LOCK_FILE = "electra.lock"
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(errors.Error, RuntimeError):
   """The workdir is held by another live run."""
 
 

@@ -43,6 +43,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from electra_jax import errors
 from electra_jax.checkpointing import integrity
 from electra_jax.checkpointing.quiet import silence_failed_read_noise
 
@@ -50,7 +51,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.Error, RuntimeError):
   """No usable checkpoint, or one that does not fit the model being restored."""
 
 

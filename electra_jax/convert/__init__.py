@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from electra_jax import errors
 from electra_jax.convert.mapping import IGNORED_HF_SUFFIXES, TIED_LM_WEIGHT, body_prefix, rules_for
 from electra_jax.modeling import ElectraConfig, head_class
 
@@ -30,7 +31,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.Error, ValueError):
   """A checkpoint that does not match the model its config describes."""
 
 

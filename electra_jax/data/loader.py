@@ -31,12 +31,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from electra_jax import errors
 from electra_jax.data.pretraining import RecordError, decode_records, read_manifest
 
 _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"  # tuned for random access
 
 
-class LoaderStateError(ValueError):
+class LoaderStateError(errors.Error, ValueError):
   """A saved loader state that does not belong to this dataset / seed / batch size."""
 
 

@@ -14,11 +14,13 @@ from collections.abc import Iterable, Sequence
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from electra_jax import errors
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 
 
-class VocabError(ValueError):
+class VocabError(errors.Error, ValueError):
   """A vocab file that cannot serve as an ELECTRA vocab."""
 
 

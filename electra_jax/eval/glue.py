@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from electra_jax import errors
 from electra_jax.data import glue
 from electra_jax.eval.metrics import glue_metrics
 
 
-class ScoringError(ValueError):
+class ScoringError(errors.Error, ValueError):
   """Gold and predictions that cannot be matched up."""
 
 

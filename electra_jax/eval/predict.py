@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
+from electra_jax import errors
 from electra_jax.data.tokenization import load_tokenizer
 
 TASK_HEADS = {
@@ -35,7 +36,7 @@ TASK_HEADS = {
 }
 
 
-class PredictError(ValueError):
+class PredictError(errors.Error, ValueError):
   """Input the prediction command cannot use (the message says which line and why)."""
 
 

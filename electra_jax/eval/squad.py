@@ -36,13 +36,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from electra_jax import errors
 from electra_jax.data.squad import SquadFormatError, detect_version
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-class MissingPredictionsError(ValueError):
+class MissingPredictionsError(errors.Error, ValueError):
   """Questions of a v2.0 file without a prediction (the official v2.0 script cannot score such a file)."""
 
 

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from electra_jax import errors
 from electra_jax import checkpointing, convert, paths
 from electra_jax.data import glue, squad
 from electra_jax.data.tokenization import load_tokenizer
@@ -35,7 +36,7 @@ from electra_jax.runtime import distributed
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class TaskError(ValueError):
+class TaskError(errors.Error, ValueError):
   """A task configuration or input that cannot be used; the message says which and why."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from electra_jax import errors
 from electra_jax import ops
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
@@ -33,7 +34,7 @@ _HF_BOOKKEEPING = {"model_type", "transformers_version", "torch_dtype", "dtype",
                    "tokenizer_class", "prefix", "task_specific_params", "finetuning_task"}
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.Error, ValueError):
   """An ElectraConfig field with an invalid value."""
 
 

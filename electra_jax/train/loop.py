@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from electra_jax import errors
 from electra_jax import sharding
 from electra_jax.checkpointing import Checkpointer
 from electra_jax.runtime import distributed
@@ -38,7 +39,7 @@ State = dict[str, Any]
 _CHECKED = ("loss", "grad_norm")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.Error, FloatingPointError):
   """The loss or the gradient norm became NaN or Inf."""
 
 

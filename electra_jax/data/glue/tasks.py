@@ -9,8 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-
-from electra_jax import paths
+from electra_jax import errors, paths
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +17,7 @@ PathLike = str | os.PathLike
 
 
 
-class GlueFormatError(ValueError):
+class GlueFormatError(errors.Error, ValueError):
   """A GLUE file (or prediction file) that does not have the expected format; the message names file and line."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from electra_jax import errors
+
 
 FORMAT_NAME = "electra_jax.pretraining"
 FORMAT_VERSION = 1
@@ -24,7 +26,7 @@ _SHARD_RE = re.compile(r"^pretrain-\d{5}-of-\d{5}\.array_record(\.partial)?$")
 log = logging.getLogger(__name__)
 
 
-class CorpusError(ValueError):
+class CorpusError(errors.Error, ValueError):
   """A corpus that cannot be read or that yields no examples."""
 
 
@@ -32,7 +34,7 @@ class EmptyCorpusError(CorpusError):
   """A corpus that exists but yields no examples."""
 
 
-class RecordError(ValueError):
+class RecordError(errors.Error, ValueError):
   """A malformed record; `index` is its position in the list being decoded."""
 
   def __init__(self, index: int, message: str):
@@ -41,7 +43,7 @@ class RecordError(ValueError):
     self.detail = message
 
 
-class IncompleteDatasetError(FileNotFoundError):
+class IncompleteDatasetError(errors.Error, FileNotFoundError):
   """A dataset directory without a complete manifest (never built, or a build that did not finish)."""
 
 

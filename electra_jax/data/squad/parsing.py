@@ -11,8 +11,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from electra_jax import errors
+
 PathLike = str | os.PathLike
-class SquadFormatError(ValueError):
+
+
+class SquadFormatError(errors.Error, ValueError):
   """A SQuAD record that cannot be used; the message names the file and the question id."""
 
 
