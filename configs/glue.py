@@ -58,7 +58,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   m.param_dtype = "float32"
   m.scan_layers = False
   m.remat_policy = "none"
-  m.kernels = "auto"         # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | pallas
+  m.kernels = "auto"         # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | splash
   return m
 
 

@@ -120,6 +120,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   c.scan_layers = not tiny
   c.remat_policy = "dots" if arg.size == "large" else "none"   # large: the activations of 24 layers need it on a v5e
-  c.kernels = "auto"                 # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | pallas
+  c.kernels = "auto"                 # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | splash
   c.peak_flops_per_device = 0.0      # for MFU; 0: the datasheet peak of the device kind (measured on CPU)
   return c

@@ -22,8 +22,10 @@ abstract inputs (nothing is allocated) and compiles it with libtpu's compiler. T
     kept for the backward pass, gradients, gathered FSDP shards and collectives' buffers. A step that does not fit (by
     that sum, or because the TPU compiler itself refuses it with RESOURCE_EXHAUSTED) exits with status 2 and a
     message saying so and what to change;
-  * whether attention compiled to a fused kernel: a custom call to a hand-written kernel (Mosaic, i.e. Pallas, on a
-    TPU) that names attention in the optimized HLO (`electra_jax.runtime.compile.fused_kernels`);
+  * whether attention compiled to a fused kernel, and which: the custom calls to hand-written kernels (Mosaic, i.e.
+    Pallas, on a TPU) that name attention in the optimized HLO, by kernel name (`electra_jax.runtime.compile.
+    fused_kernels`; on TPU, `kernels=auto` with attention dropout 0 gives JAX's splash attention: splash_mha_fwd_*,
+    splash_mha_dq_*, splash_mha_dkv_*);
   * analytical model FLOPs per chip per step (electra_jax.train.flops: generator and discriminator counted separately,
     bidirectional attention, backward = 2 x forward) and the paper's convention (backward = forward) for reference;
   * days to train for the paper's step counts (base 766k; large 400k and 1.75M; or --train_steps) at --mfu of the
@@ -312,6 +314,7 @@ def build_report(config: Any, topology: str, result: Compiled, *, mfu: float, tr
       "remat_policy": config.remat_policy, "num_params": _num_params(setup.abstract_state["params"]),
       "lower_s": result.lower_s, "compile_s": result.compile_s, "memory_per_device": memory,
       "kernels": kernels, "fused_attention": kernels["fused_attention"],
+      "attention_kernels": kernels["attention_kernels"],
       "hbm_gib": hbm_gib, "fits": None if hbm_gib is None else memory["peak_gib"] <= hbm_gib,
       "hbm_used_fraction": None if hbm_gib is None else memory["peak_gib"] / hbm_gib,
       "flops_per_step": flops_step, "flops_per_device_per_step": flops_step / n, "paper_flops_per_step": paper_step,
@@ -361,7 +364,9 @@ def format_report(r: dict[str, Any]) -> str:
       f"  memory per {'device' if r['topology'].startswith('cpu:') else 'chip'} (XLA's buffer assignment; arguments + "
       "outputs - aliased + temporaries + code):",
       *memory_table(m, r["hbm_gib"]),
-      "  fused attention kernel: " + (f"yes ({k['attention_kernel_calls']} custom calls: "
+      "  fused attention kernel: " + (f"yes ({k['attention_kernel_calls']} calls: "
+                                      f"{', '.join(f'{t} x{c}' for t, c in sorted(k['attention_kernels'].items()))}; "
+                                      f"custom calls: "
                                       f"{', '.join(f'{t} x{c}' for t, c in sorted(k['kernel_calls'].items()))})"
                                       if k["fused_attention"] else
                                       "no (attention compiled to XLA's own ops; no Mosaic/cuDNN/Triton kernel"

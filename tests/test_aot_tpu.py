@@ -89,15 +89,23 @@ def test_fused_kernels_are_read_from_the_hlo():
           'metadata={op_name="jit(step)/attention/dot_general"}')
   mosaic = ('  %custom-call.3 = bf16[8,8,64]{2,1,0} custom-call(%q, %k, %v), custom_call_target="tpu_custom_call", '
             'backend_config={"custom_call_config": {"name": "flash_attention_fwd"}}')
+  # splash attention as libtpu's optimized HLO has it: the instruction named after the Pallas kernel, the metadata on
+  # a later line
+  splash = ('  %splash_mha_dq_segmented_no_residuals.4 = bf16[2,12,512,64]{3,2,1,0:T(8,128)(2,1)} custom-call(%c, %q, '
+            '%k, %v), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,1,1]{2,1,0}}, '
+            'frontend_attributes={kernel_metadata={')
   other = ('  %custom-call.4 = f32[8]{0} custom-call(%x), custom_call_target="tpu_custom_call", '
            'metadata={op_name="norm"}')
   cudnn = '  %fmha = (bf16[2,8,64]{2,1,0}) custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmaxDropout"'
   assert compile_lib.fused_kernels(gemm) == {"fused_attention": False, "attention_kernel_calls": 0,
-                                             "kernel_calls": {}}
-  out = compile_lib.fused_kernels("\n".join([gemm, mosaic, other, mosaic]))
-  assert out == {"fused_attention": True, "attention_kernel_calls": 2, "kernel_calls": {"tpu_custom_call": 3}}
+                                             "attention_kernels": {}, "kernel_calls": {}}
+  out = compile_lib.fused_kernels("\n".join([gemm, mosaic, other, mosaic, splash, splash]))
+  assert out == {"fused_attention": True, "attention_kernel_calls": 4,
+                 "attention_kernels": {"flash_attention_fwd": 2, "splash_mha_dq_segmented_no_residuals": 2},
+                 "kernel_calls": {"tpu_custom_call": 5}}
   assert compile_lib.fused_kernels(other)["fused_attention"] is False
   assert compile_lib.fused_kernels(cudnn)["kernel_calls"] == {"__cudnn$fmhaSoftmaxDropout": 1}
+  assert compile_lib.fused_kernels(cudnn)["attention_kernels"] == {"__cudnn$fmhaSoftmaxDropout": 1}
 
 
 def test_bad_input_is_a_clear_error():
@@ -114,17 +122,22 @@ def test_tpu_topology_compiles_with_libtpu():
     proc = _run(*TINY, "--topology=v5e:2x2")
     assert proc.returncode == 1 and "libtpu is not installed" in proc.stderr
     pytest.skip("libtpu is not installed (pip install -e '.[tpu-aot]'); checked the error message instead")
-  proc = _run(*TINY, "--topology=v5e:2x2", "--config.dtype=bfloat16")
+  # Without attention dropout, kernels=auto gives the TPU JAX's splash attention: the report names its kernels.
+  proc = _run(*TINY, "--topology=v5e:2x2", "--config.dtype=bfloat16", "--config.model.attention_probs_dropout_prob=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = _last_json(proc.stdout)
   assert r["devices"] == 4 and "v5" in r["device_kind"].lower() and r["hbm_gib"] == 16 and r["fits"] is True
   assert r["estimates"] and r["estimates"][0]["days"] > 0
   assert r["step_seconds_at_mfu"] == pytest.approx(r["flops_per_step"] / (4 * 197e12 * 0.4))
-  assert r["fused_attention"] in (True, False) and "fused attention kernel:" in proc.stdout
+  assert r["fused_attention"] is True and "fused attention kernel: yes" in proc.stdout
+  for kernel in ("splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv"):   # forward and both backward kernels
+    assert any(name.startswith(kernel) for name in r["attention_kernels"]), r["attention_kernels"]
+  assert "splash_mha_fwd" in proc.stdout
   # Two slices: data = 0 is one per slice (data parallelism across them), fsdp the 4 chips of each.
   two = _run(*TINY, "--topology=v5e:2x2", "--num_slices=2", "--config.mesh.data=0", "--config.mesh.fsdp=-1")
   assert two.returncode == 0, two.stderr[-3000:]
   r2 = _last_json(two.stdout)
+  assert r2["fused_attention"] is False   # attention dropout 0.1: XLA's attention (splash has no dropout)
   assert r2["num_slices"] == 2 and r2["devices"] == 8 and r2["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
   assert r2["memory_per_device"]["params_gib"] < r["memory_per_device"]["params_gib"]   # now sharded 4 ways
   across = _run(*TINY, "--topology=v5e:2x2", "--num_slices=2", "--config.mesh.data=1", "--config.mesh.fsdp=-1")

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from electra_jax.modeling import HEADS, ORIGINAL_HEADS, ElectraConfig, head_class
-from electra_jax.modeling.layers import Dense, attention_mask_bias
+from electra_jax import ops
+from electra_jax.modeling.layers import Dense
 from electra_jax.ops import xla_cpu
 
 SMALL = dict(vocab_size=61, embedding_size=16, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
@@ -93,11 +94,20 @@ def _eqns(jaxpr):
           yield from _eqns(inner)
 
 
-def test_attention_mask_bias():
-  pad = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]])
-  keep = attention_mask_bias(pad, causal=False)
-  assert keep.shape == (2, 1, 1, 4) and keep.dtype == jnp.bool_
-  np.testing.assert_array_equal(keep[:, 0, 0], pad.astype(bool))
-  causal = attention_mask_bias(pad, causal=True)
-  assert causal.shape == (2, 1, 4, 4)
-  np.testing.assert_array_equal(causal[1, 0], np.tril(np.ones((4, 4), bool)) & np.array([1, 1, 0, 0], bool))
+@pytest.mark.parametrize("head", ["ElectraForCausalLM", "ElectraForSequenceClassification"])
+def test_layers_hand_attention_the_key_mask_and_the_causal_flag(head, monkeypatch):
+  # The seam gets the [B, L] padding mask and the config's is_decoder as the causal flag, never a (query, key) mask:
+  # each fused kernel builds its masks in its own terms.
+  seen = []
+  attention = ops.attention
+
+  def spy(q, k, v, key_mask, **kw):
+    seen.append((q.shape[1], key_mask.shape, key_mask.dtype, kw["causal"]))
+    return attention(q, k, v, key_mask, **kw)
+
+  monkeypatch.setattr(ops, "attention", spy)
+  ids, mask = _inputs(head)
+  causal = head == "ElectraForCausalLM"
+  model = head_class(head)(ElectraConfig(**SMALL, is_decoder=causal), rngs=nnx.Rngs(0))
+  model(ids, mask)
+  assert seen == [(8 if causal else q, (2, 8), jnp.bool_, causal) for q in (8, 1)]   # [CLS] heads: the last layer

@@ -1,10 +1,9 @@
 """electra_jax.ops: every tuned form against the reference form, values and gradients; the choice of forms.
 
-The CPU runs the "xla_cpu" forms (what `auto` picks here) and the reference; the cuDNN test runs where a GPU is, the
-flash-attention one where electra_jax/ops/pallas_attention.py is (interpreted on CPU).
+The CPU runs the "xla_cpu" forms (what `auto` picks here), the reference, and splash attention in Pallas' interpret
+mode; the cuDNN test runs where a GPU is. Each test of a tuned form also asserts that the tuned form ran (its kernel in
+the traced program), so that a silent fallback to the reference cannot pass.
 """
-
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +13,12 @@ import torch
 
 from electra_jax import ops
 from electra_jax.modeling import ConfigError, ElectraConfig
-from electra_jax.modeling.layers import attention_mask_bias
 from electra_jax.ops import gpu, reference, xla_cpu
 
 TUNED_ON_CPU = ["xla_cpu"]   # the tuned forms this platform can run, each held to the reference
-HAS_PALLAS = importlib.util.find_spec("electra_jax.ops.pallas_attention") is not None
+# What each fused attention puts in the traced program (forward; backward): splash's Pallas kernels, cuDNN's primitives
+KERNEL_MARKS = {"splash": (("splash_mha_fwd",), ("splash_mha_dq", "splash_mha_dkv")),
+                "cudnn": (("dot_product_attention_fwd",), ("dot_product_attention_bwd",))}
 
 
 def _tpu_mesh():
@@ -40,49 +40,71 @@ def _assert_close(got, want, rel=2e-5):
 # ------------------------------------------------------------------------------------------------ choice of forms
 def test_auto_resolves_by_the_platform_being_compiled_for():
   default = jax.default_backend()   # the CPU (tests/conftest.py), unless JAX_PLATFORMS names a GPU first
-  assert ops.resolve("auto") == {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "pallas"}[default]
+  assert ops.resolve("auto") == {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}[default]
   with _tpu_mesh():   # a TPU compile on a CPU host must not get the CPU forms
-    assert ops.resolve("auto") == "pallas"
-  for name in ("reference", "xla_cpu", "cudnn", "pallas"):
+    assert ops.resolve("auto") == "splash"
+  for name in ("reference", "xla_cpu", "cudnn", "splash"):
     assert ops.resolve(name) == name
   with pytest.raises(ValueError, match="kernels='fast'"):
     ops.resolve("fast")
 
 
+def _jaxpr(fn, *args) -> str:
+  return str(jax.make_jaxpr(fn)(*args))
+
+
 def _has_barrier(fn, *args) -> bool:
-  return "optimization_barrier" in str(jax.make_jaxpr(fn)(*args))
+  return "optimization_barrier" in _jaxpr(fn, *args)
+
+
+def _ran(kernels: str, fn, *args, backward: bool = False) -> bool:
+  """Whether the traced program of fn(*args) holds every forward (or backward) kernel of the fused attention."""
+  text = _jaxpr(fn, *args)
+  return all(mark in text for mark in KERNEL_MARKS[kernels][backward])
 
 
 def test_cpu_forms_only_where_compiling_for_cpu():
   x, w = jnp.ones((40, 48)), jnp.ones((48, 16))   # in > out: the CPU form swaps the kernel gradient's orientation
   dense_grad = lambda kernels: jax.grad(lambda a: jnp.sum(ops.dense(x, a, kernels=kernels)))  # noqa: E731
   q = jnp.ones((2, 5, 2, 8))
-  mask = jnp.ones((2, 1, 1, 5), bool)
-  attend = lambda kernels: lambda a: ops.attention(a, a, a, mask, kernels=kernels)  # noqa: E731
+  key_mask = jnp.ones((2, 5), bool)
+  attend = lambda kernels: lambda a: ops.attention(a, a, a, key_mask, kernels=kernels)  # noqa: E731
   assert _has_barrier(dense_grad("auto"), w) and _has_barrier(attend("auto"), q)
   assert not _has_barrier(dense_grad("reference"), w) and not _has_barrier(attend("reference"), q)
+  assert not _ran("splash", attend("auto"), q)
   with _tpu_mesh():
-    assert not _has_barrier(dense_grad("auto"), w)
-    if not HAS_PALLAS:   # the TPU slot without its kernel: the reference attention
-      assert not _has_barrier(attend("auto"), q)
+    assert not _has_barrier(dense_grad("auto"), w) and not _has_barrier(attend("auto"), q)
+    assert _ran("splash", attend("auto"), q)
     assert _has_barrier(dense_grad("xla_cpu"), w)   # named explicitly, the CPU forms run anywhere
+
+
+def test_auto_on_tpu_takes_splash_only_without_attention_dropout():
+  q = jnp.ones((2, 5, 2, 8), jnp.bfloat16)
+  key_mask = jnp.ones((2, 5), bool).at[1, 3:].set(False)
+  attend = lambda rate, rng: lambda a: ops.attention(a, a, a, key_mask, causal=True, dropout_rate=rate,  # noqa: E731
+                                                     dropout_rng=rng)
+  with _tpu_mesh():
+    assert _ran("splash", attend(0.0, jax.random.key(0)), q)   # training without attention dropout
+    assert _ran("splash", attend(0.1, None), q)                # inference
+    assert _ran("splash", jax.grad(lambda a: jnp.sum(attend(0.0, None)(a))), q, backward=True)
+    assert not _ran("splash", attend(0.1, jax.random.key(0)), q)   # attention dropout: the reference attention
+    assert "splash" not in _jaxpr(attend(0.1, jax.random.key(0)), q)
 
 
 def test_explicit_fused_attention_refuses_attention_dropout():
   q = jnp.ones((2, 5, 2, 8), jnp.bfloat16)
-  mask = jnp.ones((2, 1, 1, 5), bool)
-  for kernels in ("cudnn", "pallas"):
+  key_mask = jnp.ones((2, 5), bool)
+  for kernels in ("cudnn", "splash"):
     with pytest.raises(ValueError, match=f"attention_probs_dropout_prob must be 0 for kernels='{kernels}'"):
-      ops.attention(q, q, q, mask, dropout_rate=0.1, dropout_rng=jax.random.key(0), kernels=kernels)
+      ops.attention(q, q, q, key_mask, dropout_rate=0.1, dropout_rng=jax.random.key(0), kernels=kernels)
   with pytest.raises(ValueError, match="float32"):
-    ops.attention(q.astype(jnp.float32), q, q, mask, kernels="cudnn")
-  if not HAS_PALLAS:
-    with pytest.raises(ValueError, match="pallas_attention.py"):
-      ops.attention(q, q, q, mask, kernels="pallas")
+    ops.attention(q.astype(jnp.float32), q, q, key_mask, kernels="cudnn")
+  with pytest.raises(ValueError, match="kernels='pallas'"):   # the hand-written Pallas kernel is gone
+    ops.attention(q, q, q, key_mask, kernels="pallas")
 
 
 def test_config_refuses_fused_attention_with_attention_dropout():
-  for kernels in ("cudnn", "pallas"):
+  for kernels in ("cudnn", "splash"):
     with pytest.raises(ConfigError) as e:
       ElectraConfig(kernels=kernels, dtype="bfloat16", attention_probs_dropout_prob=0.1)
     assert (f"attention_probs_dropout_prob must be 0 for kernels='{kernels}'" in str(e.value)
@@ -199,9 +221,9 @@ def _qkv(queries, keys, dtype=jnp.float32, seed=0):
   return q, kk, v, jax.random.normal(k[3], q.shape, dtype)
 
 
-def _mask(queries, causal, keys):
-  pad = jnp.asarray([[1] * keys, [1] * 5 + [0] * (keys - 5), [1] * 2 + [0] * (keys - 2)])
-  return attention_mask_bias(pad, causal=causal)[:, :, :queries]   # as ElectraLayer slices it for fewer queries
+def _key_mask(keys):
+  """Padding in every case: a full row, 5 tokens, 2 tokens (True: attended)."""
+  return jnp.asarray([[1] * keys, [1] * 5 + [0] * (keys - 5), [1] * 2 + [0] * (keys - 2)], bool)
 
 
 # (queries, causal, keys), padding in every case: full, causal, fewer queries than keys (the [CLS]-only last layer
@@ -210,15 +232,43 @@ ATTENTION_CASES = [(12, False, 12), (12, True, 12), (2, False, 12), (2, True, 12
 CASE_IDS = [f"q{q}-k{k}{'-causal' if c else ''}" for q, c, k in ATTENTION_CASES]
 
 
+def test_attention_mask_of_key_mask_and_causal_flag():
+  pad = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  keep = reference.attention_mask(pad, False, 4, 4)
+  assert keep.shape == (2, 1, 1, 4) and keep.dtype == jnp.bool_
+  np.testing.assert_array_equal(keep[:, 0, 0], pad)
+  causal = reference.attention_mask(pad, True, 2, 4)   # the first 2 queries of 4 positions
+  assert causal.shape == (2, 1, 2, 4)
+  np.testing.assert_array_equal(causal[1, 0], np.tril(np.ones((2, 4), bool)) & np.array([1, 1, 0, 0], bool))
+  assert reference.attention_mask(None, False, 2, 4) is None
+  assert reference.attention_mask(None, True, 3, 3).shape == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("queries,causal,keys", ATTENTION_CASES, ids=CASE_IDS)
+def test_reference_attention_equals_jax_and_torch(queries, causal, keys):
+  # The reference against two implementations that take the causal flag themselves (top-left aligned: query i attends
+  # the keys j <= i) and the key mask as a broadcast boolean mask.
+  q, k, v, _ = _qkv(queries, keys)
+  key_mask = _key_mask(keys)
+  want = reference.attention(q, k, v, key_mask, causal)
+  _assert_close(jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :], is_causal=causal), want, 1e-6)
+  t = lambda a: torch.tensor(np.asarray(a)).transpose(1, 2)  # noqa: E731  [B, L, N, D] -> [B, N, L, D]
+  mask = torch.tensor(np.asarray(key_mask))[:, None, None, :]
+  if causal:
+    mask = mask & torch.ones(queries, keys, dtype=torch.bool).tril()
+  got = torch.nn.functional.scaled_dot_product_attention(t(q), t(k), t(v), attn_mask=mask).transpose(1, 2)
+  np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
+
+
 @pytest.mark.parametrize("form", TUNED_ON_CPU)
 @pytest.mark.parametrize("queries,causal,keys", ATTENTION_CASES, ids=CASE_IDS)
 def test_attention_equals_reference(form, queries, causal, keys):
   q, k, v, cot = _qkv(queries, keys)
-  mask = _mask(queries, causal, keys)
-  tuned = lambda *a: ops.attention(*a, mask, kernels=form)  # noqa: E731
-  ref = lambda *a: reference.attention(*a, mask)  # noqa: E731
+  key_mask = _key_mask(keys)
+  tuned = lambda *a: ops.attention(*a, key_mask, causal=causal, kernels=form)  # noqa: E731
+  ref = lambda *a: reference.attention(*a, key_mask, causal)  # noqa: E731
+  assert _has_barrier(tuned, q, k, v) and not _has_barrier(ref, q, k, v)   # the heads-major form ran
   _assert_close(jax.jit(tuned)(q, k, v), ref(q, k, v), 1e-6)
-  _assert_close(tuned(q, k, v), jax.nn.dot_product_attention(q, k, v, mask=mask), 1e-6)   # JAX's own, too
   for got, want in zip(_grads(tuned, (q, k, v), cot, (0, 1, 2)), _grads(ref, (q, k, v), cot, (0, 1, 2))):
     _assert_close(got, want)
 
@@ -228,7 +278,7 @@ def test_attention_equals_reference(form, queries, causal, keys):
 def test_attention_dropout_is_unbiased_and_follows_the_key(form):
   # Dropout of the probabilities keeps their expectation: the mean over many keys approaches the attention without it.
   q, k, v, _ = _qkv(12, 12)
-  mask = _mask(12, False, 12)
+  mask = _key_mask(12)
   run = jax.jit(lambda rng: ops.attention(q, k, v, mask, dropout_rate=0.2, dropout_rng=rng, kernels=form))
   keys = jax.random.split(jax.random.key(7), 500)
   outs = jax.jit(jax.vmap(run))(keys)
@@ -270,13 +320,22 @@ def test_dropout_per_key_identity_without_key_gradient_and_dtype(form):
 # ------------------------------------------------------------------------------------------------ fused attention
 def _fused_against_reference(kernels, dtype, queries, causal, keys, rel):
   """Values and gradients of a fused attention against the reference (computed in float32), within `rel` of the
-  largest reference value (bfloat16 rounds at 2^-8)."""
+  largest reference value (bfloat16 rounds at 2^-8); the fused kernel must be in the traced program, forward and
+  backward."""
   q, k, v, cot = _qkv(queries, keys, dtype)
-  mask = _mask(queries, causal, keys)
-  fused = lambda *a: ops.attention(*a, mask, kernels=kernels)  # noqa: E731
-  ref = lambda *a: reference.attention(*(t.astype(jnp.float32) for t in a), mask).astype(dtype)  # noqa: E731
+  key_mask = _key_mask(keys)
+  form = kernels.removesuffix("-stand-in")   # a stand-in for the kernel: the caller checks that it ran
+  fused = lambda *a: ops.attention(*a, key_mask, causal=causal, kernels=form)  # noqa: E731
+
+  def ref(*a):
+    return reference.attention(*(t.astype(jnp.float32) for t in a), key_mask, causal).astype(dtype)
+
+  if kernels in KERNEL_MARKS:
+    assert _ran(kernels, fused, q, k, v)
+    assert _ran(kernels, lambda *a: _grads(fused, a, cot, (0, 1, 2)), q, k, v, backward=True)
   for got, want in zip((jax.jit(fused)(q, k, v), *_grads(fused, (q, k, v), cot, (0, 1, 2))),
                        (ref(q, k, v), *_grads(ref, (q, k, v), cot, (0, 1, 2)))):
+    assert got.dtype == dtype
     want = np.asarray(want, np.float32)
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=rel * np.abs(want).max())
 
@@ -293,23 +352,48 @@ def test_cudnn_attention_equals_reference(queries, causal, keys):
 @pytest.mark.slow
 @pytest.mark.parametrize("queries,causal,keys", ATTENTION_CASES, ids=CASE_IDS)
 def test_cudnn_form_hands_cudnn_what_it_takes(queries, causal, keys, monkeypatch):
-  # Everywhere: gpu.attention's own part (the mask as a full [B, 1, Lq, L] array, odd lengths padded to even, the
-  # padding sliced off), with XLA's attention standing in for cuDNN's.
+  # Everywhere: gpu.attention's own part (the causal flag as cuDNN's own, the key mask as a full [B, 1, Lq, L] array,
+  # odd lengths padded to even, the padding sliced off), with XLA's attention standing in for cuDNN's.
   xla_attention = jax.nn.dot_product_attention
+  calls = []
 
-  def stand_in(q, k, v, *, mask, implementation):
-    assert implementation == "cudnn" and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0
+  def stand_in(q, k, v, *, mask, is_causal, implementation):
+    assert implementation == "cudnn" and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0 and is_causal == causal
     assert mask.shape == (q.shape[0], 1, q.shape[1], k.shape[1])
-    return xla_attention(q, k, v, mask=mask)
+    calls.append(q.shape)
+    return xla_attention(q, k, v, mask=mask, is_causal=is_causal)
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
-  _fused_against_reference("cudnn", jnp.bfloat16, queries, causal, keys, rel=3e-2)
+  _fused_against_reference("cudnn-stand-in", jnp.bfloat16, queries, causal, keys, rel=3e-2)
+  assert calls   # the cuDNN form ran (a fallback to the reference would not call it)
 
 
-@pytest.mark.skipif(not HAS_PALLAS, reason="electra_jax/ops/pallas_attention.py is not in this build")
-@pytest.mark.parametrize("queries,causal,keys", ATTENTION_CASES, ids=CASE_IDS)
-def test_pallas_attention_equals_reference(queries, causal, keys):
-  _fused_against_reference("pallas", jnp.float32, queries, causal, keys, rel=1e-5)
+@pytest.mark.slow
+@pytest.mark.parametrize("queries,causal,keys", [*ATTENTION_CASES, (2, True, 130)],
+                         ids=[*CASE_IDS, "q2-k130-causal"])
+def test_splash_attention_equals_reference(queries, causal, keys):
+  # Interpret mode on CPU: the kernel's own program (blocks, masks, segment ids, its custom backward), lengths padded
+  # up to a multiple of 128 (every case here; 130 runs as one block of 256).
+  _fused_against_reference("splash", jnp.float32, queries, causal, keys, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_splash_attention_in_bfloat16_and_without_a_key_mask():
+  _fused_against_reference("splash", jnp.bfloat16, 12, True, 12, rel=3e-2)
+  q, k, v, _ = _qkv(12, 12)
+  np.testing.assert_allclose(ops.attention(q, k, v, None, kernels="splash"), reference.attention(q, k, v),
+                             atol=1e-5)
+
+
+@pytest.mark.slow
+def test_splash_attention_rows_without_any_key_stay_finite():
+  # An all-padding row (a batch filled up with empty examples) has no key to attend to: the reference averages v,
+  # splash attends every key instead; finite either way, so a weight of 0 on that row keeps the loss finite.
+  q, k, v, _ = _qkv(12, 12)
+  key_mask = _key_mask(12).at[2].set(False)
+  got = ops.attention(q, k, v, key_mask, kernels="splash")
+  assert np.isfinite(np.asarray(got)).all()
+  np.testing.assert_allclose(got[:2], reference.attention(q, k, v, key_mask)[:2], atol=1e-5)
 
 
 def test_xla_cpu_module_is_what_auto_runs_here():
@@ -319,18 +403,18 @@ def test_xla_cpu_module_is_what_auto_runs_here():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_PALLAS, reason="electra_jax/ops/pallas_attention.py is not in this build")
-def test_pallas_attention_runs_per_shard_under_a_mesh():
+def test_splash_attention_runs_per_shard_under_a_mesh():
   """On a (data, fsdp, tensor) mesh the TPU kernel runs on each device's batch and heads (shard_map): values and
   gradients as the reference's on the same sharded operands."""
   from electra_jax import sharding
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   q, k, v, cot = _qkv(8, 12, jnp.float32)
-  q, k, v, cot = (jnp.concatenate([t] * 4, axis=0)[:, :, :, :] for t in (q, k, v, cot))   # batch divisible by 4
-  mask = jnp.ones((q.shape[0], 1, 1, k.shape[1]), bool).at[0, :, :, -3:].set(False)
-  fused = lambda *a: ops.attention(*a, mask, kernels="pallas")  # noqa: E731
-  ref = lambda *a: reference.attention(*a, mask)  # noqa: E731
+  q, k, v, cot = (jnp.concatenate([t] * 4, axis=0) for t in (q, k, v, cot))   # batch divisible by 4
+  key_mask = jnp.ones((q.shape[0], k.shape[1]), bool).at[0, -3:].set(False)
+  fused = lambda *a: ops.attention(*a, key_mask, causal=True, kernels="splash")  # noqa: E731
+  ref = lambda *a: reference.attention(*a, key_mask, True)  # noqa: E731
   with jax.set_mesh(mesh), sharding.use_rules(None):
+    assert "shard_map" in _jaxpr(fused, q, k, v) and _ran("splash", fused, q, k, v)
     got = jax.jit(fused)(q, k, v)
     grads = _grads(fused, (q, k, v), cot, (0, 1, 2))
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref(q, k, v)), atol=1e-5)

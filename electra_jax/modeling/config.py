@@ -79,7 +79,7 @@ class ElectraConfig:
   param_dtype: str = "float32"      # storage dtype of parameters
   scan_layers: bool = False         # jax.lax.scan over the stacked layers instead of a Python loop
   remat_policy: str = "none"        # rematerialisation of each layer in the backward pass
-  kernels: str = "auto"             # forms of the ops (electra_jax/ops): auto, reference, xla_cpu, cudnn, pallas
+  kernels: str = "auto"             # forms of the ops (electra_jax/ops): auto, reference, xla_cpu, cudnn, splash
 
   def __post_init__(self):
     if isinstance(self.id2label, dict):  # accept HF's {id: name} mapping; store hashable pairs

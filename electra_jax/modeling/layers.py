@@ -137,15 +137,6 @@ class ElectraEmbeddings(nnx.Module):
 
 
 # ------------------------------------------------------------------------------------------------ encoder
-def attention_mask_bias(attention_mask: jax.Array, causal: bool) -> jax.Array:
-  """[B, L] 0/1 padding mask -> boolean [B, 1, 1, L] (query, key) mask; [B, 1, L, L] lower-triangular when causal."""
-  keep = attention_mask.astype(bool)[:, None, None, :]
-  if causal:
-    length = attention_mask.shape[-1]
-    keep = keep & jnp.tril(jnp.ones((length, length), bool))[None, None]
-  return keep
-
-
 class ElectraLayer(nnx.Module):
   """One post-LN transformer layer: self-attention -> add & LN -> FFN -> add & LN.
 
@@ -168,29 +159,29 @@ class ElectraLayer(nnx.Module):
     self.act = activation(config.hidden_act, config.kernels)
     self.hidden_rate = config.hidden_dropout_prob
     self.attention_rate = config.attention_probs_dropout_prob
+    self.causal = config.is_decoder
     self.dtype = config.compute_dtype
     self.kernels = config.kernels
 
-  def _attention(self, xq: jax.Array, x: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
-    """Queries from xq [B, Lq, H], keys and values from x [B, L, H] -> [B, Lq, H]."""
+  def _attention(self, xq: jax.Array, x: jax.Array, key_mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+    """Queries from xq [B, Lq, H] (the first Lq positions), keys and values from x [B, L, H] -> [B, Lq, H]."""
     b, length, _ = x.shape
     q = self.query(xq).reshape(b, xq.shape[1], self.num_heads, self.head_dim)
     k = self.key(x).reshape(b, length, self.num_heads, self.head_dim)
     v = self.value(x).reshape(b, length, self.num_heads, self.head_dim)
     with jax.named_scope("attention"):
-      out = ops.attention(q, k, v, mask, dropout_rate=self.attention_rate, dropout_rng=rng, kernels=self.kernels)
+      out = ops.attention(q, k, v, key_mask, causal=self.causal, dropout_rate=self.attention_rate, dropout_rng=rng,
+                          kernels=self.kernels)
       return out.reshape(b, xq.shape[1], -1)
 
-  def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None = None,
+  def __call__(self, x: jax.Array, key_mask: jax.Array, rng: jax.Array | None = None,
                positions: int | None = None) -> jax.Array:
-    """x [B, L, H] -> [B, L, H]; with `positions=n`, the layer's output at the first n positions only, [B, n, H]
-    (their queries still attend to every key): what a head that reads only [CLS] needs of the last layer."""
+    """x [B, L, H], key_mask boolean [B, L] (True: a token attended to) -> [B, L, H]; with `positions=n`, the layer's
+    output at the first n positions only, [B, n, H] (their queries still attend to every key): what a head that reads
+    only [CLS] needs of the last layer. Attention is causal when the config is a decoder (`is_decoder`)."""
     r_att, r_out1, r_out2 = split_rng(rng, 3)
-    xq = x
-    if positions is not None:
-      xq = x[:, :positions]
-      mask = mask[:, :, :positions] if mask.shape[2] > 1 else mask   # a causal mask has a row per query
-    a = self.attention_output(self._attention(xq, x, mask, r_att))
+    xq = x if positions is None else x[:, :positions]
+    a = self.attention_output(self._attention(xq, x, key_mask, r_att))
     x = self.attention_norm(self._dropout(a, r_out1) + xq)
     f = self.output(self.act(self.intermediate(x)))
     x = self.output_norm(self._dropout(f, r_out2) + x)
@@ -216,17 +207,17 @@ class ElectraEncoder(nnx.Module):
     self.scan = config.scan_layers
     self.remat_policy = config.remat_policy
 
-  def __call__(self, x: jax.Array, mask: jax.Array, dropout_rng: jax.Array | None = None,
+  def __call__(self, x: jax.Array, key_mask: jax.Array, dropout_rng: jax.Array | None = None,
                last_layer_positions: int | None = None) -> jax.Array:
-    """[B, L, H] -> [B, L, H], or [B, n, H] with `last_layer_positions=n`: the last layer computed at the first n
-    positions only (ElectraLayer's `positions`); every earlier layer at all of them, as the last layer's keys and
-    values need."""
+    """[B, L, H] and the key mask [B, L] (True: a token attended to) -> [B, L, H], or [B, n, H] with
+    `last_layer_positions=n`: the last layer computed at the first n positions only (ElectraLayer's `positions`);
+    every earlier layer at all of them, as the last layer's keys and values need."""
     graphdef, stacked = nnx.split(self.layers)
     rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.num_layers)
 
     def layer(h, params_and_rng, positions):
       params, rng = params_and_rng
-      return nnx.merge(graphdef, params)(h, mask, rng, positions)
+      return nnx.merge(graphdef, params)(h, key_mask, rng, positions)
 
     if self.remat_policy != "none":
       layer = jax.checkpoint(layer, policy=_REMAT[self.remat_policy], static_argnums=(2,))

@@ -19,7 +19,7 @@ from flax import nnx, struct
 from electra_jax import ops, sharding
 from electra_jax.modeling.config import ElectraConfig
 from electra_jax.modeling.layers import (Dense, ElectraEmbeddings, ElectraEncoder, LayerNorm, _param, activation,
-                                         attention_mask_bias, split_rng)
+                                         split_rng)
 
 IGNORE_INDEX = -100  # label value that the token-level losses skip, as in torch's CrossEntropyLoss
 
@@ -96,8 +96,8 @@ class ElectraModel(nnx.Module):
     if self.embeddings_project is not None:
       x = self.embeddings_project(x)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    mask = attention_mask_bias(attention_mask, causal=self.config.is_decoder)
-    return BaseModelOutput(last_hidden_state=self.encoder(x, mask, r_enc, last_layer_positions))
+    key_mask = attention_mask.astype(bool)   # causal attention (is_decoder) is the layers' own flag
+    return BaseModelOutput(last_hidden_state=self.encoder(x, key_mask, r_enc, last_layer_positions))
 
 
 class _Head(nnx.Module):

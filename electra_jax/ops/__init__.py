@@ -2,34 +2,36 @@
 
     from electra_jax import ops
     y = ops.dense(x2d, kernel, kernels=config.kernels)            # config.kernels: ElectraConfig's runtime field
-    out = ops.attention(q, k, v, mask, dropout_rate=0.1, dropout_rng=key, kernels="auto")
+    out = ops.attention(q, k, v, key_mask, causal=False, dropout_rate=0.1, dropout_rng=key, kernels="auto")
 
 `kernels` names the forms:
   "reference"  plain jax.numpy with autodiff (reference.py), on any platform;
   "xla_cpu"    the forms tuned for XLA's CPU backend (xla_cpu.py);
   "cudnn"      the reference forms, attention through cuDNN's fused kernel (gpu.py);
-  "pallas"     the reference forms, attention through the TPU flash kernel (pallas_attention.py, when present);
-  "auto"       chosen at trace time by the platform being compiled for (`platform()`): xla_cpu on CPU, cudnn on GPU,
-               pallas on TPU, reference elsewhere.
+  "splash"     the reference forms, attention through JAX's splash attention kernel for TPU (tpu.py; off a TPU it runs
+               in Pallas' interpret mode, for tests);
+  "auto"       chosen at trace time by the platform being compiled for (`platform()`), among the forms that have run
+               on that platform: xla_cpu on CPU, cudnn on GPU, splash on TPU, reference elsewhere. Any other form is
+               used only when named.
+Attention takes the key mask and the causal flag, not a materialised (query, key) mask, so each fused kernel gets them
+in its own terms (cuDNN's causal mask, splash's CausalMask and segment ids).
 The fused attentions have no probability dropout: under "auto" a call whose attention dropout is on (training with
 attention_probs_dropout_prob > 0) takes the reference attention, as does a call the fused kernel cannot serve (cuDNN:
-float32 operands or a head size it lacks; pallas: the module absent). Named explicitly, they refuse such calls (and
-ElectraConfig refuses kernels="cudnn" / "pallas" with attention_probs_dropout_prob > 0). Every tuned form equals its
-reference in values and gradients (tests/test_ops.py); that is the contract for adding one.
+float32 operands or a head size it lacks). Named explicitly, they refuse such calls (and ElectraConfig refuses
+kernels="cudnn" / "splash" with attention_probs_dropout_prob > 0). Every tuned form equals its reference in values and
+gradients (tests/test_ops.py); that is the contract for adding one.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 
-from electra_jax import sharding
 from electra_jax.ops import gpu, reference, xla_cpu
 
-KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "pallas")
-FUSED_ATTENTION = ("cudnn", "pallas")   # kernels whose attention has no probability dropout
-_AUTO = {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "pallas"}
+KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "splash")
+FUSED_ATTENTION = ("cudnn", "splash")   # kernels whose attention has no probability dropout
+# What "auto" picks per platform: only forms that have run there (cuDNN's on an H200; splash is JAX's TPU kernel).
+_AUTO = {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
 
 
 def platform() -> str:
@@ -93,16 +95,17 @@ def cross_entropy_rows(x: jax.Array, targets: jax.Array, *, lse: jax.Array | Non
   return xla_cpu.cross_entropy_rows(x, targets, lse)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dropout_rate: float = 0.0,
-              dropout_rng: jax.Array | None = None, kernels: str = "auto") -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *, causal: bool = False,
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, kernels: str = "auto") -> jax.Array:
   """softmax(q k^T / sqrt(D), masked) v with the probabilities dropped out at `dropout_rate` when dropout_rng is set.
 
-  q [B, Lq, N, D] (Lq <= L: queries of the first Lq positions), k and v [B, L, N, D], mask boolean, broadcastable to
-  [B, 1, Lq, L] (True: the query attends to the key; padding and causal masks alike) -> [B, Lq, N, D] in q's dtype.
+  q [B, Lq, N, D] (Lq <= L: queries of the first Lq positions), k and v [B, L, N, D], key_mask boolean [B, L] or
+  None (True: a key the queries may attend to; padding), causal: query i attends the keys j <= i only
+  -> [B, Lq, N, D] in q's dtype.
   """
   forms = resolve(kernels)
   if forms == "xla_cpu":
-    return xla_cpu.attention(q, k, v, mask, dropout_rate, dropout_rng)
+    return xla_cpu.attention(q, k, v, key_mask, causal, dropout_rate, dropout_rng)
   if forms in FUSED_ATTENTION:
     explicit = kernels != "auto"
     if dropout_rng is not None and dropout_rate > 0.0:
@@ -110,46 +113,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, drop
         raise ValueError(f"attention_probs_dropout_prob must be 0 for kernels={kernels!r} (its fused attention has "
                          f"no dropout); set --config.model.attention_probs_dropout_prob=0 or kernels=auto")
     elif forms == "cudnn" and (explicit or gpu.supports(q)):
-      return gpu.attention(q, k, v, mask)
-    elif forms == "pallas":
-      flash = _flash_attention(required=explicit)
-      out = None if flash is None else flash(q, k, v, mask)
-      if out is not None:
-        return out
-  return reference.attention(q, k, v, mask, dropout_rate, dropout_rng)
-
-
-# ------------------------------------------------------------------------------------------------ the TPU slot
-def _flash_attention(required: bool):
-  """The TPU flash-attention kernel as an attention form (q, k, v, mask) -> out, or None while
-  electra_jax/ops/pallas_attention.py is absent (an error instead when `required`)."""
-  try:
-    pallas_attention = importlib.import_module("electra_jax.ops.pallas_attention")
-  except ModuleNotFoundError as e:
-    if e.name != "electra_jax.ops.pallas_attention":
-      raise
-    if required:
-      raise ValueError("kernels='pallas': this build has no electra_jax/ops/pallas_attention.py; use kernels=auto "
-                       "or kernels=reference") from None
-    return None
-
-  def flash(q, k, v, mask):
-    if mask.shape[2] != 1:   # a per-query (causal) mask: the reference form takes it
-      return None
-    return _per_shard(pallas_attention.flash_attention, q, k, v, mask[:, 0, 0, :])
-
-  return flash
-
-
-def _per_shard(kernel, q, k, v, key_mask):
-  """kernel(q, k, v, key_mask) on each device's slice of the batch and the heads (shard_map under the mesh in
-  context): XLA cannot partition a Mosaic call itself, and would gather the operands onto every device."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return kernel(q, k, v, key_mask)
-  rules = sharding.current_rules()
-  b_axes = sharding.logical_to_spec(("activation_batch",), rules, mesh, q.shape[:1])[0]
-  h_axes = sharding.logical_to_spec(("heads",), rules, mesh, q.shape[2:3])[0]
-  qkv = jax.sharding.PartitionSpec(b_axes, None, h_axes, None)
-  return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, jax.sharding.PartitionSpec(b_axes, None)), out_specs=qkv,
-                       check_vma=False)(q, k, v, key_mask)
+      return gpu.attention(q, k, v, key_mask, causal)
+    elif forms == "splash":
+      from electra_jax.ops import tpu  # pylint: disable=import-outside-toplevel  (Pallas' import is slow)
+      return tpu.attention(q, k, v, key_mask, causal, interpret=platform() != "tpu")
+  return reference.attention(q, k, v, key_mask, causal, dropout_rate, dropout_rng)

@@ -1,6 +1,6 @@
 """The reference form of every op: plain jax.numpy, gradients by autodiff.
 
-What the tuned forms (xla_cpu.py, gpu.py, the TPU flash kernel) must equal in values and gradients
+What the tuned forms (xla_cpu.py, gpu.py, tpu.py) must equal in values and gradients
 (tests/test_ops.py), and what runs wherever no tuned form is chosen (`kernels="reference"`, or `auto` on a platform
 without one).
 """
@@ -45,13 +45,26 @@ def gelu(x: jax.Array) -> jax.Array:
   return x * 0.5 * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dropout_rate: float = 0.0,
-              dropout_rng: jax.Array | None = None, *, drop=dropout) -> jax.Array:
+def attention_mask(key_mask: jax.Array | None, causal: bool, queries: int, keys: int) -> jax.Array | None:
+  """The boolean (query, key) mask of a key mask [B, L] (True: a key the queries may attend to) and the causal flag
+  (query i attends the keys j <= i), broadcastable to [B, 1, Lq, L]; None when neither masks anything."""
+  mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
+  if causal:
+    tril = jnp.tril(jnp.ones((queries, keys), bool))[None, None]
+    mask = tril if mask is None else mask & tril
+  return mask
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, causal: bool = False,
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, *, drop=dropout) -> jax.Array:
   """softmax(q k^T / sqrt(D), masked) v, the probabilities dropped out with `drop` (this module's dropout unless a
-  tuned form passes its own). q [B, Lq, N, D], k and v [B, L, N, D], mask boolean, broadcastable to [B, 1, Lq, L]
-  (True: the query attends to the key) -> [B, Lq, N, D] in q's dtype. Scores and softmax in float32."""
+  tuned form passes its own). q [B, Lq, N, D] (the queries of the first Lq positions), k and v [B, L, N, D],
+  key_mask boolean [B, L] or None (True: a key the queries may attend to), causal: query i attends the keys j <= i
+  -> [B, Lq, N, D] in q's dtype. Scores and softmax in float32; a query with no key to attend to averages all of v."""
   scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  mask = attention_mask(key_mask, causal, q.shape[1], k.shape[1])
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = drop(jax.nn.softmax(scores, axis=-1), dropout_rate, dropout_rng).astype(q.dtype)
   return jnp.einsum("bnqk,bknd->bqnd", probs, v)
 

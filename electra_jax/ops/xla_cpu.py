@@ -225,26 +225,28 @@ cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dropout_rate: float = 0.0,
-              dropout_rng: jax.Array | None = None) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, causal: bool = False,
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
   """reference.attention: with probability dropout, spelled out with this module's dropout; without, on heads-major
   copies (`attention_heads_major`)."""
   if dropout_rng is None or dropout_rate == 0.0:
-    return attention_heads_major(q, k, v, mask)
-  return reference.attention(q, k, v, mask, dropout_rate, dropout_rng, drop=dropout)
+    return attention_heads_major(q, k, v, reference.attention_mask(key_mask, causal, q.shape[1], k.shape[1]))
+  return reference.attention(q, k, v, key_mask, causal, dropout_rate, dropout_rng, drop=dropout)
 
 
-def attention_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """softmax(q k^T / sqrt(D)) v as batched products on operands copied into heads-major order first (q and v
-  [B, N, L, D], k [B, N, D, L]; barriers keep the copies), the softmax normalised after the value product, on
-  [.., Lq, D] instead of [.., Lq, L] (flash attention's order). jax.nn.dot_product_attention left the layouts to XLA,
-  which copied k and v and transposed the output back, and fused the normalised probabilities into a slow value
-  product (benchmarks/README.md, changes 16, 19). The same values up to float rounding."""
+def attention_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """softmax(q k^T / sqrt(D)) v (mask: reference.attention_mask's) as batched products on operands copied into
+  heads-major order first (q and v [B, N, L, D], k [B, N, D, L]; barriers keep the copies), the softmax normalised
+  after the value product, on [.., Lq, D] instead of [.., Lq, L] (flash attention's order).
+  jax.nn.dot_product_attention left the layouts to XLA, which copied k and v and transposed the output back, and fused
+  the normalised probabilities into a slow value product (benchmarks/README.md, changes 16, 19). The same values up
+  to float rounding."""
   bar = jax.lax.optimization_barrier
   dtype = q.dtype
   qh, kt, vh = bar(q.transpose(0, 2, 1, 3)), bar(k.transpose(0, 2, 3, 1)), bar(v.transpose(0, 2, 1, 3))
   scores = jnp.matmul(qh, kt, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
   out = jnp.matmul(e.astype(dtype), vh) / jnp.sum(e, axis=-1, keepdims=True)
   return out.astype(dtype).transpose(0, 2, 1, 3)

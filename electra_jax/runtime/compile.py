@@ -38,14 +38,28 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
 # A custom call to a hand-written kernel: Mosaic (Pallas on TPU, Mosaic GPU), cuDNN's fused attention, Triton (Pallas
 # on GPU). XLA's own library calls (cuBLAS GEMMs, collectives) do not count.
 _KERNEL_TARGET = re.compile(r"tpu_custom_call|mosaic|cudnn\$fmha|triton", re.IGNORECASE)
-_ATTENTION = re.compile(r"attention|flash|fmha", re.IGNORECASE)
+_ATTENTION = re.compile(r"attention|flash|fmha|splash", re.IGNORECASE)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w$-]+?)(?:\.\d+)?\s+=")
+
+
+def _kernel_name(line: str, target: str) -> str:
+  """A kernel call's name: the name its backend config gives, else (a Mosaic call: JAX names the instruction after
+  the Pallas kernel, e.g. splash_mha_fwd_segmented_residuals) the instruction's, else the custom-call target."""
+  named = re.search(r'"name":\s*"([^"]+)"', line)
+  if named:
+    return named.group(1)
+  instruction = _INSTRUCTION.match(line)
+  if instruction and instruction.group(1) != "custom-call" and "custom_call" in target:
+    return instruction.group(1)
+  return target
 
 
 def fused_kernels(hlo_text: str) -> dict[str, Any]:
-  """The hand-written kernels an optimized HLO module (`compiled.as_text()`) calls: {target: count}, and how many of
-  the calls compute attention (the instruction's metadata or backend config names attention, flash or fmha)."""
+  """The hand-written kernels an optimized HLO module (`compiled.as_text()`) calls: {target: count}, how many of the
+  calls compute attention (the instruction's name, metadata or backend config names attention, flash, splash or
+  fmha) and those calls by kernel name ({name: count}, e.g. splash_mha_fwd_segmented_residuals, __cudnn$fmhaSoftmax)."""
   counts: dict[str, int] = {}
-  attention = 0
+  attention: dict[str, int] = {}
   for line in hlo_text.splitlines():
     if " custom-call(" not in line:
       continue
@@ -53,8 +67,12 @@ def fused_kernels(hlo_text: str) -> dict[str, Any]:
     if not target or not _KERNEL_TARGET.search(target.group(1)):
       continue
     counts[target.group(1)] = counts.get(target.group(1), 0) + 1
-    attention += bool(_ATTENTION.search(line))
-  return {"fused_attention": attention > 0, "attention_kernel_calls": attention, "kernel_calls": counts}
+    if _ATTENTION.search(line):
+      name = _kernel_name(line, target.group(1))
+      attention[name] = attention.get(name, 0) + 1
+  total = sum(attention.values())
+  return {"fused_attention": total > 0, "attention_kernel_calls": total, "attention_kernels": attention,
+          "kernel_calls": counts}
 
 
 class _Step:
