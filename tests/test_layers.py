@@ -108,6 +108,6 @@ def test_layers_hand_attention_the_key_mask_and_the_causal_flag(head, monkeypatc
   monkeypatch.setattr(ops, "attention", spy)
   ids, mask = _inputs(head)
   causal = head == "ElectraForCausalLM"
-  model = head_class(head)(ElectraConfig(**SMALL, is_decoder=causal), rngs=nnx.Rngs(0))
-  model(ids, mask)
+  graphdef, state = nnx.split(head_class(head)(ElectraConfig(**SMALL, is_decoder=causal), rngs=nnx.Rngs(0)))
+  jax.eval_shape(lambda s: nnx.merge(graphdef, s)(ids, mask), state)
   assert seen == [(8 if causal else q, (2, 8), jnp.bool_, causal) for q in (8, 1)]   # [CLS] heads: the last layer
