@@ -107,6 +107,17 @@ def corruption_metrics(corrupted: jax.Array, original: jax.Array, input_mask: ja
   return out
 
 
+def corruption_record(masked: mk.Masked, length: int, corrupted: jax.Array | None = None,
+                      labels: jax.Array | None = None, weights: jax.Array | None = None) -> dict[str, jax.Array]:
+  """The step's corruption as a trace records it (StepConfig.record_corruption; electra_jax/experiments/trace.py):
+  the generator's input and targets [B, L] and, where a discriminator reads it, its input, labels and loss weights."""
+  out = {"generator_input_ids": masked.input_ids, "generator_targets": positions_mask(masked, length) > 0}
+  if corrupted is not None:
+    out.update(discriminator_input_ids=corrupted, discriminator_labels=labels,
+               discriminator_weights=weights.astype(jnp.float32))
+  return out
+
+
 def candidates_mask(input_ids: jax.Array, input_mask: jax.Array, ignore_ids: tuple[int, ...]) -> jax.Array:
   """[B, L] float32: real tokens that masking may choose (the original's get_candidates_mask)."""
   keep = input_mask.astype(bool)
@@ -213,6 +224,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       mlm_loss, mlm_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights)
       out.update(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
                  **corruption_metrics(m.input_ids, ids, mask))
+      if cfg.record_corruption:
+        out["corruption"] = corruption_record(m, ids.shape[1])
       return mlm_loss, out
 
     # ---------------------------------------------------------------- the generator and its samples
@@ -267,6 +280,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
     else:
       loss = cfg.gen_weight * gen_loss + cfg.disc_weight * rtd
     out.update(loss=loss, rtd_loss=rtd, **mk.discriminator_metrics(disc_logits, labels, real))
+    if cfg.record_corruption:
+      out["corruption"] = corruption_record(m, ids.shape[1], corrupted, labels, weights)
     return loss, out
 
   return loss_fn
