@@ -217,20 +217,29 @@ def _step_record(batch: Mapping[str, Any], metrics: Mapping[str, Any], mlm: bool
 
 
 # ------------------------------------------------------------------------------------------------ the run
+def _is_trace(folder: str) -> bool:
+  """True for a folder that a trace wrote (its trace.json names the format): a new trace may replace it."""
+  try:
+    with open(os.path.join(folder, "trace.json"), encoding="utf-8") as f:
+      return json.load(f).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def record(config: Any, steps: int, out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
   """Runs `steps` steps of the pretraining step on config (already `prepare`d) and writes the trace to out_dir.
 
-  Returns trace.json's content. out_dir must be absent or empty (or overwrite=True)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import objectives, pretrain_lib  # pylint: disable=import-outside-toplevel
-
+  Returns trace.json's content. out_dir must be absent, empty or an earlier trace (or overwrite=True)."""
   check(config)
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    if not overwrite:
-      raise TraceError(f"--out={out_dir} exists and is not empty: pass an empty or new folder (or --overwrite)")
+    if not (overwrite or _is_trace(out_dir)):
+      raise TraceError(f"--out={out_dir} exists and holds something other than a trace: pass an empty or new folder "
+                       f"(or --overwrite)")
     shutil.rmtree(out_dir)
+  import jax  # pylint: disable=import-outside-toplevel
+  from electra_jax import sharding  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import objectives, pretrain_lib  # pylint: disable=import-outside-toplevel
   tok, ids = pretrain_lib.load_tokenizer(config)
   mesh = pretrain_lib.build_mesh(config)
   setup = pretrain_lib.build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
@@ -297,8 +306,8 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Pretraining configuration (configs/pretrain.py:size=...).",
                                   lock_config=True)
   flags.DEFINE_integer("steps", 8, "Training steps to record.")
-  flags.DEFINE_string("out", None, "The trace folder (absent or empty).")
-  flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder.")
+  flags.DEFINE_string("out", None, "The trace folder (absent, empty, or an earlier trace, which is replaced).")
+  flags.DEFINE_bool("overwrite", False, "Replace --out even when it holds something other than an earlier trace.")
   distributed.define_flags()
 
 
