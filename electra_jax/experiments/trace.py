@@ -150,7 +150,9 @@ def _hf_folders(setup: Any, params: Any, out_dir: str) -> dict[str, dict[str, np
   parts = model.hf_parts() if isinstance(model, modeling.ElectraPretrainingModel) else {"generator": model}
   tensors = {}
   for name, module in parts.items():
-    path = convert.to_hf(module, os.path.join(out_dir, name))
+    # every dropout of config.json 0, the sequence-summary head's too (no ELECTRA pretraining head reads it)
+    config = module.config.replace(summary_last_dropout=0.0, summary_first_dropout=0.0)
+    path = convert.to_hf(module, os.path.join(out_dir, name), config=config)
     tensors[name] = convert.read_hf_weights(path)
   return tensors
 

@@ -31,7 +31,9 @@ train the discriminator alone (loss = RTD) with the generator frozen; the step d
 Metrics of every objective besides the losses: replaced_fraction (share of the real input tokens whose token the
 corruption changed; [MASK] counts as a change), sampled_equals_original (share of the sampled masked positions that
 drew the original token; 0 for mlm, which samples none), the generator's mlm_accuracy / sampled_mlm_accuracy and
-the discriminator's disc_accuracy / precision / recall / auc where those networks exist.
+the discriminator's disc_accuracy / precision / recall / auc where those networks exist. With
+StepConfig.record_corruption they also hold "corruption" (corruption_record): the step's masked input, targets and
+discriminator input, labels and loss weights, which experiments/trace.py records.
 """
 
 from __future__ import annotations
