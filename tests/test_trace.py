@@ -248,3 +248,16 @@ def test_refuses_an_out_folder_that_is_not_a_trace(tmp_path):
   with pytest.raises(trace.TraceError, match="holds something other than a trace"):
     trace.record(config, 2, str(tmp_path))
   assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_binary_refuses_in_one_line(tmp_path):
+  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  done = subprocess.run([sys.executable, "-m", "electra_jax.experiments.trace",
+                         "--config=configs/pretrain.py:size=tiny,objective=electric", "--steps=2",
+                         f"--out={tmp_path / 't'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 1, done.stderr
+  assert "Traceback" not in done.stderr, done.stderr
+  assert done.stderr.strip().splitlines()[-1].startswith("trace: error: config.objective='electric'"), done.stderr
+  assert not (tmp_path / "t").exists()

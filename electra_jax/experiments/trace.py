@@ -293,9 +293,9 @@ def main(argv) -> None:
   from electra_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.initialize_from_flags()
   f = flags.FLAGS
-  config = prepare(f.config, int(f.steps), config_flags.get_override_values(f["config"]).keys())
+  config = prepare(f.config, int(f.steps), config_flags.get_override_values(f["config"]).keys())  # no JAX call
+  distributed.initialize_from_flags()   # before any JAX call
   meta = record(config, int(f.steps), f.out, overwrite=bool(f.overwrite))
   print(f"wrote {meta['steps']} steps of {meta['objective']} (weight sharing {meta['weight_sharing']}) to "
         f"{os.path.abspath(f.out)}; check it with: python -m electra_jax.experiments.replay {f.out}")
