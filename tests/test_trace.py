@@ -49,6 +49,7 @@ def small_config(objective: str = "electra", tmp_path=None, **overrides):
     ("two_stage", 2, "config.two_stage=2"),
     ("optimizer.layerwise_lr_decay", 0.8, "config.optimizer.layerwise_lr_decay=0.8"),
     ("gradient_accumulation_steps", 4, "config.gradient_accumulation_steps=4"),
+    ("generator.frozen_checkpoint", "/ckpt", "config.generator.frozen_checkpoint='/ckpt'"),
 ])
 def test_refuses_what_the_format_cannot_describe(field, value, words):
   config = pretrain_config.get_config("size=tiny")

@@ -17,7 +17,8 @@ matmuls at full float32 precision. The checking settings (CHECKING) apply where 
 itself: a learning rate and weight decay large enough that a wrong decay rule moves weights beyond the replay's
 tolerance within a few steps, no warmup, and the schedule's end at the trace's last step.
 Refused, in one line (TraceError): objectives other than electra, electra_15 and mlm; uniform sampling; two-stage
-training; weight sharing other than embeddings, none and all; layer-wise LR decay; gradient accumulation.
+training; weight sharing other than embeddings, none and all (gdes); generator settings it does not know (a frozen
+generator); layer-wise LR decay; gradient accumulation; dropout (when checking a config the trace did not prepare).
 The data shards are built (once) under config.data.cache_dir, or the system temp folder when that is empty.
 """
 
@@ -44,6 +45,8 @@ SHARING = ("embeddings", "none", "all")
 EMBEDDINGS = tuple(f"electra.embeddings.{n}" for n in ("word_embeddings.weight", "position_embeddings.weight",
                                                        "token_type_embeddings.weight", "LayerNorm.weight",
                                                        "LayerNorm.bias"))
+# config.generator's fields whose steps the format describes (a newer one, e.g. a frozen generator, is refused)
+GENERATOR_FIELDS = ("hidden_fraction", "layers_fraction", "sampling", "disallow_correct", "weight_sharing")
 # optim.weight_decay_mask in HF names: every LayerNorm parameter and every bias is not decayed.
 NO_DECAY = ("LayerNorm", "layer_norm", "bias")
 # Applied where --config.<field> does not set the field: the update's decay term lr * wd * p is then ~1% of a weight
@@ -124,6 +127,10 @@ def check(config: Any) -> None:
                      f"use sampling='model'")
   if objective != "mlm" and sharing not in SHARING:
     raise TraceError(f"config.generator.weight_sharing={sharing!r}: the trace records {SHARING}")
+  unknown = [k for k in gen.keys() if k not in GENERATOR_FIELDS and gen[k] not in (None, "", 0, False)]
+  if objective != "mlm" and unknown:
+    raise TraceError(f"config.generator.{unknown[0]}={gen[unknown[0]]!r}: a generator setting the trace does not know "
+                     f"(it records {GENERATOR_FIELDS}); unset it")
   if int(config.get("two_stage", 0) or 0) > 0:
     raise TraceError(f"config.two_stage={config.two_stage}: two-stage training freezes parameters by phase, which the "
                      f"format does not describe; set --config.two_stage=0")
