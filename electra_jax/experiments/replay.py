@@ -1,4 +1,4 @@
-r"""Replays a pretraining trace (docs/trace-format.md) with transformers' PyTorch ELECTRA and the original AdamWeightDecay.
+r"""Replays a pretraining trace (docs/trace-format.md) with transformers' PyTorch ELECTRA and the original optimizer.
 
     pip install -e .[replay]                                   # torch + transformers
     python -m electra_jax.experiments.trace --config=configs/pretrain.py:size=tiny --steps=8 --out=/tmp/t

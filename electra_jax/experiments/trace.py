@@ -117,8 +117,8 @@ def check(config: Any) -> None:
   """Raises TraceError (one line) for a config whose steps the format cannot describe."""
   objective = str(config.objective)
   if objective not in OBJECTIVES:
-    raise TraceError(f"config.objective={objective!r}: the trace records {OBJECTIVES} (a generator that is an "
-                     f"ElectraForMaskedLM and a discriminator that is an ElectraForPreTraining, or the masked LM alone)")
+    raise TraceError(f"config.objective={objective!r}: the trace records {OBJECTIVES} (an ElectraForMaskedLM "
+                     f"generator and an ElectraForPreTraining discriminator, or the masked LM alone)")
   gen = config.get("generator") or {}
   sampling = str(gen.get("sampling", "model"))
   sharing = str(gen.get("weight_sharing", "embeddings"))
