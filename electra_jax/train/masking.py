@@ -208,3 +208,4 @@ class StepConfig:
   sampling: str = "model"          # "model" or "uniform" (no generator network)
   disallow_correct: bool = False   # never sample the original token
   two_stage: int = 0               # > 0: the generator alone for this many steps, then the discriminator alone
+  record_corruption: bool = False  # metrics["corruption"]: the step's corruption (objectives.corruption_record)

@@ -31,7 +31,9 @@ train the discriminator alone (loss = RTD) with the generator frozen; the step d
 Metrics of every objective besides the losses: replaced_fraction (share of the real input tokens whose token the
 corruption changed; [MASK] counts as a change), sampled_equals_original (share of the sampled masked positions that
 drew the original token; 0 for mlm, which samples none), the generator's mlm_accuracy / sampled_mlm_accuracy and
-the discriminator's disc_accuracy / precision / recall / auc where those networks exist.
+the discriminator's disc_accuracy / precision / recall / auc where those networks exist. With
+StepConfig.record_corruption they also hold "corruption" (corruption_record): the step's masked input, targets and
+discriminator input, labels and loss weights, which experiments/trace.py records.
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ def corruption_metrics(corrupted: jax.Array, original: jax.Array, input_mask: ja
   else:
     same = (sampled == masked.targets).astype(jnp.float32)
     out["sampled_equals_original"] = mk.safe_div(jnp.sum(same * masked.weights), jnp.sum(masked.weights))
+  return out
+
+
+def corruption_record(masked: mk.Masked, length: int, corrupted: jax.Array | None = None,
+                      labels: jax.Array | None = None, weights: jax.Array | None = None) -> dict[str, jax.Array]:
+  """The step's corruption as a trace records it (StepConfig.record_corruption; electra_jax/experiments/trace.py):
+  the generator's input and targets [B, L] and, where a discriminator reads it, its input, labels and loss weights."""
+  out = {"generator_input_ids": masked.input_ids, "generator_targets": positions_mask(masked, length) > 0}
+  if corrupted is not None:
+    out.update(discriminator_input_ids=corrupted, discriminator_labels=labels,
+               discriminator_weights=weights.astype(jnp.float32))
   return out
 
 
@@ -213,6 +226,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       mlm_loss, mlm_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights)
       out.update(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
                  **corruption_metrics(m.input_ids, ids, mask))
+      if cfg.record_corruption:
+        out["corruption"] = corruption_record(m, ids.shape[1])
       return mlm_loss, out
 
     # ---------------------------------------------------------------- the generator and its samples
@@ -267,6 +282,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
     else:
       loss = cfg.gen_weight * gen_loss + cfg.disc_weight * rtd
     out.update(loss=loss, rtd_loss=rtd, **mk.discriminator_metrics(disc_logits, labels, real))
+    if cfg.record_corruption:
+      out["corruption"] = corruption_record(m, ids.shape[1], corrupted, labels, weights)
     return loss, out
 
   return loss_fn
