@@ -105,7 +105,11 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
   from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   model = checkpointing.load_model(checkpoint, step)
   if isinstance(model, ElectraPretrainingModel):
-    model = getattr(model, part or "discriminator")
+    parts = model.hf_parts()   # the networks as HF heads (gdes: the discriminator holds E_G + E_delta)
+    if (part or "discriminator") not in parts:
+      raise convert.ConversionError(f"--part={part}: {checkpoint}'s generator ({type(model.generator).__name__}) "
+                                    f"is not a Hugging Face head; export the discriminator")
+    model = parts[part or "discriminator"]
   elif part is not None:
     raise ValueError(f"--part={part}: {checkpoint} holds one {type(model).__name__}, not a pretraining checkpoint "
                      f"(generator + discriminator); drop --part to export it")

@@ -42,7 +42,7 @@ from electra_jax.convert import flatten, params_from_hf, read_hf_weights
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
                                          runtime_options, summarize)
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
-from electra_jax.modeling import ElectraConfig, original_heads
+from electra_jax.modeling import ElectraConfig, effective_params, original_heads
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, loop, metrics, optim
@@ -105,6 +105,8 @@ def init_values(spec: ModelSpec, config: ml_collections.ConfigDict, init_kind: s
         logging.info("%s has no %s head weights; the head starts fresh: %s", path, spec.kind, missing)
   else:
     _, params = checkpointing.load_params(path)
+    if meta and meta.get("kind") == "pretraining":   # the discriminator's effective weights (gdes: E_G + E_delta)
+      params = effective_params(params, meta.get("options"))
     tree = params.get("discriminator", params) if meta and meta.get("kind") == "pretraining" else params
     if "electra" not in tree:
       raise FinetuneError(f"{path}: checkpoint params have no 'electra' encoder (top-level keys {sorted(tree)})")

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from electra_jax import modeling
 from electra_jax.train import masking as mk, optim
 
 OBJECTIVES = mk.OBJECTIVES      # ("electra", "mlm", "electra_15", "replace_mlm", "all_tokens_mlm", "electric")
@@ -202,6 +203,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
 
   def loss_fn(params, batch, rng, step=None):
     model = nnx.merge(graphdef, params, rest)
+    if getattr(model, "weight_sharing", None) == "gdes" and model.generator is not None:
+      model = nnx.merge(graphdef, modeling.gdes_params(params), rest)   # discriminator: sg(E_G) + E_delta
     ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
     k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
     m = mk.mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,

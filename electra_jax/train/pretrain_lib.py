@@ -143,13 +143,13 @@ def generator_options(config: Any) -> dict[str, Any]:
   if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
     raise ValueError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
                      f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
-  if out["weight_sharing"] == "all" and objective == "electric":
-    raise ValueError("config.generator.weight_sharing='all' with objective 'electric': the two-tower generator is "
-                     "causal and cannot be the discriminator")
+  if out["weight_sharing"] in ("all", "gdes") and objective == "electric":
+    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r} with objective 'electric': the "
+                     f"two-tower generator shares only by 'embeddings' or not at all ('none')")
   if out["two_stage"] < 0:
     raise ValueError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
   if out["two_stage"] > 0:
-    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] == "all":
+    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] not in ("embeddings", "none"):
       raise ValueError("config.two_stage needs objective 'electra', generator.sampling='model' and "
                        "generator.weight_sharing 'embeddings' or 'none'")
     if out["two_stage"] >= int(config.num_train_steps):
