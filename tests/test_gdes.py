@@ -34,7 +34,8 @@ def _batch(b=4, length=16, seed=0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(104, VOCAB, size=(b, length)).astype(np.int32)
   ids[:, 0], ids[:, -1] = 101, 102
-  return {"input_ids": ids, "input_mask": np.ones((b, length), np.int32), "segment_ids": np.zeros((b, length), np.int32)}
+  ones = np.ones((b, length), np.int32)
+  return {"input_ids": ids, "input_mask": ones, "segment_ids": 0 * ones}
 
 
 def test_gdes_model_starts_with_zero_delta_and_exports_the_sum():

@@ -14,8 +14,8 @@ A run does `config.num_trials` fine-tuning runs (seeds seed, seed+1, ...), each 
 and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric; the same
 summary is printed as a table.
 
-Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors)
-loads its encoder, and with head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
+Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors), or
+a Hugging Face Hub model id (through the HF cache, convert/hub.py), loads its encoder, and with head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
 an Orbax checkpoint of this project loads the encoder of its discriminator (pretraining) or of its head (fine-tuning).
 Tasks (data, loss, scoring) are eval/tasks.py's adapters; the steps run in train/loop.py, the loop pretraining uses.
 """
@@ -342,7 +342,10 @@ def setup(config: ml_collections.ConfigDict):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every trial of `config` in WORKDIR/seed_<s>, writes WORKDIR/results.json and prints the summary table.
-  One run per workdir (checkpointing.WorkdirLock)."""
+  One run per workdir (checkpointing.WorkdirLock). config.init_checkpoint may be a Hub model id (convert/hub.py)."""
+  if config.get("init_checkpoint"):   # a Hub id becomes its snapshot folder in the Hugging Face cache
+    config = config.copy_and_resolve_references()
+    config.init_checkpoint = convert.hub.resolve(config.init_checkpoint)
   with checkpointing.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
 
