@@ -96,10 +96,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "gdes" (DeBERTa-v3's gradient-disentangled sharing: the discriminator runs on stop_gradient(E_G) + E_delta over
   # the same embedding scope as "embeddings"; E_delta starts at zero; the export holds E_G + E_delta)
   c.generator.weight_sharing = "embeddings"
-  # Sampling temperature: a number, or a schedule over the training steps "KIND:START->END[@STEPS]" with KIND linear,
+  # Sampling temperature (a string): a number, or a schedule over the steps "KIND:START->END[@STEPS]" with KIND linear,
   # exp (geometric) or cosine, reaching END at STEPS (default num_train_steps) and staying there, e.g. "linear:2->1"
   # (Fast-ELECTRA's descending temperature for a frozen generator).
-  c.generator.temperature = 1.0
+  c.generator.temperature = "1.0"
   # A frozen external generator: an HF ElectraForMaskedLM folder, a Hugging Face Hub id (e.g.
   # google/electra-small-generator, optionally ID@REVISION) or a checkpoint of this project (its generator). It is
   # used as it is (inference mode: no dropout, no MLM loss, no sharing, no optimizer state); "": train a generator.
