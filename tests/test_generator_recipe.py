@@ -103,3 +103,15 @@ def test_generator_moves_by_its_own_learning_rate():
     assert moved.size > 1000, part
     np.testing.assert_allclose(np.median(moved), lr, rtol=1e-2, err_msg=part)
     assert moved.max() <= lr * 1.001, part
+
+
+def test_a_frozen_generator_counts_its_forward_only():
+  from electra_jax.train import flops  # pylint: disable=import-outside-toplevel
+  disc = ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64)
+  gen = disc.replace(hidden_size=16, num_attention_heads=1, intermediate_size=32)
+  kw = dict(batch_size=4, seq_len=16, num_predictions=3)
+  alone = flops.train_flops_per_step(disc, None, **kw)
+  trained = flops.train_flops_per_step(disc, gen, **kw)
+  frozen = flops.train_flops_per_step(disc, gen, generator_trained=False, **kw)
+  assert frozen - alone == pytest.approx((trained - alone) / 3)    # forward only: 1 of the 1 + 2 passes

@@ -460,7 +460,8 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
   seq_len, batch_size = int(config.max_seq_length), int(config.batch_size)
   flops_per_step = flops.train_flops_per_step(
       setup.disc_config, setup.gen_config, batch_size=batch_size, seq_len=seq_len,
-      num_predictions=setup.step_config.max_predictions, objective=config.objective)
+      num_predictions=setup.step_config.max_predictions, objective=config.objective,
+      generator_trained=setup.generator_source is None)
   meter = metrics_lib.Throughput(tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step,
                                  num_devices=jax.device_count(), peak_flops_per_device=_peak_flops(config),
                                  total_steps=total_steps)
