@@ -25,11 +25,11 @@ SMALL = dict(vocab_size=30522, embedding_size=128, hidden_size=256, num_hidden_l
              intermediate_size=1024, max_position_embeddings=512)
 
 
-def cache_model(cache, repo_id, config, sha=SHA, seed=0):
-  """Writes a random ElectraForPreTraining of `config` as the main revision of repo_id in a Hub cache."""
+def cache_model(cache, repo_id, config, sha=SHA, seed=0, cls=ElectraForPreTraining):
+  """Writes a random `cls` (ElectraForPreTraining) of `config` as the main revision of repo_id in a Hub cache."""
   folder = cache / f"models--{repo_id.replace('/', '--')}"
   snapshot = folder / "snapshots" / sha
-  model = ElectraForPreTraining(ElectraConfig(**config), rngs=nnx.Rngs(seed))
+  model = cls(ElectraConfig(**config), rngs=nnx.Rngs(seed))
   convert.to_hf(model, snapshot)
   (folder / "refs").mkdir(parents=True, exist_ok=True)
   (folder / "refs" / "main").write_text(sha)
@@ -68,6 +68,25 @@ def test_an_uncached_id_fails_in_one_line_naming_it(offline_cache):
   cache_model(offline_cache, "google/electra-tiny-test", TINY)
   with pytest.raises(hub.HubError, match="electra-tiny-test@v2"):   # a revision the cache does not hold
     hub.resolve("google/electra-tiny-test", revision="v2")
+
+
+def test_every_reader_of_a_model_folder_takes_a_hub_id(offline_cache, tmp_path):
+  """predict --model, a frozen generator (generator.source) and fine-tuning's init_checkpoint resolve Hub ids."""
+  from electra_jax.eval import predict  # pylint: disable=import-outside-toplevel
+  from electra_jax.modeling import ElectraForMaskedLM  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib, generator  # pylint: disable=import-outside-toplevel
+  _, snapshot = cache_model(offline_cache, "google/electra-tiny-test", TINY)
+  assert predict.check_model_dir("google/electra-tiny-test") == str(snapshot)
+  gen, gen_snapshot = cache_model(offline_cache, "google/electra-tiny-generator", TINY, cls=ElectraForMaskedLM)
+  source = generator.load_source("google/electra-tiny-generator", vocab_size=TINY["vocab_size"])
+  assert source.path == str(gen_snapshot)
+  np.testing.assert_array_equal(source.params["electra"]["embeddings"]["word_embeddings"],
+                                np.asarray(gen.electra.embeddings.word_embeddings[...]))
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({"init_checkpoint": "google/electra-base-discriminator"})
+  with pytest.raises(hub.HubError, match="google/electra-base-discriminator"):
+    finetune_lib.train_and_evaluate(config, str(tmp_path / "ft"))
+  assert not (tmp_path / "ft").exists()
 
 
 def test_paths_are_not_hub_ids(tmp_path):
