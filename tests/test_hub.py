@@ -89,7 +89,7 @@ def test_every_reader_of_a_model_folder_takes_a_hub_id(offline_cache, tmp_path):
   assert not (tmp_path / "ft").exists()
 
 
-def test_paths_are_not_hub_ids(tmp_path):
+def test_paths_are_not_hub_ids(tmp_path, monkeypatch):
   assert not hub.is_hub_id("/no/such/folder")
   assert not hub.is_hub_id("./rel")
   assert not hub.is_hub_id("config.json")
@@ -97,6 +97,8 @@ def test_paths_are_not_hub_ids(tmp_path):
   assert hub.resolve("/no/such/folder") == "/no/such/folder"        # left to the caller's "does not exist"
   (tmp_path / "google").mkdir()
   assert not hub.is_hub_id(str(tmp_path / "google"))
+  monkeypatch.chdir(tmp_path)
+  assert not hub.is_hub_id("google/electra-small-discriminator")   # ./google exists: a missing local path
 
 
 def test_push_to_hub_calls_the_upload_api(tmp_path, monkeypatch):

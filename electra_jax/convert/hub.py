@@ -38,8 +38,11 @@ def split_revision(name: str, revision: str | None = None) -> tuple[str, str | N
 
 
 def is_hub_id(name: str) -> bool:
-  """True for a string that names a Hub repository rather than a path ("owner/name", not existing locally)."""
+  """True for a string that names a Hub repository rather than a path: "owner/name" or "name", neither existing
+  locally nor inside an existing local folder (so a mistyped "runs/pretrain" stays a missing path)."""
   name, _ = split_revision(name)
+  if "/" in name and os.path.isdir(name.split("/")[0]):   # a missing path inside an existing local folder
+    return False
   return (not os.path.exists(name) and bool(_REPO_ID.match(name)) and not name.startswith(".")
           and ".." not in name and not name.endswith((".json", ".txt", ".safetensors")))
 
