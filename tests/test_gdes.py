@@ -99,3 +99,30 @@ def test_gdes_refused_with_electric_and_two_stage():
     pretrain_lib.generator_options(_small_config(objective="electric"))
   with pytest.raises(ValueError, match="two_stage"):
     pretrain_lib.generator_options(_small_config(two_stage=2, num_train_steps=10))
+
+
+@pytest.mark.slow
+def test_a_gdes_checkpoint_exports_and_fine_tunes_from_the_sum(tmp_path):
+  """orbax_to_hf and fine-tuning's initialisation read the discriminator of a gdes checkpoint as E_G + E_delta."""
+  from electra_jax import checkpointing, convert  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib  # pylint: disable=import-outside-toplevel
+  disc = ElectraConfig(vocab_size=60, embedding_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=32)
+  model = ElectraPretrainingModel(disc, generator_config(disc, 0.5), rngs=nnx.Rngs(0), weight_sharing="gdes")
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params["discriminator"]["electra"]["embeddings"] = jax.tree.map(lambda x: x + 0.5,
+                                                                  params["discriminator"]["electra"]["embeddings"])
+  e_g = np.asarray(params["generator"]["electra"]["embeddings"]["word_embeddings"])
+  meta = checkpointing.pretraining_meta(model.discriminator.config, model.generator.config, options=model.options)
+  checkpointing.save_params(str(tmp_path / "ckpt"), meta, params)
+  cli.orbax_to_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
+  exported = convert.read_hf_weights(tmp_path / "hf")["electra.embeddings.word_embeddings.weight"]
+  np.testing.assert_allclose(exported, e_g + 0.5, rtol=1e-6)
+  spec = checkpointing.ModelSpec("ElectraForSequenceClassification", disc.replace(num_labels=2))
+  shapes = {k: tuple(v.shape) for k, v in convert.flatten(
+      nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: spec.build(0)), nnx.Param))).items()}
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  values = finetune_lib.init_values(spec, ml_collections.ConfigDict({"init_checkpoint": str(tmp_path / "ckpt")}),
+                                    "orbax", meta, shapes)
+  np.testing.assert_allclose(values["electra/embeddings/word_embeddings"], e_g + 0.5, rtol=1e-6)
