@@ -115,3 +115,25 @@ def test_a_frozen_generator_counts_its_forward_only():
   trained = flops.train_flops_per_step(disc, gen, **kw)
   frozen = flops.train_flops_per_step(disc, gen, generator_trained=False, **kw)
   assert frozen - alone == pytest.approx((trained - alone) / 3)    # forward only: 1 of the 1 + 2 passes
+
+
+def test_parameter_groups_get_their_own_rate_or_none():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import optim  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict({"weight_decay": 0.0, "warmup_steps": 0, "bias_correction": True})
+  params = {"generator": {"w": jnp.ones(3)}, "discriminator": {"w": jnp.ones(4)}, "frozen": {"w": jnp.ones(5)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx, schedules = optim.create_groups(cfg, params, learning_rates={"generator": 0.1, "discriminator": 0.01,
+                                                                   "frozen": None},
+                                      label_of=lambda names: names[0], num_train_steps=10)
+  assert sorted(schedules) == ["discriminator", "generator"]
+  state = tx.init(params)
+  assert sum(x.size for x in jax.tree.leaves(state) if x.ndim) == 2 * (3 + 4)   # nothing kept for the frozen group
+  updates, _ = tx.update(grads, state, params)
+  np.testing.assert_allclose(updates["generator"]["w"], -0.1, rtol=1e-4)
+  np.testing.assert_allclose(updates["discriminator"]["w"], -0.01, rtol=1e-4)
+  np.testing.assert_array_equal(updates["frozen"]["w"], 0.0)
+  with pytest.raises(ValueError, match="no learning rate"):
+    optim.create_groups(cfg, params, learning_rates={"generator": 0.1}, label_of=lambda names: names[0],
+                        num_train_steps=10)
