@@ -15,7 +15,8 @@ and WORKDIR/results.json holds every trial plus median, mean, std (sample), min 
 summary is printed as a table.
 
 Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors), or
-a Hugging Face Hub model id (through the HF cache, convert/hub.py), loads its encoder, and with head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
+a Hugging Face Hub model id (ID or ID@REVISION, through the HF cache: convert/hub.py), loads its encoder, and with
+head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
 an Orbax checkpoint of this project loads the encoder of its discriminator (pretraining) or of its head (fine-tuning).
 Tasks (data, loss, scoring) are eval/tasks.py's adapters; the steps run in train/loop.py, the loop pretraining uses.
 """
