@@ -344,9 +344,10 @@ def setup(config: ml_collections.ConfigDict):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every trial of `config` in WORKDIR/seed_<s>, writes WORKDIR/results.json and prints the summary table.
   One run per workdir (checkpointing.WorkdirLock). config.init_checkpoint may be a Hub model id (convert/hub.py)."""
-  if config.get("init_checkpoint"):   # a Hub id becomes its snapshot folder in the Hugging Face cache
+  local = convert.hub.resolve(config.init_checkpoint) if config.get("init_checkpoint") else ""
+  if local != (config.get("init_checkpoint") or ""):   # a Hub id: its snapshot folder in the Hugging Face cache
     config = config.copy_and_resolve_references()
-    config.init_checkpoint = convert.hub.resolve(config.init_checkpoint)
+    config.init_checkpoint = local
   with checkpointing.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
 
