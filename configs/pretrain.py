@@ -14,7 +14,7 @@ electric; electra_jax/train/objectives.py says what each trains). Any field can 
 | base  | 768  | 768  | 12     | 12    | 3072 | 1/3       | 15%  | 2e-4 | 256   | 766k  | 512 |
 | large | 1024 | 1024 | 24     | 16    | 4096 | 1/4       | 25%  | 2e-4 | 2048  | 400k  | 512 |
 All: Adam eps 1e-6, b1 0.9, b2 0.999, no bias correction (as the original), weight decay 0.01, warmup 10k steps
-multiplied by linear decay, clipping 1.0, dropout 0.1, gen_weight 1, disc_weight 50, temperature 1.
+multiplied by linear decay, clipping 1.0, dropout 0.1, gen_weight 1, disc_weight 50, generator.temperature 1.
 tiny (E64 H128, 2 layers, seq 128, batch 16, 1000 steps, lr 1e-3, warmup 100, Adam with bias correction) is a smoke
 run for a CPU, with the real vocab and the WikiText-2 corpus from the data folder.
 """
@@ -76,7 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.masking = "electra"              # "electra": 85% [MASK] / 15% kept; "bert": 80% [MASK] / 10% random / 10% kept
   c.gen_weight = 1.0
   c.disc_weight = 50.0
-  c.temperature = 1.0
 
   c.model = ml_collections.ConfigDict()
   c.model.embedding_size = emb
@@ -93,7 +92,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generator.layers_fraction = 1.0
   c.generator.sampling = "model"            # "model" (the generator's softmax) or "uniform" (no generator network)
   c.generator.disallow_correct = False      # never sample the original token
-  c.generator.weight_sharing = "embeddings"  # "embeddings", "none", or "all" (same-size generator, every weight)
+  # "embeddings" (the paper's tying: one embedding module), "none", "all" (a same-size generator, every weight), or
+  # "gdes" (DeBERTa-v3's gradient-disentangled sharing: the discriminator runs on stop_gradient(E_G) + E_delta over
+  # the same embedding scope as "embeddings"; E_delta starts at zero; the export holds E_G + E_delta)
+  c.generator.weight_sharing = "embeddings"
+  # Sampling temperature (a string): a number, or a schedule over the steps "KIND:START->END[@STEPS]" with KIND linear,
+  # exp (geometric) or cosine, reaching END at STEPS (default num_train_steps) and staying there, e.g. "linear:2->1"
+  # (Fast-ELECTRA's descending temperature for a frozen generator).
+  c.generator.temperature = "1.0"
+  # A frozen external generator: an HF ElectraForMaskedLM folder, a Hugging Face Hub id (e.g.
+  # google/electra-small-generator, optionally ID@REVISION) or a checkpoint of this project (its generator). It is
+  # used as it is (inference mode: no dropout, no MLM loss, no sharing, no optimizer state); "": train a generator.
+  c.generator.source = ""
+  # The generator's own peak learning rate (DeBERTa-v3 trains its generator with its own optimizer): > 0 gives the
+  # generator's parameters an AdamW of their own (config.optimizer's settings and schedule shape, this peak, its own
+  # gradient clipping); 0: one optimizer for everything at config.learning_rate. Shared parameters ("embeddings"
+  # sharing) follow the discriminator's.
+  c.generator.learning_rate = 0.0
   c.two_stage = 0                    # N > 0: the generator alone for N steps, then the discriminator (initialised
                                      # from it) alone with the generator frozen; needs a same-size generator
 

@@ -121,7 +121,7 @@ def test_tiny_run_learns_and_exports(dirs):
   # discriminator learning within 150 steps.
   work = str(dirs["root"] / "learn")
   proc = run(command(work, dirs["data"], "--config.num_train_steps=150", "--config.log_every_steps=1",
-                     "--config.checkpoint_every_steps=150", "--config.temperature=2.0"),
+                     "--config.checkpoint_every_steps=150", "--config.generator.temperature=2.0"),
              child_env(dirs["jax_cache"]))
   assert_ok(proc)
   assert "steps run inline and reuse their host buffers" in proc.stderr   # --reuse_host_memory's default, one device

@@ -1,6 +1,7 @@
 """Hugging Face PyTorch <-> electra_jax conversion (config.json + model.safetensors), for every head.
 
     model = from_hf("hf_dir")                                   # head class from config.json "architectures"
+    model = from_hf("google/electra-small-discriminator")       # a Hub id, through the HF cache (convert/hub.py)
     model = from_hf("hf_dir", head="ElectraForQuestionAnswering")
     to_hf(model, "out_dir")                                     # config.json + model.safetensors
 
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from electra_jax import errors
+from electra_jax.convert import hub
 from electra_jax.convert.mapping import IGNORED_HF_SUFFIXES, TIED_LM_WEIGHT, body_prefix, rules_for
 from electra_jax.modeling import ElectraConfig, head_class
 
@@ -228,13 +230,15 @@ def resolve_head(config: ElectraConfig, head: str | None) -> str:
 
 def from_hf(path: str | os.PathLike, head: str | None = None, *, new_head_ok: bool = False, seed: int = 0,
             mesh: jax.sharding.Mesh | None = None, rules=None, config_overrides: dict[str, Any] | None = None,
-            **runtime) -> nnx.Module:
-  """Loads an HF ELECTRA folder as an electra_jax module, ready for inference (dropout is off unless asked for).
+            revision: str | None = None, **runtime) -> nnx.Module:
+  """Loads an HF ELECTRA folder, or a Hub model id ("google/electra-small-discriminator", through the Hugging Face
+  cache; `revision` or an "@REV" suffix picks a branch, tag or commit), as an electra_jax module, ready for
+  inference (dropout is off unless asked for).
 
   runtime: dtype / param_dtype / scan_layers / remat_policy / kernels. config_overrides: architecture fields to
   change (e.g. num_labels for a new head). With a mesh, parameters are placed with the logical sharding rules.
   """
-  path = os.fspath(path)
+  path = hub.resolve(path, revision)
   config = ElectraConfig.from_json_file(os.path.join(path, "config.json"), **runtime)
   if config_overrides:
     config = config.replace(**config_overrides)

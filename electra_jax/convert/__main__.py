@@ -2,10 +2,12 @@
 
     # HF -> Orbax (e.g. to fine-tune or continue pretraining released weights with our trainers)
     python -m electra_jax.convert hf_to_orbax --hf_dir=electra-small-discriminator --out=ckpt/disc
+    python -m electra_jax.convert hf_to_orbax --hf_dir=google/electra-small-discriminator --out=ckpt/disc  # Hub id
     python -m electra_jax.convert hf_to_orbax --hf_dir=DISC_DIR --hf_generator_dir=GEN_DIR --out=ckpt/pretrain
     # Orbax -> HF (a fine-tuned head, or the discriminator / generator of a pretraining run)
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/disc [--part=discriminator]
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/gen --part=generator --vocab_file=vocab.txt
+    python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/disc --push_to_hub=me/electra-small-x
     # original TF1 ELECTRA checkpoints (google-research/electra), read without TensorFlow
     python -m electra_jax.convert tf_to_orbax --tf_checkpoint=electra_small/ --out=WORKDIR [--continue_pretraining]
     python -m electra_jax.convert tf_to_hf --tf_checkpoint=electra_small/model.ckpt-1000000 --out=hf/electra_small \
@@ -37,11 +39,13 @@ from absl import flags
 from flax import nnx
 
 from electra_jax import convert
+from electra_jax.convert import hub
 from electra_jax.modeling import ElectraPretrainingModel
 from electra_jax.runtime import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", None, "hf_to_orbax: the HF folder (the discriminator, for a pretraining checkpoint).")
+flags.DEFINE_string("hf_dir", None, "hf_to_orbax: the HF folder or Hub model id (the discriminator, for a "
+                    "pretraining checkpoint).")
 flags.DEFINE_string("hf_generator_dir", None, "hf_to_orbax: the HF generator folder; with it, --out is a joint "
                     "pretraining checkpoint (generator + discriminator with shared embeddings).")
 flags.DEFINE_string("head", None, "hf_to_orbax: head class (default: config.json architectures).")
@@ -61,11 +65,18 @@ flags.DEFINE_integer("num_attention_heads", None, "tf_*: discriminator heads (de
 flags.DEFINE_integer("generator_num_attention_heads", None, "tf_*: generator heads (default: its hidden_size // 64).")
 flags.DEFINE_string("task", None, "tf_*: the task_specific/<task> head of a multi-task fine-tuned checkpoint.")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "orbax_to_hf: cast the exported tensors.")
+flags.DEFINE_string("revision", None, "hf_to_orbax: the Hub revision (branch, tag or commit) of Hub model ids.")
+flags.DEFINE_string("push_to_hub", None, "orbax_to_hf: also upload the written folder to this Hub repository "
+                    "(owner/name; created if missing; token from HF_TOKEN or `hf auth login`).")
 flags.DEFINE_string("out", None, "Output folder.")
 
 
-def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir: str | None = None) -> str:
+def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir: str | None = None,
+                revision: str | None = None) -> str:
+  """hf_dir / hf_generator_dir: folders or Hub model ids (resolved through the Hugging Face cache)."""
   from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  hf_dir = hub.resolve(hf_dir, revision)
+  hf_generator_dir = None if hf_generator_dir is None else hub.resolve(hf_generator_dir, revision)
   meta, params = _hf_params(hf_dir, head, hf_generator_dir)
   if os.path.isfile(os.path.join(hf_dir, "vocab.txt")):   # so predict / orbax_to_hf need no --vocab_file later
     meta["tokenizer"] = convert.read_tokenizer_settings(os.path.abspath(hf_dir))
@@ -99,13 +110,19 @@ def _hf_params(hf_dir: str, head: str | None, hf_generator_dir: str | None):
 
 
 def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | None = None,
-                vocab_file: str | None = None, lowercase: bool | None = None, dtype: str | None = None) -> str:
+                vocab_file: str | None = None, lowercase: bool | None = None, dtype: str | None = None,
+                push_to_hub: str | None = None) -> str:
   """Exports a checkpoint of this project as an HF folder. part: "discriminator" (the default) or "generator" of a
-  pretraining checkpoint; any other checkpoint holds one network and refuses a part."""
+  pretraining checkpoint; any other checkpoint holds one network and refuses a part. push_to_hub: a Hub repository
+  id (owner/name) to upload the written folder to (created if missing; token from HF_TOKEN)."""
   from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
   model = checkpointing.load_model(checkpoint, step)
   if isinstance(model, ElectraPretrainingModel):
-    model = getattr(model, part or "discriminator")
+    parts = model.hf_parts()   # the networks as HF heads (gdes: the discriminator holds E_G + E_delta)
+    if (part or "discriminator") not in parts:
+      raise convert.ConversionError(f"--part={part}: {checkpoint}'s generator ({type(model.generator).__name__}) "
+                                    f"is not a Hugging Face head; export the discriminator")
+    model = parts[part or "discriminator"]
   elif part is not None:
     raise ValueError(f"--part={part}: {checkpoint} holds one {type(model).__name__}, not a pretraining checkpoint "
                      f"(generator + discriminator); drop --part to export it")
@@ -117,8 +134,11 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
   if lowercase is None:
     lowercase = bool(tokenizer.get("lowercase", True))
   strip_accents = tokenizer.get("strip_accents") if vocab_file == tokenizer.get("vocab_file") else None
-  return convert.to_hf(model, out, dtype=dtype, vocab_file=vocab_file, lowercase=lowercase,
+  path = convert.to_hf(model, out, dtype=dtype, vocab_file=vocab_file, lowercase=lowercase,
                        strip_accents=strip_accents)
+  if push_to_hub:
+    print(f"pushed {path} to {push_to_hub}: {hub.push(path, push_to_hub)}")
+  return path
 
 
 def tf_command(command: str) -> str:
@@ -158,14 +178,14 @@ def main(argv):
   if argv[1] == "hf_to_orbax":
     if not FLAGS.hf_dir:
       raise cli.UsageError("--hf_dir is required")
-    path = hf_to_orbax(FLAGS.hf_dir, FLAGS.out, FLAGS.head, FLAGS.hf_generator_dir)
+    path = hf_to_orbax(FLAGS.hf_dir, FLAGS.out, FLAGS.head, FLAGS.hf_generator_dir, FLAGS.revision)
   elif argv[1].startswith("tf_"):
     path = tf_command(argv[1])
   else:
     if not FLAGS.checkpoint:
       raise cli.UsageError("--checkpoint is required")
     path = orbax_to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.part, FLAGS.step, FLAGS.vocab_file, FLAGS.lowercase,
-                       FLAGS.dtype)
+                       FLAGS.dtype, FLAGS.push_to_hub)
   print(f"wrote {os.path.abspath(path)}")
 
 

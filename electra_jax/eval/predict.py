@@ -7,7 +7,8 @@ r"""Predictions from the command line, one JSON line per input line.
         --task=question-answering
 
 DIR is a Hugging Face folder (config.json + model.safetensors + vocab.txt, as `to_hf(..., vocab_file=...)` writes it)
-or a checkpoint directory of this project (with `--vocab_file` when the checkpoint does not record its vocab).
+or a checkpoint directory of this project (with `--vocab_file` when the checkpoint does not record its vocab), or
+a Hugging Face Hub model id (ID or ID@REVISION), resolved through the Hugging Face cache (electra_jax/convert/hub.py).
 Outputs follow `transformers.pipeline`: text-classification {"label", "score"} (softmax, sigmoid for one label,
 raw value for regression); token-classification a list of {"entity", "score", "index", "word", "start", "end"} per
 line, "O" left out; question-answering {"answer", "score", "start", "end"} (score = p(start) * p(end) over context
@@ -44,7 +45,9 @@ class PredictError(errors.Error, ValueError):
 def load_model(model_dir: str, task: str, vocab_file: str | None = None, lowercase: bool | None = None):
   """(model, tokenizer) for an HF folder or a checkpoint of this project."""
   head = TASK_HEADS[task]
-  from electra_jax.convert import from_hf, is_hf_folder, read_tokenizer_settings  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert import (from_hf, hub, is_hf_folder,  # pylint: disable=import-outside-toplevel
+                                   read_tokenizer_settings)
+  model_dir = hub.resolve(model_dir)   # a Hub model id -> its folder in the Hugging Face cache
   if is_hf_folder(model_dir):
     model = from_hf(model_dir)
     settings = read_tokenizer_settings(model_dir) if vocab_file is None else {
@@ -210,10 +213,12 @@ def answer(model, tok, lines: list[str], max_answer_length: int = 15, doc_stride
   return out
 
 
-def check_model_dir(model_dir: str) -> None:
-  """Fails fast (before reading the input) on a --model that is neither an HF folder nor a checkpoint of ours."""
+def check_model_dir(model_dir: str) -> str:
+  """Fails fast (before reading the input) on a --model that is neither an HF folder (or a Hub model id, resolved
+  through the Hugging Face cache) nor a checkpoint of ours; returns the local folder."""
   import os  # pylint: disable=import-outside-toplevel
-  from electra_jax.convert import is_hf_folder  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert import hub, is_hf_folder  # pylint: disable=import-outside-toplevel
+  model_dir = hub.resolve(model_dir)
   if not os.path.exists(model_dir):
     raise PredictError(f"--model={model_dir} does not exist: give a Hugging Face folder (config.json + "
                        f"model.safetensors) or a fine-tuned checkpoint of this project")
@@ -223,12 +228,13 @@ def check_model_dir(model_dir: str) -> None:
       checkpointing.read_model_config(model_dir)
     except checkpointing.CheckpointError as e:
       raise PredictError(str(e)) from None
+  return model_dir
 
 
 def predict(model_dir: str, task: str, lines: list[str], vocab_file: str | None = None, **kw):
   if task not in TASK_HEADS:
     raise PredictError(f"unknown task {task!r}; tasks: {sorted(TASK_HEADS)}")
-  check_model_dir(model_dir)
+  model_dir = check_model_dir(model_dir)
   lines = [l.rstrip("\n").rstrip("\r") for l in lines]
   if not lines or not any(l.strip() for l in lines):
     raise PredictError("no input: give one text per line on standard input")
@@ -241,7 +247,8 @@ def predict(model_dir: str, task: str, lines: list[str], vocab_file: str | None 
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "HF folder or checkpoint directory of this project.")
+flags.DEFINE_string("model", None, "HF folder, Hub model id (ID or ID@REVISION) or checkpoint directory of this "
+                    "project.")
 flags.DEFINE_enum("task", None, sorted(TASK_HEADS), "What to predict.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt, when the model folder does not carry one.")
 flags.DEFINE_integer("max_answer_length", 15, "question-answering: longest answer in tokens.")
@@ -252,8 +259,8 @@ def main(argv):
   del argv
   kw = dict(max_answer_length=FLAGS.max_answer_length, doc_stride=FLAGS.doc_stride) \
       if FLAGS.task == "question-answering" else {}
-  check_model_dir(FLAGS.model)
-  results = predict(FLAGS.model, FLAGS.task, sys.stdin.readlines(), FLAGS.vocab_file, **kw)  # bad input: exit 2
+  model_dir = check_model_dir(FLAGS.model)
+  results = predict(model_dir, FLAGS.task, sys.stdin.readlines(), FLAGS.vocab_file, **kw)  # bad input: exit 2
   for r in results:
     print(json.dumps(r))
 

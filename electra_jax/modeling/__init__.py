@@ -11,7 +11,8 @@ from electra_jax.modeling.models import (HEADS, BaseModelOutput, ElectraForCausa
                                          ElectraForTokenClassification, ElectraModel, LogitsOutput,
                                          QuestionAnsweringOutput, count_params)
 from electra_jax.modeling.original_heads import ORIGINAL_HEADS
-from electra_jax.modeling.pretraining import WEIGHT_SHARING, ElectraPretrainingModel, TwoTowerClozeGenerator
+from electra_jax.modeling.pretraining import (WEIGHT_SHARING, ElectraPretrainingModel, TwoTowerClozeGenerator,
+                                             effective_params, gdes_params)
 
 __all__ = [
     "ConfigError", "ElectraConfig", "generator_config", "HEADS", "head_class", "count_params",
@@ -19,6 +20,7 @@ __all__ = [
     "ElectraModel", "ElectraForPreTraining", "ElectraForMaskedLM", "ElectraForCausalLM",
     "ElectraForSequenceClassification", "ElectraForMultipleChoice", "ElectraForTokenClassification",
     "ElectraForQuestionAnswering", "ElectraPretrainingModel", "TwoTowerClozeGenerator", "WEIGHT_SHARING",
+    "effective_params", "gdes_params",
 ]
 
 

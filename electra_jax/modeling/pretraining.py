@@ -11,6 +11,14 @@ Options (each maps to a switch of google-research/electra's configure_pretrainin
                   embedding module (word, position and token-type tables and the embedding LayerNorm), so its LM head
                   is tied to the shared word embeddings; it keeps its own embedding projection.
                   "none" (untied_generator_embeddings=True): the generator has embeddings of its own.
+                  "gdes": DeBERTa-v3's Gradient-Disentangled Embedding Sharing. The generator owns the embeddings
+                  (E_G, under generator/electra/embeddings); the discriminator's embedding parameters hold a
+                  difference E_delta, initialised to zero, and the discriminator runs on stop_gradient(E_G) +
+                  E_delta (`gdes_params`): the MLM loss alone trains E_G, the discriminator's loss alone E_delta.
+                  It covers what "embeddings" shares (word, position and token-type tables and the embedding
+                  LayerNorm), so the two modes differ only in where the gradients go; DeBERTa-v3 routes its word
+                  and absolute-position tables this way (it has no token types, and keeps separate LayerNorms).
+                  The exported discriminator (`hf_parts`) holds E_G + E_delta.
                   "all" (untied_generator=False): generator and discriminator are the same size and share the whole
                   encoder (embeddings, projection, layers); only the two heads are separate.
   discriminator_head  "rtd": ElectraForPreTraining (replaced-token detection; objectives electra, electra_15,
@@ -25,6 +33,9 @@ gradients of both networks. Export: `discriminator` and an "mlm" `generator` are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -35,7 +46,7 @@ from electra_jax.modeling.layers import split_rng
 from electra_jax.modeling.models import (ElectraDiscriminatorPredictions, ElectraForMaskedLM, ElectraForPreTraining,
                                          ElectraGeneratorPredictions, ElectraModel, TiedLMBias)
 
-WEIGHT_SHARING = ("embeddings", "none", "all")
+WEIGHT_SHARING = ("embeddings", "none", "all", "gdes")
 DISCRIMINATOR_HEADS = ("rtd", "mlm", "mlm_copy")
 GENERATOR_KINDS = ("mlm", "two_tower")
 _ARCH_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -117,12 +128,24 @@ class ElectraPretrainingModel(nnx.Module):
         self.generator.electra.embeddings = self.discriminator.electra.embeddings
       elif weight_sharing == "all":
         self.generator.electra = self.discriminator.electra
+      elif weight_sharing == "gdes":   # the discriminator's embedding parameters are E_delta: zero at the start
+        for _, param in nnx.iter_graph(self.discriminator.electra.embeddings):
+          if isinstance(param, nnx.Param):
+            param[...] = jnp.zeros_like(param[...])
 
   def hf_parts(self) -> dict[str, nnx.Module]:
     """{"discriminator": ..., "generator": ...}: the networks that are Hugging Face heads as they stand (not
     Electric's two towers; All-Tokens MLM's copy head stays behind). With weight_sharing "all" both hold the shared
     encoder."""
     parts = {"discriminator": self.discriminator}
+    if self.weight_sharing == "gdes" and self.generator is not None:   # E_G + E_delta, in a copy
+      disc = nnx.clone(self.discriminator)
+      state = nnx.state(disc, nnx.Param)
+      folded = gdes_params({"discriminator": nnx.to_pure_dict(state),
+                            "generator": nnx.to_pure_dict(nnx.state(self.generator, nnx.Param))})
+      nnx.replace_by_pure_dict(state, folded["discriminator"])
+      nnx.update(disc, state)
+      parts["discriminator"] = disc
     if isinstance(self.generator, ElectraForMaskedLM):
       parts["generator"] = self.generator
     return parts
@@ -134,6 +157,27 @@ class ElectraPretrainingModel(nnx.Module):
             "generator_kind": self.generator_kind}
 
 
+def gdes_params(params: Mapping[str, Any], stop_gradient: bool = True) -> dict[str, Any]:
+  """The parameters as the networks of weight_sharing "gdes" use them: every leaf of
+  discriminator/electra/embeddings (E_delta) becomes stop_gradient(E_G) + E_delta, E_G the same leaf under
+  generator/electra/embeddings. A pure function of nested dicts; the training step merges its result, export and
+  fine-tuning read the discriminator from it (stop_gradient=False there: nothing is differentiated)."""
+  sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
+  disc, gen = params["discriminator"], params["generator"]
+  emb = jax.tree.map(lambda d, g: sg(g).astype(d.dtype) + d, disc["electra"]["embeddings"],
+                     gen["electra"]["embeddings"])
+  disc = {**disc, "electra": {**disc["electra"], "embeddings": emb}}
+  return {**params, "discriminator": disc}
+
+
+def effective_params(params: Mapping[str, Any], options: Mapping[str, Any] | None) -> Mapping[str, Any]:
+  """A pretraining checkpoint's params with each network's effective weights (gdes folded; others as they are);
+  options: the model_config's "options" (ElectraPretrainingModel.options)."""
+  if (options or {}).get("weight_sharing") == "gdes" and params.get("generator") is not None:
+    return gdes_params(params, stop_gradient=False)
+  return params
+
+
 def _check_generator(d: ElectraConfig, g: ElectraConfig, weight_sharing: str, generator_kind: str) -> None:
   if weight_sharing != "none":
     for field in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"):
@@ -143,6 +187,9 @@ def _check_generator(d: ElectraConfig, g: ElectraConfig, weight_sharing: str, ge
   if not g.tie_word_embeddings:
     raise ConfigError("generator tie_word_embeddings=False: the ELECTRA generator's LM head is tied to the "
                       "word embeddings")
+  if weight_sharing == "gdes" and generator_kind != "mlm":
+    raise ConfigError("weight_sharing='gdes' needs generator_kind='mlm' (Electric's two towers own no one embedding "
+                      "module to share)")
   if weight_sharing == "all":
     if generator_kind != "mlm":
       raise ConfigError("weight_sharing='all' needs generator_kind='mlm' (Electric's two towers are causal)")

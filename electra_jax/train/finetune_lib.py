@@ -14,8 +14,9 @@ A run does `config.num_trials` fine-tuning runs (seeds seed, seed+1, ...), each 
 and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric; the same
 summary is printed as a table.
 
-Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors)
-loads its encoder, and with head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
+Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors), or
+a Hugging Face Hub model id (ID or ID@REVISION, through the HF cache: convert/hub.py), loads its encoder, and with
+head="hf" its task head when it has one (else a fresh head, as HF's from_pretrained);
 an Orbax checkpoint of this project loads the encoder of its discriminator (pretraining) or of its head (fine-tuning).
 Tasks (data, loss, scoring) are eval/tasks.py's adapters; the steps run in train/loop.py, the loop pretraining uses.
 """
@@ -42,7 +43,7 @@ from electra_jax.convert import flatten, params_from_hf, read_hf_weights
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
                                          runtime_options, summarize)
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
-from electra_jax.modeling import ElectraConfig, original_heads
+from electra_jax.modeling import ElectraConfig, effective_params, original_heads
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, loop, metrics, optim
@@ -105,6 +106,8 @@ def init_values(spec: ModelSpec, config: ml_collections.ConfigDict, init_kind: s
         logging.info("%s has no %s head weights; the head starts fresh: %s", path, spec.kind, missing)
   else:
     _, params = checkpointing.load_params(path)
+    if meta and meta.get("kind") == "pretraining":   # the discriminator's effective weights (gdes: E_G + E_delta)
+      params = effective_params(params, meta.get("options"))
     tree = params.get("discriminator", params) if meta and meta.get("kind") == "pretraining" else params
     if "electra" not in tree:
       raise FinetuneError(f"{path}: checkpoint params have no 'electra' encoder (top-level keys {sorted(tree)})")
@@ -340,7 +343,11 @@ def setup(config: ml_collections.ConfigDict):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every trial of `config` in WORKDIR/seed_<s>, writes WORKDIR/results.json and prints the summary table.
-  One run per workdir (checkpointing.WorkdirLock)."""
+  One run per workdir (checkpointing.WorkdirLock). config.init_checkpoint may be a Hub model id (convert/hub.py)."""
+  local = convert.hub.resolve(config.init_checkpoint) if config.get("init_checkpoint") else ""
+  if local != (config.get("init_checkpoint") or ""):   # a Hub id: its snapshot folder in the Hugging Face cache
+    config = config.copy_and_resolve_references()
+    config.init_checkpoint = local
   with checkpointing.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
 

@@ -142,7 +142,7 @@ def paper_train_flops(discriminator: Dims | None, generator: Dims | None, batch_
 
 def train_flops_per_step(disc_config: Any, gen_config: Any | None, *, batch_size: int, seq_len: int,
                          num_predictions: int, objective: str = "electra", backward_factor: float = 2.0,
-                         sparse_embed_lookup: bool = True) -> float:
+                         sparse_embed_lookup: bool = True, generator_trained: bool = True) -> float:
   """Model FLOPs of one training step as our step computes it (used for MFU): (1 + backward_factor) x forward.
 
   `disc_config` is the discriminator-size network (the MLM model for objective "mlm"), `gen_config` the generator
@@ -155,6 +155,7 @@ def train_flops_per_step(disc_config: Any, gen_config: Any | None, *, batch_size
                           (the binary head's shape) on every token;
     electric              two generator towers over the whole sequence, their cloze head (input 2 x generator
                           width) on every token, + the discriminator.
+  generator_trained=False (a frozen generator, config.generator.source): the generator's forward only.
   """
   disc = Dims.from_config(disc_config, seq_len)
   frac = num_predictions / seq_len
@@ -162,14 +163,16 @@ def train_flops_per_step(disc_config: Any, gen_config: Any | None, *, batch_size
     return (1.0 + backward_factor) * batch_size * mlm_forward_flops(disc, frac, sparse_embed_lookup)
   if objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm", "electric"):
     raise ValueError(f"objective {objective!r}: unknown (see electra_jax/train/objectives.py)")
-  forward = 0.0
+  forward, gen_forward = 0.0, 0.0
   if gen_config is not None:
     gen = Dims.from_config(gen_config, seq_len)
     if objective == "electric":
       tower = gen.layers * block_flops(gen) + input_flops(gen, sparse_embed_lookup)
       forward += 2 * tower + lm_head_flops(dataclasses.replace(gen, hidden=2 * gen.hidden), 1.0)
-    else:
+    elif generator_trained:
       forward += mlm_forward_flops(gen, frac, sparse_embed_lookup)
+    else:
+      gen_forward = mlm_forward_flops(gen, frac, sparse_embed_lookup)
   elif objective == "electric":
     raise ValueError("objective 'electric' needs the generator config")
   if objective == "replace_mlm":
@@ -178,7 +181,7 @@ def train_flops_per_step(disc_config: Any, gen_config: Any | None, *, batch_size
     forward += mlm_forward_flops(disc, 1.0, sparse_embed_lookup) + binary_head_flops(disc)
   else:
     forward += discriminator_forward_flops(disc, sparse_embed_lookup)
-  return (1.0 + backward_factor) * batch_size * forward
+  return batch_size * ((1.0 + backward_factor) * forward + gen_forward)
 
 
 # ------------------------------------------------------------------------------------------------ MFU

@@ -13,6 +13,7 @@ to 1/128. objectives.py composes these into each objective's loss.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -199,7 +200,7 @@ class StepConfig:
   masking: str
   gen_weight: float
   disc_weight: float
-  temperature: float
+  temperature: Any                 # a float, or step -> temperature (train/generator.py temperature_schedule)
   vocab_size: int
   pad_id: int
   cls_id: int
@@ -209,3 +210,4 @@ class StepConfig:
   disallow_correct: bool = False   # never sample the original token
   two_stage: int = 0               # > 0: the generator alone for this many steps, then the discriminator alone
   record_corruption: bool = False  # metrics["corruption"]: the step's corruption (objectives.corruption_record)
+  frozen_generator: bool = False   # a fixed external generator: inference mode (no dropout), no MLM loss

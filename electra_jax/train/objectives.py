@@ -1,7 +1,7 @@
 """Pretraining objectives: the corruption and the loss of each, as pure functions, and the loss_fn that composes them.
 
     loss_fn = objectives.make_loss_fn(graphdef, rest, step_config)     # pretrain_lib builds its step on it
-    loss, metrics = loss_fn(params, batch, rng)                         # (params, batch, rng, step) for two_stage
+    loss, metrics = loss_fn(params, batch, rng, step)                   # step: two_stage, scheduled temperature
 
 Every objective starts from the same dynamic masking (masking.mask_tokens: ~15% of the real tokens, 85% of them
 [MASK]); B = batch, L = length, P = max predictions per sequence, V = vocabulary.
@@ -21,7 +21,10 @@ Every objective starts from the same dynamic masking (masking.mask_tokens: ~15% 
                   discriminator's logit is E(x)_t + log q(x_t | x_{\\t}) (stop_gradient) + log(p / (1 - p)),
                   p = mask_prob, and its BCE at every real token with label 1 at EVERY replaced position (a sample
                   equal to the original counts as noise: noise-contrastive estimation).
-Generator switches (StepConfig): sampling "model" (from softmax(logits / temperature)) or "uniform" (a uniform token
+Generator switches (StepConfig): temperature (a number, or step -> temperature: train/generator.py), frozen_generator
+(a fixed external generator: run without dropout, its MLM loss reported as mlm_loss but not trained; the metric
+`temperature` is logged when it is scheduled), weight_sharing "gdes" (read from the model: the discriminator runs on
+modeling.gdes_params), sampling "model" (from softmax(logits / temperature)) or "uniform" (a uniform token
 over the vocabulary, the paper's uniform-generator baseline: no generator network, no generator loss);
 disallow_correct (never sample the original token: its logit set to -inf; uniform draws from the other V - 1);
 two_stage N > 0 (objective electra; Section 3.2's two-stage training): steps 0..N-1 train the generator alone (loss =
@@ -47,6 +50,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from electra_jax import modeling
 from electra_jax.train import masking as mk, optim
 
 OBJECTIVES = mk.OBJECTIVES      # ("electra", "mlm", "electra_15", "replace_mlm", "all_tokens_mlm", "electric")
@@ -79,13 +83,16 @@ def sample_uniform(rng: jax.Array, targets: jax.Array, vocab_size: int, disallow
 
 
 def sample_replacements(rng: jax.Array, masked: mk.Masked, logits: jax.Array | None, *, sampling: str,
-                        temperature: float, vocab_size: int, disallow_correct: bool) -> jax.Array:
-  """[B, P] replacement tokens for the masked positions: from softmax(logits / T) ([B, P, V]) or uniform."""
+                        temperature: float | jax.Array, vocab_size: int, disallow_correct: bool) -> jax.Array:
+  """[B, P] replacement tokens for the masked positions: from softmax(logits / T) ([B, P, V]) or uniform; T a
+  Python number or a scalar array (a scheduled temperature)."""
   if sampling == "uniform":
     return sample_uniform(rng, masked.targets, vocab_size, disallow_correct)
   x = jax.lax.stop_gradient(logits)
   if disallow_correct:
     x = disallow_targets(x, masked.targets)
+  if not isinstance(temperature, (int, float)):   # a scheduled (traced) temperature
+    x, temperature = x.astype(jnp.float32) / temperature, 1.0
   return mk.sample_categorical(rng, x, temperature).astype(jnp.int32)
 
 
@@ -215,6 +222,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
 
   def loss_fn(params, batch, rng, step=None):
     model = nnx.merge(graphdef, params, rest)
+    if getattr(model, "weight_sharing", None) == "gdes" and model.generator is not None:
+      model = nnx.merge(graphdef, modeling.gdes_params(params), rest)   # discriminator: sg(E_G) + E_delta
     ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
     k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
     m = mk.mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
@@ -243,11 +252,17 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       log_q_full = cloze
       out.update(mlm_loss=gen_loss, mlm_accuracy=gen_accuracy)
     else:
-      gen = model.generator(m.input_ids, mask, segments, masked_positions=m.positions, dropout_rng=k_gen)
+      gen = model.generator(m.input_ids, mask, segments, masked_positions=m.positions,
+                            dropout_rng=None if cfg.frozen_generator else k_gen)
       gen_loss, gen_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights)
       sample_logits = gen.logits
       out.update(mlm_loss=gen_loss, mlm_accuracy=gen_accuracy)
-    sampled = sample_replacements(k_sample, m, sample_logits, sampling=cfg.sampling, temperature=cfg.temperature,
+      if cfg.frozen_generator:   # reported, not trained
+        out["mlm_loss"], gen_loss = jax.lax.stop_gradient(gen_loss), jnp.zeros((), jnp.float32)
+    temperature = cfg.temperature
+    if callable(temperature):
+      temperature = out["temperature"] = temperature(0 if step is None else step)
+    sampled = sample_replacements(k_sample, m, sample_logits, sampling=cfg.sampling, temperature=temperature,
                                   vocab_size=cfg.vocab_size, disallow_correct=cfg.disallow_correct)
     corrupted, labels = mk.corrupt(m, sampled, ids, mask)
     out.update(corruption_metrics(corrupted, ids, mask, sampled, m))

@@ -4,6 +4,8 @@
                                 num_train_steps=config.num_train_steps)
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
+    tx, schedules = optim.create_groups(config.optimizer, params, learning_rates={"generator": 1e-4,
+                                        "discriminator": 5e-4}, label_of=lambda names: names[0], num_train_steps=T)
 
 The pieces, in the order the chain applies them (as the original's `model/optimization.py`):
   1. global-norm clipping (1.0);
@@ -257,3 +259,29 @@ def create(opt_cfg: Mapping[str, Any], params: PyTree, *, learning_rate: float, 
              mask=weight_decay_mask, clip_norm=opt_cfg.get("clip_norm", 1.0),
              bias_correction=bool(opt_cfg.get("bias_correction", False)), lr_multipliers=multipliers)
   return tx, schedule
+
+
+# ------------------------------------------------------------------------------------------------ parameter groups
+def path_labels(params: PyTree, label_of: Callable[[tuple[str, ...]], str]) -> PyTree:
+  """The tree of `params` with label_of(parameter path names) at every leaf (optax.multi_transform's labels)."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: label_of(path_names(p)), params)
+
+
+def create_groups(opt_cfg: Mapping[str, Any], params: PyTree, *, learning_rates: Mapping[str, float | None],
+                  label_of: Callable[[tuple[str, ...]], str], num_train_steps: int
+                  ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+  """One optimizer per group of parameters, as `create` builds it (its own peak learning rate, its own Adam state and
+  gradient clipping), over the groups label_of gives by parameter path; a group whose rate is None is frozen (no
+  update and no optimizer state). Returns (tx, {label: schedule}) (frozen groups have none)."""
+  labels = path_labels(params, label_of)
+  unknown = sorted(set(jax.tree.leaves(labels)) - set(learning_rates))
+  if unknown:
+    raise ValueError(f"parameter groups {unknown} have no learning rate (known: {sorted(learning_rates)})")
+  transforms, schedules = {}, {}
+  for label, lr in learning_rates.items():
+    if lr is None:
+      transforms[label] = optax.set_to_zero()
+    else:
+      transforms[label], schedules[label] = create(opt_cfg, params, learning_rate=float(lr),
+                                                   num_train_steps=num_train_steps)
+  return optax.multi_transform(transforms, labels), schedules

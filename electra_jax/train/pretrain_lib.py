@@ -50,7 +50,7 @@ from electra_jax.data import pretraining, tokenization
 from electra_jax.data.loader import PretrainingLoader
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
-from electra_jax.train import flops, loop, metrics as metrics_lib, objectives, optim
+from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim
 from electra_jax.train.masking import MASKINGS, OBJECTIVES, SAMPLINGS, StepConfig, max_predictions_per_seq
 
 
@@ -62,15 +62,14 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
 
   two_stage = (N, frozen_in_stage_1, frozen_in_stage_2) (objectives.two_stage_frozen): at step N the discriminator's
   encoder is initialised from the generator's; the frozen parameters of the current stage keep their values (no
-  update, no weight decay); loss_fn gets the step. The loop needs nothing else."""
+  update, no weight decay). loss_fn gets the step (params, batch, rng, step). The loop needs nothing else."""
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
     params = state["params"]
-    extra = ()
+    extra = (state["step"],)   # two_stage and a scheduled temperature read it
     if two_stage is not None:
       params = objectives.copy_generator_into_discriminator(params, state["step"] == two_stage[0])
-      extra = (state["step"],)
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, *extra)
     with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
       updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -143,13 +142,13 @@ def generator_options(config: Any) -> dict[str, Any]:
   if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
     raise ValueError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
                      f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
-  if out["weight_sharing"] == "all" and objective == "electric":
-    raise ValueError("config.generator.weight_sharing='all' with objective 'electric': the two-tower generator is "
-                     "causal and cannot be the discriminator")
+  if out["weight_sharing"] in ("all", "gdes") and objective == "electric":
+    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r} with objective 'electric': the "
+                     f"two-tower generator shares only by 'embeddings' or not at all ('none')")
   if out["two_stage"] < 0:
     raise ValueError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
   if out["two_stage"] > 0:
-    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] == "all":
+    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] not in ("embeddings", "none"):
       raise ValueError("config.two_stage needs objective 'electra', generator.sampling='model' and "
                        "generator.weight_sharing 'embeddings' or 'none'")
     if out["two_stage"] >= int(config.num_train_steps):
@@ -177,6 +176,7 @@ class Setup:
   train_step: Callable
   init_fn: Callable
   model_options: dict[str, str] | None = None    # ElectraPretrainingModel's options; None: a plain masked LM
+  generator_source: Any = None                    # generator.Source: a frozen generator's weights, set at init
 
   @property
   def model_meta(self) -> dict[str, Any]:
@@ -197,15 +197,17 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
     raise ValueError(f"config.masking={config.masking!r}: must be one of {MASKINGS}")
   if not 0.0 < float(config.mask_prob) < 1.0:
     raise ValueError(f"config.mask_prob={config.mask_prob}: must be in (0, 1)")
-  if not float(config.temperature) > 0.0:
-    raise ValueError(f"config.temperature={config.temperature}: must be positive")
+  temperature = generator.temperature_schedule(config.generator.get("temperature", 1.0), int(config.num_train_steps))
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   disc, gen = model_configs(config, vocab_size)
   g = generator_options(config)
+  source = _generator_source(config, disc, vocab_size)
+  if source is not None:
+    gen = source.config
   seed = int(config.seed)
   options = None
   if config.objective != "mlm":
-    options = objectives.model_options(config.objective, g["weight_sharing"])
+    options = objectives.model_options(config.objective, "none" if source is not None else g["weight_sharing"])
 
   def make_model():
     if options is None:
@@ -218,13 +220,13 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   if g["two_stage"] > 0:
     tx, schedule = _two_stage_optimizer(config, g["two_stage"])
   else:
-    tx, schedule = optim.create(config.optimizer, abstract_params, learning_rate=float(config.learning_rate),
-                                num_train_steps=int(config.num_train_steps))
+    tx, schedule = generator.optimizer(config, abstract_params, frozen_generator=source is not None)
   replicated = sharding.replicated(mesh)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                                        transform_non_params=lambda _: replicated,
-                                        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  # a MaskedNode stands where a parameter group's optimizer (optim.create_groups) holds nothing: kept as it is
+  opt_shardings = optax.tree_map_params(tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abstract_opt,
+                                        param_shardings, transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, optax.MaskedNode)))
   state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
@@ -234,9 +236,9 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
       max_predictions=int(config.max_predictions_per_seq) if int(config.max_predictions_per_seq) > 0 else
       max_predictions_per_seq(float(config.mask_prob), int(config.max_seq_length)),
       masking=config.masking, gen_weight=float(config.gen_weight), disc_weight=float(config.disc_weight),
-      temperature=float(config.temperature), vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
+      temperature=temperature, vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
       sep_id=ids["sep"], mask_id=ids["mask"], sampling=g["sampling"], disallow_correct=g["disallow_correct"],
-      two_stage=g["two_stage"])
+      two_stage=g["two_stage"], frozen_generator=source is not None)
   loss_fn = objectives.make_loss_fn(graphdef, rest, step_cfg)
   two_stage = None
   if g["two_stage"] > 0:
@@ -253,7 +255,22 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
                graphdef=graphdef, rest=rest, tx=tx, schedule=schedule, abstract_state=abstract_state,
                state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh, rules),
-               train_step=train_step, init_fn=init_fn, model_options=options)
+               train_step=train_step, init_fn=init_fn, model_options=options, generator_source=source)
+
+
+def _generator_source(config: Any, disc: modeling.ElectraConfig, vocab_size: int):
+  """The frozen external generator config.generator.source names (train/generator.py), or None."""
+  name = generator.options(config)["source"]
+  if not name:
+    return None
+  runtime = {f: getattr(disc, f) for f in ("dtype", "param_dtype", "scan_layers", "remat_policy", "kernels")}
+  source = generator.load_source(name, vocab_size=vocab_size, vocab_file=config.data.get("vocab_file"),
+                                 runtime=runtime)
+  if source.config.max_position_embeddings < int(config.max_seq_length):
+    raise generator.GeneratorConfigError(f"config.generator.source={name}: max_position_embeddings="
+                                         f"{source.config.max_position_embeddings} < max_seq_length="
+                                         f"{config.max_seq_length}")
+  return source
 
 
 def _two_stage_optimizer(config: Any, first: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -277,7 +294,12 @@ def _two_stage_optimizer(config: Any, first: int) -> tuple[optax.GradientTransfo
 def init_state(setup: Setup) -> dict[str, Any]:
   """A fresh train state, created directly in its sharded layout."""
   with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
-    return setup.init_fn()
+    state = setup.init_fn()
+  if setup.generator_source is not None:   # the frozen generator's own weights
+    abstract = setup.abstract_state["params"]["generator"]
+    host = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract, setup.generator_source.params)
+    state["params"]["generator"] = jax.device_put(host, setup.state_shardings["params"]["generator"])
+  return state
 
 
 def run_step(setup: Setup, state: dict[str, Any], batch: Mapping[str, jax.Array], rng: jax.Array):
@@ -438,7 +460,8 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
   seq_len, batch_size = int(config.max_seq_length), int(config.batch_size)
   flops_per_step = flops.train_flops_per_step(
       setup.disc_config, setup.gen_config, batch_size=batch_size, seq_len=seq_len,
-      num_predictions=setup.step_config.max_predictions, objective=config.objective)
+      num_predictions=setup.step_config.max_predictions, objective=config.objective,
+      generator_trained=setup.generator_source is None)
   meter = metrics_lib.Throughput(tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step,
                                  num_devices=jax.device_count(), peak_flops_per_device=_peak_flops(config),
                                  total_steps=total_steps)
