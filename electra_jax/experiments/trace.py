@@ -46,7 +46,9 @@ EMBEDDINGS = tuple(f"electra.embeddings.{n}" for n in ("word_embeddings.weight",
                                                        "token_type_embeddings.weight", "LayerNorm.weight",
                                                        "LayerNorm.bias"))
 # config.generator's fields whose steps the format describes (a newer one, e.g. a frozen generator, is refused)
-GENERATOR_FIELDS = ("hidden_fraction", "layers_fraction", "sampling", "disallow_correct", "weight_sharing")
+# temperature: the samples it shapes are recorded, so any temperature (or schedule) traces.
+GENERATOR_FIELDS = ("hidden_fraction", "layers_fraction", "sampling", "disallow_correct", "weight_sharing",
+                    "temperature")
 # optim.weight_decay_mask in HF names: every LayerNorm parameter and every bias is not decayed.
 NO_DECAY = ("LayerNorm", "layer_norm", "bias")
 # Applied where --config.<field> does not set the field: the update's decay term lr * wd * p is then ~1% of a weight
@@ -202,7 +204,7 @@ def trace_meta(config: Any, setup: Any, shared: list[str], ids: Mapping[str, int
       "recorded_by": {"program": "electra_jax.experiments.trace", "seed": int(config.seed),
                       "learning_rate": float(config.learning_rate), "num_train_steps": int(config.num_train_steps),
                       "warmup_steps": int(o.get("warmup_steps", 0)), "masking": str(config.masking),
-                      "mask_prob": float(config.mask_prob), "temperature": float(config.temperature)},
+                      "mask_prob": float(config.mask_prob), "temperature": str(config.generator.get("temperature", "1.0"))},
   }
 
 
