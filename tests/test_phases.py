@@ -86,6 +86,18 @@ def built(tmp_path_factory, vocab):
   return out
 
 
+@pytest.fixture(scope="module")
+def built_small(tmp_path_factory, vocab):
+  """The layout of a two-length CLI build (OUT/seq32, OUT/seq64), built in-process from a few paragraphs."""
+  wiki = shared_data("corpus/wikitext-2-raw/wiki.valid.raw")
+  root = tmp_path_factory.mktemp("built_small")
+  corpus = root / "corpus.txt"
+  corpus.write_text("".join(open(wiki, encoding="utf-8").readlines()[:60]))
+  for length in (32, 64):
+    pt.build_dataset(str(corpus), vocab, pt.length_dir(root / "out", length), length, num_shards=2)
+  return root / "out"
+
+
 def _config(**data):
   config = pretrain_config.get_config("size=tiny")
   config.data.corpus, config.data.vocab_file = "", ""
@@ -94,7 +106,8 @@ def _config(**data):
   return config
 
 
-def test_a_built_dataset_is_found_by_length_and_checked(built, vocab, tmp_path):
+def test_a_built_dataset_is_found_by_length_and_checked(built_small, vocab, tmp_path):
+  built = built_small
   config = _config(dataset_dir=str(built))
   assert pretrain_data.vocab_file(config) == vocab      # the build's vocab when config.data.vocab_file is empty
   dirs = pretrain_data.prepare_datasets(config, str(tmp_path), [64, 32])
