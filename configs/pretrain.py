@@ -57,6 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = steps
   c.batch_size = batch               # global, over all devices and hosts
   c.max_seq_length = seq
+  c.phases = ""                      # e.g. "0.9:128:256,0.1:512:64": STEPS:SEQ_LEN[:BATCH] phases of sequence length
+                                     # (train/phases.py); "": all steps at max_seq_length x batch_size
   c.learning_rate = lr
   c.log_every_steps = 10 if tiny else 100
   c.checkpoint_every_steps = 500 if tiny else 1000
@@ -118,6 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.lower_case = True
   c.data.strip_accents = ""          # "": follow lower_case (BERT); "true" / "false" to force
   c.data.cache_dir = ""              # where the ArrayRecord shards are built; "": WORKDIR/data
+  c.data.dataset_dir = ""            # shards built by python -m electra_jax.data.pretraining --output_dir=DIR, used as
+                                     # they are (no corpus needed; length, vocab and casing must match the run)
   c.data.num_shards = 16
   c.data.num_build_processes = 1
   c.data.build_seed = 0

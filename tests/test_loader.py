@@ -170,14 +170,14 @@ def test_dataset_errors(tmp_path, small_dataset):
 
 def test_background_errors_reach_the_caller(small_dataset):
   loader = PretrainingLoader(small_dataset, 8, seed=0)
-  real = loader.local_batch
+  real = loader.read_examples
 
-  def failing(step):
-    if step == 2:
+  def failing(indices):
+    if np.array_equal(indices, loader.example_indices(2)):
       raise OSError("disk gone")
-    return real(step)
+    return real(indices)
 
-  loader.local_batch = failing
+  loader.read_examples = failing
   next(loader)
   next(loader)
   with pytest.raises(OSError, match="disk gone"):

@@ -40,6 +40,7 @@ from flax import nnx
 from electra_jax import checkpointing, convert, sharding
 from electra_jax.checkpointing import ModelSpec
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights
+from electra_jax.data import stream as data_stream
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
                                          runtime_options, summarize)
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
@@ -122,37 +123,6 @@ def init_values(spec: ModelSpec, config: ml_collections.ConfigDict, init_kind: s
       raise FinetuneError(f"{path}: parameter {k} has shape {tuple(v.shape)} but the model expects {shapes[k]}")
   return values
 
-
-
-# ================================================================================================ batches
-class TrainStream:
-  """Training batches by step: each epoch a fresh seeded permutation, epochs chained (so any step can resume).
-
-  Row p of the endless stream is perm_e[p mod N] with e = p // N and perm_e = default_rng([seed, e]).permutation(N).
-  """
-
-  def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int):
-    self.arrays = dict(arrays)
-    self.n = int(next(iter(arrays.values())).shape[0])
-    if self.n == 0:
-      raise FinetuneError("no training examples")
-    self.batch_size = batch_size
-    self.seed = seed
-    self._perms: dict[int, np.ndarray] = {}
-
-  def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-      self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-    return self._perms[epoch]
-
-  def rows(self, step: int) -> np.ndarray:
-    pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
-    return np.asarray([self._perm(int(p // self.n))[p % self.n] for p in pos])
-
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    rows = self.rows(step)
-    return {k: v[rows] for k, v in self.arrays.items()}
 
 
 # ================================================================================================ steps
@@ -249,7 +219,13 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
                           kept)
     finished_before = restored is not None and restored.step >= total_steps
     writer = metrics.MetricWriter(trial_dir, resume_step=step if restored is not None else None)
-    stream = TrainStream(train, int(config.batch_size), seed)
+    if not len(next(iter(train.values()))):
+      raise FinetuneError("no training examples")
+    # Grain (data/stream.py): each process reads its rows of the global batch; the position is saved with the step
+    stream = data_stream.array_stream(train, int(config.batch_size), seed=seed, mesh=steps.mesh,
+                                      batch_axes=sharding.batch_axes(steps.mesh, steps.rules), start_step=step)
+    if restored is not None and "loader" in restored.train_meta:
+      stream.restore(restored.train_meta["loader"], f"this run ({steps.adapter.name})")
     seq_len = int(next(iter(train.values())).shape[1])
     meter = metrics.Throughput(
         tokens_per_step=int(config.batch_size) * seq_len,
@@ -270,15 +246,17 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
       fingerprints = checkpointing.state_fingerprints(params, opt_state)   # on device: fast
       if jax.process_count() == 1:
         params, opt_state = jax.device_get((params, opt_state))
-      ckpt.save(at, params, opt_state, {"seed": seed}, fingerprints=fingerprints)
+      ckpt.save(at, params, opt_state, {"seed": seed, "loader": stream.state()}, fingerprints=fingerprints)
 
-    trained = loop.run(
-        loop.Loop(step_fn=steps.train_step, total_steps=total_steps, mesh=steps.mesh, rules=steps.rules,
-                  writer=writer, meter=meter, checkpointer=ckpt, save=save, log_every=int(config.log_every_steps),
-                  checkpoint_every=int(config.checkpoint_every_steps), eval_every=int(config.eval_every_steps),
-                  evaluate=evaluate, name=f"[{steps.adapter.name} seed {seed}]"),
-        state, start_step=step, batch_at=lambda s: sharding.put_batch(stream.batch(s), steps.mesh, steps.rules),
-        rng=jax.random.key(seed))
+    try:
+      trained = loop.run(
+          loop.Loop(step_fn=steps.train_step, total_steps=total_steps, mesh=steps.mesh, rules=steps.rules,
+                    writer=writer, meter=meter, checkpointer=ckpt, save=save, log_every=int(config.log_every_steps),
+                    checkpoint_every=int(config.checkpoint_every_steps), eval_every=int(config.eval_every_steps),
+                    evaluate=evaluate, name=f"[{steps.adapter.name} seed {seed}]"),
+          state, start_step=step, batch_at=lambda _: stream.to_global(next(stream)), rng=jax.random.key(seed))
+    finally:
+      stream.close()
     state, step = trained.state, trained.step
     if trained.preempted:
       writer.close()

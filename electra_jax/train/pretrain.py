@@ -6,6 +6,18 @@ r"""ELECTRA pretraining binary (thin: flags, distributed set-up, then electra_ja
     # several processes on one machine (CPU collectives), e.g. two of them:
     python -m electra_jax.train.pretrain ... --coordinator_address=localhost:12345 --num_processes=2 --process_id=0
 
+    # shards built beforehand (python -m electra_jax.data.pretraining --output_dir=/data/owt128 ...), used as they are:
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=runs/small \
+        --config.data.dataset_dir=/data/owt128
+    # 90% of the steps at 128 tokens, then 512 (a built folder then needs seq128/ and seq512/: --max_seq_length=128,512)
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=base --workdir=runs/base \
+        --config.phases=0.9:128:256,0.1:512:64 --config.data.corpus=/data/owt --config.data.vocab_file=/data/vocab.txt
+
+Data: --config.data.corpus (raw text) is built into ArrayRecord shards once per length (WORKDIR/data, reused while the
+corpus, vocab and settings stay the same); --config.data.dataset_dir (or a corpus that is such a folder) names shards
+written by `python -m electra_jax.data.pretraining --output_dir=DIR`, which are read as they are: their
+max_seq_length, vocab, lower casing and accent stripping must be the run's (else one line says what differs), and
+config.data.vocab_file may stay empty to use the build's vocab.
 Runs resume automatically from the latest complete checkpoint in WORKDIR/checkpoints. Outputs: WORKDIR/metrics.jsonl,
 TensorBoard events, WORKDIR/config.json, and at the end WORKDIR/export/{discriminator,generator} (HF folders).
 Bad input (missing corpus, empty corpus, vocab without the special tokens, a NaN loss) exits with status 1 and a

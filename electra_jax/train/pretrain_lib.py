@@ -46,11 +46,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from electra_jax import checkpointing, convert, modeling, sharding
-from electra_jax.data import pretraining, tokenization
-from electra_jax.data.loader import PretrainingLoader
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
-from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim
+from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim, phases, pretrain_data
 from electra_jax.train.masking import MASKINGS, OBJECTIVES, SAMPLINGS, StepConfig, max_predictions_per_seq
 
 
@@ -340,55 +338,24 @@ def _peak_flops(config: Any) -> float | None:
 
 
 def _strip_accents(value: Any) -> bool | None:
-  """config.data.strip_accents: "" / None follows lower casing; true/false (or "true"/"false") forces it."""
-  if value in ("", None):
-    return None
-  if isinstance(value, bool):
-    return value
-  text = str(value).strip().lower()
-  if text in ("1", "true", "yes"):
-    return True
-  if text in ("0", "false", "no"):
-    return False
-  raise ValueError(f"config.data.strip_accents={value!r}: expected '', 'true' or 'false'")
+  return pretrain_data.strip_accents(value)
 
 
 def load_tokenizer(config: Any):
   """(tokenizer, special ids) of config.data, checked (the vocab exists and has the special tokens)."""
-  data = config.data
-  for field in ("corpus", "vocab_file"):
-    if not data.get(field):
-      raise ValueError(f"config.data.{field} is empty: pass --config.data.{field}=...")
-  strip = _strip_accents(data.get("strip_accents", ""))
-  tok = tokenization.load_tokenizer(data.vocab_file, lowercase=bool(data.lower_case), strip_accents=strip)
-  return tok, tokenization.special_ids(tok)
+  return pretrain_data.load_tokenizer(config)
 
 
 def prepare_data(config: Any, workdir: str):
-  """Tokenizer check and the ArrayRecord shards (built once per process 0, then reused). Returns (dir, tok, ids)."""
-  data = config.data
+  """Tokenizer check and the dataset of config.max_seq_length (train/pretrain_data.py). Returns (dir, tok, ids)."""
   tok, ids = load_tokenizer(config)
-  strip = _strip_accents(data.get("strip_accents", ""))
-  cache_dir = data.get("cache_dir") or os.path.join(workdir, "data")
-  kwargs = dict(max_seq_length=int(config.max_seq_length), lower_case=bool(data.lower_case), strip_accents=strip,
-                seed=int(data.get("build_seed", 0)), num_shards=int(data.get("num_shards", 16)),
-                num_processes=int(data.get("num_build_processes", 1)),
-                tfds_data_dir=data.get("tfds_data_dir") or None)
-  if distributed.is_primary():
-    dataset_dir, manifest = pretraining.ensure_dataset(data.corpus, data.vocab_file, cache_dir, **kwargs)
-  distributed.barrier("electra_pretraining_data")
-  if not distributed.is_primary():
-    dataset_dir, manifest = pretraining.ensure_dataset(data.corpus, data.vocab_file, cache_dir, **kwargs)
-  logging.info("pretraining data %s: %d examples, %d tokens", dataset_dir, manifest["num_examples"],
-               manifest.get("num_tokens", -1))
-  return dataset_dir, tok, ids
+  length = int(config.max_seq_length)
+  return pretrain_data.prepare_datasets(config, workdir, [length])[length], tok, ids
 
 
-def make_loader(config: Any, dataset_dir: str, setup: Setup):
+def make_loader(config: Any, dataset_dir: str, setup: Setup, **kwargs):
   """The batches of `dataset_dir`, split over the mesh axes that the rules map activation_batch to."""
-  return PretrainingLoader(dataset_dir, int(config.batch_size), setup.mesh, seed=int(config.seed),
-                           batch_axes=sharding.batch_axes(setup.mesh, setup.rules),
-                           prefetch=int(config.data.get("prefetch", 2)))
+  return pretrain_data.make_loader(config, dataset_dir, setup, **kwargs)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
@@ -410,8 +377,14 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
 def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainResult:
   tok, ids = load_tokenizer(config)
   mesh = build_mesh(config)
-  setup = build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
-  tokenizer_meta = {"vocab_file": os.path.abspath(config.data.vocab_file), "lowercase": bool(config.data.lower_case),
+  plan = phases.parse(config.get("phases", ""), total_steps, int(config.max_seq_length), int(config.batch_size))
+  # one setup per length (the masked positions per sequence follow the length); state and schedule are the same
+  setups = {length: build_setup(phases.phase_config(config, next(p for p in plan if p.seq_len == length)), mesh,
+                                vocab_size=tok.get_vocab_size(), ids=ids)
+            for length in phases.lengths(plan)}
+  setup = setups[plan[0].seq_len]
+  tokenizer_meta = {"vocab_file": os.path.abspath(pretrain_data.vocab_file(config)),
+                    "lowercase": bool(config.data.lower_case),
                     "strip_accents": _strip_accents(config.data.get("strip_accents", ""))}
   model_meta = {**setup.model_meta, "tokenizer": tokenizer_meta}
   total_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
@@ -425,8 +398,24 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
     # Before anything in the workdir changes: a checkpoint of another model, or a workdir whose checkpoints were all
     # set aside as unreadable, refuses the run here.
     restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
-    dataset_dir, _, _ = prepare_data(config, workdir)
-    loader = make_loader(config, dataset_dir, setup)
+    dataset_dirs = pretrain_data.prepare_datasets(config, workdir, phases.lengths(plan))
+    meter = metrics_lib.Throughput(tokens_per_step=0, flops_per_step=0.0, num_devices=jax.device_count(),
+                                   peak_flops_per_device=_peak_flops(config), total_steps=total_steps)
+
+    def on_phase(p: phases.Phase) -> None:
+      s = setups[p.seq_len]
+      meter.tokens_per_step = p.batch_size * p.seq_len
+      meter.flops_per_step = flops.train_flops_per_step(
+          s.disc_config, s.gen_config, batch_size=p.batch_size, seq_len=p.seq_len,
+          num_predictions=s.step_config.max_predictions, objective=config.objective,
+          generator_trained=s.generator_source is None)
+
+    data = phases.PhasedData(
+        plan, lambda p, position: make_loader(config, dataset_dirs[p.seq_len], setup, batch_size=p.batch_size,
+                                              start_step=position),
+        {(p.batch_size, p.seq_len): LazyStep(setups[p.seq_len].train_step, name="pretraining step") for p in plan},
+        on_phase)
+    data.open(restored.step if restored is not None else 0, restored.train_meta if restored is not None else None)
   except BaseException:
     ckpt.close()
     raise
@@ -442,10 +431,6 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
     step = restored.step
     state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), setup.state_shardings["step"]),
              "params": restored.params, "opt_state": restored.opt_state}
-    if "loader" in restored.train_meta:
-      loader.restore(restored.train_meta["loader"])
-    else:   # a converted checkpoint (convert tf_to_orbax) has no data position: the data starts from its beginning
-      logging.info("checkpoint step %d has no data-loader position; reading the data from its start", step)
     if "rng_key" in restored.train_meta:
       base_key = jax.random.wrap_key_data(np.asarray(restored.train_meta["rng_key"], np.uint32))
     logging.info("resuming at step %d", step)
@@ -457,33 +442,25 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
   writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   if step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
-  seq_len, batch_size = int(config.max_seq_length), int(config.batch_size)
-  flops_per_step = flops.train_flops_per_step(
-      setup.disc_config, setup.gen_config, batch_size=batch_size, seq_len=seq_len,
-      num_predictions=setup.step_config.max_predictions, objective=config.objective,
-      generator_trained=setup.generator_source is None)
-  meter = metrics_lib.Throughput(tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step,
-                                 num_devices=jax.device_count(), peak_flops_per_device=_peak_flops(config),
-                                 total_steps=total_steps)
   key_data = np.asarray(jax.random.key_data(base_key)).tolist()
   param_norm = jax.jit(optax.tree.norm)
 
   def save(at: int, state) -> None:
     ckpt.save(at, state["params"], state["opt_state"],
-              {"loader": loader.state(), "rng_key": key_data, "seed": int(config.seed)})
+              {**data.train_meta(), "rng_key": key_data, "seed": int(config.seed)})
 
   logging.info("training steps %d..%d: batch %d x %d tokens, %.3g model FLOPs per step", step + 1, total_steps,
-               batch_size, seq_len, flops_per_step)
+               data.phase.batch_size, data.phase.seq_len, meter.flops_per_step)
   try:
     trained = loop.run(
-        loop.Loop(step_fn=LazyStep(setup.train_step, name="pretraining step"), total_steps=total_steps, mesh=mesh,
+        loop.Loop(step_fn=data.step_fn, total_steps=total_steps, mesh=mesh,
                   rules=setup.rules, writer=writer, meter=meter, checkpointer=ckpt, save=save,
                   log_every=int(config.log_every_steps), checkpoint_every=int(config.checkpoint_every_steps),
                   # the parameters after the logged step: the state the loop holds then
                   log_extras=lambda state: {"param_norm": param_norm(state["params"])}),
-        state, start_step=step, batch_at=lambda _: next(loader), rng=base_key)
+        state, start_step=step, batch_at=data.batch_at, rng=base_key)
   finally:
-    loader.close()
+    data.close()
     ckpt.close()
     writer.close()
 

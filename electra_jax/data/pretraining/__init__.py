@@ -3,6 +3,14 @@
     python -m electra_jax.data.pretraining --corpus=../shared/data/corpus/wikitext-2-raw \
         --vocab_file=../shared/data/vocab/bert-base-uncased-vocab.txt --output_dir=/tmp/wt2 \
         --max_seq_length=128 --num_processes=2 [--no_lower_case] [--strip_accents] [--tfds_data_dir=...]
+    python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=/tmp/run \
+        --config.max_seq_length=128 --config.data.dataset_dir=/tmp/wt2     # trains on the shards built above
+
+Training on a built dataset: `train.pretrain` reads OUTPUT_DIR as is when `--config.data.dataset_dir` (or
+`--config.data.corpus`) names it, without rebuilding; the run's max_seq_length, vocab (by content), lower casing and
+accent stripping must be those of the build (a mismatch is refused in one line naming what differs), and
+config.data.vocab_file may be left empty to use the build's. `--max_seq_length=128,512` builds one dataset per length
+in OUTPUT_DIR/seq128 and OUTPUT_DIR/seq512, for runs whose config.phases train at several lengths.
 
     manifest = build_dataset("corpus/", "vocab.txt", "out/", max_seq_length=128, num_processes=2)
     path, manifest = ensure_dataset("corpus/", "vocab.txt", cache_dir="cache/")   # builds once, then reuses
@@ -56,3 +64,5 @@ from electra_jax.data.pretraining.corpus import (  # noqa: F401
     text_file_documents)
 from electra_jax.data.pretraining.build import (  # noqa: F401
     build_dataset, ensure_dataset, read_manifest, resolve_sources)
+from electra_jax.data.pretraining.built import (  # noqa: F401
+    DatasetMismatchError, built_lengths, check_dataset, find_dataset, is_dataset, length_dir)
