@@ -88,6 +88,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vocab_size = 0             # 0: the size of data.vocab_file
   c.model.hidden_dropout_prob = 0.1
   c.model.attention_probs_dropout_prob = 0.1
+  # Runtime-only fields (ElectraConfig): speed and memory, never the parameters; the same path in every config.
+  c.model.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
+  c.model.param_dtype = "float32"
+  c.model.scan_layers = not tiny
+  c.model.remat_policy = "dots" if arg.size == "large" else "none"   # large: 24 layers' activations need it on a v5e
+  c.model.kernels = "auto"           # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | pallas
   c.generator = ml_collections.ConfigDict()
   c.generator.hidden_fraction = gen_frac    # generator hidden = round(H * fraction), heads H_g // 64, FFN 4 H_g
   c.generator.layers_fraction = 1.0
@@ -116,10 +122,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pod = arg.size in ("base", "large")
   c.mesh = common.mesh_config(data=0, fsdp=-1, tensor=1) if pod else common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = common.default_sharding_rules()
-  c.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
-  c.param_dtype = "float32"
-  c.scan_layers = not tiny
-  c.remat_policy = "dots" if arg.size == "large" else "none"   # large: the activations of 24 layers need it on a v5e
-  c.kernels = "auto"                 # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | pallas
   c.peak_flops_per_device = 0.0      # for MFU; 0: the datasheet peak of the device kind (measured on CPU)
   return c

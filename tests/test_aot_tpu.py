@@ -114,7 +114,7 @@ def test_tpu_topology_compiles_with_libtpu():
     proc = _run(*TINY, "--topology=v5e:2x2")
     assert proc.returncode == 1 and "libtpu is not installed" in proc.stderr
     pytest.skip("libtpu is not installed (pip install -e '.[tpu-aot]'); checked the error message instead")
-  proc = _run(*TINY, "--topology=v5e:2x2", "--config.dtype=bfloat16")
+  proc = _run(*TINY, "--topology=v5e:2x2", "--config.model.dtype=bfloat16")
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = _last_json(proc.stdout)
   assert r["devices"] == 4 and "v5" in r["device_kind"].lower() and r["hbm_gib"] == 16 and r["fits"] is True
