@@ -1,8 +1,8 @@
-"""ELECTRA pretraining presets: tiny (a CPU in minutes), small, base, large (the paper's Table 6 hyperparameters).
+r"""ELECTRA pretraining presets: tiny (a CPU in minutes), small, base, large (the paper's Table 6 hyperparameters).
 
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=tiny --workdir=/tmp/electra_tiny
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=gs://b/electra_small \
-        --config.data.corpus=/data/owt --config.data.vocab_file=/data/vocab.txt
+        --config.data.corpus=/data/owt     # vocab: BERT's uncased, $ELECTRA_DATA_DIR/vocab/, unless data.vocab_file
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=base,objective=mlm --workdir=...
 
 Arguments after the colon: size (tiny|small|base|large), objective (electra|mlm|electra_15|replace_mlm|all_tokens_mlm|
@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = str(paths.default_corpus()) if tiny else ""   # files, folders, globs or tfds:NAME (comma-separated)
-  c.data.vocab_file = str(paths.default_vocab()) if tiny else ""
+  c.data.vocab_file = str(paths.default_vocab())   # BERT's uncased vocab (ELECTRA's), <data dir>/vocab/
   c.data.lower_case = True
   c.data.strip_accents = ""          # "": follow lower_case (BERT); "true" / "false" to force
   c.data.cache_dir = ""              # where the ArrayRecord shards are built; "": WORKDIR/data

@@ -31,6 +31,7 @@ from absl import flags
 
 from electra_jax import paths
 from electra_jax.runtime import cli
+from electra_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Where every stage writes.")
@@ -153,8 +154,10 @@ def main(argv):
 
   print("\n" + "=" * 78)
   print(f"quickstart finished in {time.time() - t0:.0f}s")
-  print(f"  pretraining   step {pm.get('step')}: loss {pm.get('loss', float('nan')):.3f}, discriminator accuracy "
-        f"{pm.get('disc_accuracy', float('nan')):.3f}, AUC {pm.get('disc_auc', float('nan')):.3f}   -> {pre}")
+  disc_line, disc_warning = metrics_lib.discriminator_summary(pm)
+  print(f"  pretraining   step {pm.get('step')}: loss {pm.get('loss', float('nan')):.3f}, {disc_line}   -> {pre}")
+  if disc_warning:
+    print(f"  warning: {disc_warning}")
   if baseline is None:
     print(f"  {key:30s} {score:.4f}")
   else:

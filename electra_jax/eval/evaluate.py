@@ -1,4 +1,4 @@
-"""Scores a fine-tuned checkpoint on the dev sets of its task, without training, and writes the predictions files.
+r"""Scores a fine-tuned checkpoint on the dev sets of its task, without training, and writes the predictions files.
 
     python -m electra_jax.eval.evaluate --config=configs/glue.py:task=mrpc --checkpoint=/tmp/mrpc/seed_0 \
         --workdir=/tmp/mrpc_eval

@@ -39,8 +39,9 @@ from flax import nnx
 from electra_jax import checkpointing, convert, sharding
 from electra_jax.checkpointing import ModelSpec
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights
+from electra_jax.eval import baselines
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
-                                         runtime_options, summarize)
+                                         runtime_options, summarize, with_baselines)
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
 from electra_jax.modeling import ElectraConfig, original_heads
 from electra_jax.runtime import distributed
@@ -357,6 +358,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   for line in adapter.read_summaries:
     logging.info("read %s", line)
   total = num_train_steps(config, data_info["train_rows"])
+  if spec.kind in original_heads.ORIGINAL_HEADS:
+    logging.warning("head=original (%s): convert orbax_to_hf cannot export this head (no transformers class has it); "
+                    "fine-tune with head=hf (the default) for a model that transformers loads", spec.kind)
   logging.info("%s: %s; %d steps of %d (head %s, init %s)", adapter.name, data_info, total, config.batch_size,
                spec.kind, init_kind)
   steps = Steps(spec, adapter, mesh, rules, config=config, num_train_steps=total)
@@ -376,8 +380,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       "task": adapter.name, "family": adapter.family, "head": spec.kind, "init_checkpoint": config.init_checkpoint,
       "init_kind": init_kind, "num_train_steps": total, **data_info, "data": adapter.read_summaries,
       "main_metric": adapter.main_metric,
-      "trials": trials, "summary": summarize([t for t in trials if "metrics" in t]),
-      "seconds": time.time() - start}
+      "trials": trials, "seconds": time.time() - start}
+  base = baselines.of_sets(adapter, eval_sets)   # the trivial predictor on the same rows (eval/baselines.py)
+  results["summary"] = summarize([t for t in trials if "metrics" in t], base)
+  with_baselines(results, base)
   write_json(os.path.join(workdir, "results.json"), results)
   if distributed.is_primary() and not trials[-1].get("preempted"):
     print(format_summary(results), flush=True)
