@@ -11,7 +11,8 @@ A run does `config.num_trials` fine-tuning runs (seeds seed, seed+1, ...), each 
                           SQuAD: predictions.json, null_odds.json (v2.0), predictions_thresholded.json (v2.0),
                           nbest_predictions.json
   results.json            this run's dev scores
-and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric; the same
+and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric, each
+beside the task's trivial baseline on the same rows (eval/baselines.py: "baselines", "beats_baseline"); the same
 summary is printed as a table.
 
 Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors)
