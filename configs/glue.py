@@ -15,8 +15,8 @@ Arguments after the colon (all optional):
            documented chain is fine-tune, then `convert orbax_to_hf`, then transformers: no transformers class has
            the original head (a linear layer on [CLS], where HF's head has a dense + gelu layer before it, which no
            choice of weights makes the identity), so an original-head checkpoint cannot be exported; with
-           head=original the fine-tuning run says so before it trains, and orbax_to_hf refuses it. The two heads
-           score alike on GLUE; the experiments/ replication uses head=original, as the paper did.
+           head=original the fine-tuning run says so before it trains, and orbax_to_hf refuses it. The
+           experiments/ replication uses head=original, as the paper did.
   recipe   original (the original code: weight decay 0.01, top layer decayed twice) or paper (Table 7: no weight
            decay, layer-wise decay as described)
   trials   fine-tuning runs with seeds seed, seed+1, ...; the results report median, mean and spread

@@ -133,7 +133,8 @@ def main(argv):
       "electra_jax.eval.evaluate", f"--config={task_cfg}", f"--checkpoint={os.path.join(fin, 'seed_0')}",
       f"--workdir={ev}", *short, f"--config.max_eval_examples={FLAGS.max_eval_examples}"])
   _run("4/5 export to a Hugging Face folder (tokenizer and label names included)", [
-      "electra_jax.convert", "orbax_to_hf", f"--checkpoint={os.path.join(fin, 'seed_0')}", f"--out={export}"])
+      "electra_jax.convert", "orbax_to_hf", f"--checkpoint={os.path.join(fin, 'seed_0')}", f"--out={export}",
+      "--overwrite"])   # its own folder: a rerun replaces it
   example = EXAMPLES.get(task, "ELECTRA learns from replaced tokens.")
   preds = _run("5/5 predict from the exported folder", [
       "electra_jax.eval.predict", f"--model={export}", "--task=text-classification"], stdin=example + "\n")

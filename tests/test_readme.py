@@ -4,7 +4,8 @@ What runs: every inline `python -m ...` command of the page (the command table, 
 the Python snippet, in the order of the page (the snippet last: it reads what the table wrote). README's upper-case
 placeholders are filled in with PLACEHOLDERS below (temporary folders; CORPUS a few hundred lines of WikiText-2;
 SQUAD_TRAIN_JSON and SQUAD_DEV_JSON the first 16 questions of the shared SQuAD v2.0 dev subset), and TINY appends a
-few documented overrides per binary that make the sizes tiny (later flags win). `$ELECTRA_DATA_DIR` is the shared
+few documented overrides per binary that make the sizes tiny (later flags win; the replication line runs its
+smallest suite). `$ELECTRA_DATA_DIR` is the shared
 data folder. The "Three commands" block is checked, not run: its install step would change this Python environment
 and scripts/test.sh runs this very suite; tests/test_quickstart.py runs what scripts/quickstart.sh runs.
 Afterwards, README's promise of the fine-tune -> export chain: transformers.pipeline loads the exported folder.
@@ -39,7 +40,9 @@ TINY = {
         "--config.max_eval_examples=16 --config.log_every_steps=1 --config.max_seq_length=64 --config.doc_stride=32 "
         "--config.max_query_length=16 --config.eval_file=SQUAD_DEV_JSON"),   # the SQuAD fields: SQuAD's line only
     "electra_jax.eval.evaluate": "--config.eval_batch_size=8 --config.max_seq_length=32",
-    "electra_jax.experiments.replicate": "--size=smoke",
+    # the smoke size, and the suite with fewest variants: "efficiency" pretrains seven variants, 20+ minutes even at
+    # the smoke size on a 2-core CPU; every suite runs through the same harness (tests/test_replicate.py).
+    "electra_jax.experiments.replicate": "--size=smoke --suite=attention_dropout",
 }
 SQUAD_ONLY = ("--config.doc_stride=32", "--config.max_query_length=16", "--config.eval_file=SQUAD_DEV_JSON")
 
@@ -155,6 +158,9 @@ def test_every_readme_command_runs_as_written(tmp_path):
     assert results["baselines"]["dev"]["what"] and "beats" in results["beats_baseline"]["dev"], workdir
   finetune_out = next(out for c, out in outputs.items() if "configs/glue.py" in c and "train.finetune" in c)
   assert "the trivial baseline" in finetune_out
+  pretrain_out = next(out for c, out in outputs.items() if "train.pretrain" in c)
+  assert re.search(r"step 2: discriminator accuracy \d\.\d{3} \(\"always original\" scores \d\.\d{3} at the",
+                   pretrain_out), pretrain_out[-2000:]
   # fine-tune (HF head by default) -> orbax_to_hf -> transformers
   classify = transformers.pipeline("text-classification", model=mapping["HF_DIR"])
   assert classify("a gripping, funny film")[0]["label"] in ("equivalent", "not_equivalent")
@@ -167,5 +173,5 @@ def test_every_readme_command_runs_as_written(tmp_path):
 def test_replicate_command_runs_as_written(tmp_path):
   _, commands, _ = readme_commands(README.read_text(encoding="utf-8"))
   [command] = [c for c in commands if _binary(c) == "electra_jax.experiments.replicate"]
-  _run(_fill(_tiny(command), _placeholders(tmp_path)), _env(), timeout=1800)
+  _run(_fill(_tiny(command), _placeholders(tmp_path)), _env(), timeout=900)
   assert (tmp_path / "replicate_dir" / "results.json").is_file()

@@ -118,12 +118,12 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
     raise convert.ConversionError(f"--out={out} already exists{' and holds ' + ', '.join(held) if held else ''}; "
                                   f"pass --overwrite to replace it whole, or choose a new folder")
   from electra_jax.modeling import original_heads  # pylint: disable=import-outside-toplevel
-  kind = checkpointing.read_model_config(checkpoint).get("kind")
+  model = checkpointing.load_model(checkpoint, step)
+  kind = type(model).__name__
   if kind in original_heads.ORIGINAL_HEADS:
     raise convert.ConversionError(
         f"{checkpoint} holds {kind}, the original ELECTRA head (fine-tuned with head=original), which no transformers "
         f"class has, so it cannot be exported; fine-tune with head=hf (the configs' default) to export")
-  model = checkpointing.load_model(checkpoint, step)
   if isinstance(model, ElectraPretrainingModel):
     model = getattr(model, part or "discriminator")
   elif part is not None:
