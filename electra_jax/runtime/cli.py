@@ -76,7 +76,7 @@ def _override_flag(argv: Sequence[str], key: str) -> str:
 
 
 def _config_field_hint(text: str) -> str:
-  """" ; did you mean --config.<name>?" when an unknown flag names a field of the parsed --config."""
+  """The hint "; did you mean --config.<name>?" when an unknown flag names a field of the parsed --config."""
   unknown = re.search(r"Unknown command line flag '([^']+)'", text)
   if not unknown or "config" not in FLAGS:
     return ""

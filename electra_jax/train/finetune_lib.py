@@ -359,9 +359,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   for line in adapter.read_summaries:
     logging.info("read %s", line)
   total = num_train_steps(config, data_info["train_rows"])
-  if spec.kind in original_heads.ORIGINAL_HEADS:
-    logging.warning("head=original (%s): convert orbax_to_hf cannot export this head (no transformers class has it); "
-                    "fine-tune with head=hf (the default) for a model that transformers loads", spec.kind)
+  if spec.kind in original_heads.ORIGINAL_HEADS:   # said before training: the export refuses this head
+    logging.info("head=original (%s): convert orbax_to_hf cannot export this head (no transformers class has it); "
+                 "fine-tune with head=hf (the default) for a model that transformers loads", spec.kind)
   logging.info("%s: %s; %d steps of %d (head %s, init %s)", adapter.name, data_info, total, config.batch_size,
                spec.kind, init_kind)
   steps = Steps(spec, adapter, mesh, rules, config=config, num_train_steps=total)
