@@ -5,11 +5,11 @@ r"""SQuAD v1.1 / v2.0 fine-tuning.
     python -m electra_jax.eval.evaluate --config=configs/squad.py:version=1.1 --checkpoint=/tmp/squad1/seed_0 \
         --workdir=/tmp/squad1_eval
 
-Arguments after the colon: version (1.1 or 2.0), and size, head, recipe, trials, runlocal as in configs/glue.py.
-The official train files are not part of the shared data; point `train_file` at them (a run without one stops
-before training and says so). The dev file defaults to the data folder's: dev-v1.1.json, and for v2.0
-dev-v2.0.json or, where only that is there, dev-v2.0.cs224n-dev-half.json (a subset of it; data/README.md). Outputs: predictions.json (the
-best non-null span of every question, as the original ELECTRA writes it), null_odds.json (v2.0) and, for v2.0,
+Arguments after the colon: version (1.1 or 2.0), and size, head, recipe, trials, runlocal as in configs/glue.py. The
+official train files are not part of the shared data; point `train_file` at them (a run without one stops before
+training and says so). The dev file defaults to the data folder's: dev-v1.1.json, and for v2.0 dev-v2.0.json or,
+where only that is there, dev-v2.0.cs224n-dev-half.json (a subset of it; data/README.md). Outputs: predictions.json
+(the best non-null span of every question, as the original ELECTRA writes it), null_odds.json (v2.0) and, for v2.0,
 predictions_thresholded.json ("" where the null odds exceed `na_threshold`: a leaderboard-style submission).
 """
 

@@ -22,7 +22,8 @@ def _glue_set(task: str, split: str = "dev") -> EvalSet:
 
 
 def _results(scores, base, main):
-  results = {"task": "t", "head": "h", "main_metric": main, "summary": evaluation.summarize([{"metrics": scores}], base)}
+  summary = evaluation.summarize([{"metrics": scores}], base)
+  results = {"task": "t", "head": "h", "main_metric": main, "summary": summary}
   return evaluation.with_baselines(results, base)
 
 

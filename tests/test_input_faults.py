@@ -184,7 +184,8 @@ def test_reading_a_writable_checkpoint_logs_no_read_only_notice(tmp_path, caplog
 
 
 BINARIES = ("electra_jax/train/finetune.py", "electra_jax/train/pretrain.py", "electra_jax/eval/evaluate.py",
-            "electra_jax/eval/predict.py", "electra_jax/convert/__main__.py", "electra_jax/data/pretraining/__init__.py",
+            "electra_jax/eval/predict.py", "electra_jax/convert/__main__.py",
+            "electra_jax/data/pretraining/__init__.py",
             "configs/glue.py", "configs/squad.py", "configs/pretrain.py")
 
 
