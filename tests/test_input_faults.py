@@ -53,6 +53,7 @@ def test_orbax_to_hf_refuses_a_non_empty_folder_then_replaces_it_whole(tmp_path)
   convert_cli.orbax_to_hf(ckpt, os.fspath(tmp_path / "new"))   # a new folder needs no flag
 
 
+@pytest.mark.slow   # writes an Orbax checkpoint (seconds on a loaded 2-core machine)
 def test_orbax_to_hf_refuses_the_original_head_with_what_to_do(tmp_path):
   ckpt = _checkpoint(tmp_path, kind="OriginalElectraForSequenceClassification")
   with pytest.raises(errors.Error, match="the original ELECTRA head.*fine-tune with head=hf"):
@@ -60,6 +61,7 @@ def test_orbax_to_hf_refuses_the_original_head_with_what_to_do(tmp_path):
   assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow   # writes an Orbax checkpoint (seconds on a loaded 2-core machine)
 def test_disk_full_while_exporting_is_one_line_naming_the_folder(tmp_path, monkeypatch):
   import safetensors.numpy
   from safetensors import SafetensorError
@@ -176,6 +178,7 @@ def test_config_field_given_as_a_flag_gets_a_hint():
   assert "did you mean --config.init_checkpoint?" in proc.stderr
 
 
+@pytest.mark.slow   # writes an Orbax checkpoint (seconds on a loaded 2-core machine)
 def test_reading_a_writable_checkpoint_logs_no_read_only_notice(tmp_path, caplog):
   ckpt = _checkpoint(tmp_path)
   with caplog.at_level(logging.INFO):
