@@ -15,8 +15,7 @@ class DiskFullError(Error, OSError):
   """A write that failed because the disk (or quota) is full; the message names the path."""
 
 
-_DISK_FULL_TEXT = ("no space left on device", "enospc", "storagefull", "disk quota exceeded", "os error 28",
-                   "code: 28")
+_DISK_FULL_RE = r"no space left on device|enospc|storagefull|disk quota exceeded|\bos error 28\b|\bcode: 28\b"
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -25,8 +24,8 @@ def is_disk_full(exc: BaseException) -> bool:
   import errno  # pylint: disable=import-outside-toplevel
   if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
     return True
-  text = str(exc).lower()
-  return any(t in text for t in _DISK_FULL_TEXT)
+  import re  # pylint: disable=import-outside-toplevel
+  return re.search(_DISK_FULL_RE, str(exc).lower()) is not None
 
 
 def disk_full(path: str, doing: str, exc: BaseException) -> DiskFullError:
