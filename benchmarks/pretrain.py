@@ -1,4 +1,4 @@
-"""Pretraining step throughput: this project against Hugging Face PyTorch and Hugging Face Flax, in one invocation.
+r"""Pretraining step throughput: this project against Hugging Face PyTorch and Hugging Face Flax, in one invocation.
 
     python benchmarks/pretrain.py --batch_size=16 --seq_len=128                     # small, peers torch and flax
     python benchmarks/pretrain.py --batch_size=16 --seq_len=128 --size=small --peers=torch,flax --steps=10

@@ -1,4 +1,4 @@
-"""GLUE fine-tuning (and the shared fine-tuning defaults that configs/squad.py builds on).
+r"""GLUE fine-tuning (and the shared fine-tuning defaults that configs/squad.py builds on).
 
     python -m electra_jax.train.finetune --config=configs/glue.py:task=mrpc,size=small --workdir=/tmp/mrpc \
         --config.init_checkpoint=/ckpt/electra_small        # an HF folder or an Orbax checkpoint of this project
@@ -10,7 +10,13 @@ Arguments after the colon (all optional):
   task     cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (AX is predicted with the MNLI model)
   size     tiny (tests), small, base, large: the paper's learning rate and layer-wise decay for that size, and the
            architecture when training from scratch
-  head     original (the original ELECTRA's dropout + linear) or hf (Hugging Face's dense + gelu + linear)
+  head     hf (the default: Hugging Face's ElectraForSequenceClassification, dense + gelu + linear) or original
+           (the original ELECTRA's dropout + linear, for replicating the paper). hf is the default because the
+           documented chain is fine-tune, then `convert orbax_to_hf`, then transformers: no transformers class has
+           the original head (a linear layer on [CLS], where HF's head has a dense + gelu layer before it, which no
+           choice of weights makes the identity), so an original-head checkpoint cannot be exported; with
+           head=original the fine-tuning run says so before it trains, and orbax_to_hf refuses it. The
+           experiments/ replication uses head=original, as the paper did.
   recipe   original (the original code: weight decay 0.01, top layer decayed twice) or paper (Table 7: no weight
            decay, layer-wise decay as described)
   trials   fine-tuning runs with seeds seed, seed+1, ...; the results report median, mean and spread
@@ -62,7 +68,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   return m
 
 
-def base_config(size: str = "small", head: str = "original", recipe: str = "original", trials: int = 1,
+def base_config(size: str = "small", head: str = "hf", recipe: str = "original", trials: int = 1,
                 ) -> ml_collections.ConfigDict:
   """Fields shared by GLUE and SQuAD fine-tuning (read by electra_jax.train.finetune_lib)."""
   if head not in HEADS:
@@ -107,7 +113,7 @@ def base_config(size: str = "small", head: str = "original", recipe: str = "orig
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, task="mrpc", size="small", head="original", recipe="original", trials=1,
+  arg = common.parse_arg(arg, task="mrpc", size="small", head="hf", recipe="original", trials=1,
                          runlocal=False)
   from electra_jax.data import glue  # pylint: disable=import-outside-toplevel
   task = glue.get_task(arg.task).name

@@ -1,8 +1,8 @@
-"""ELECTRA pretraining presets: tiny (a CPU in minutes), small, base, large (the paper's Table 6 hyperparameters).
+r"""ELECTRA pretraining presets: tiny (a CPU in minutes), small, base, large (the paper's Table 6 hyperparameters).
 
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=tiny --workdir=/tmp/electra_tiny
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=small --workdir=gs://b/electra_small \
-        --config.data.corpus=/data/owt --config.data.vocab_file=/data/vocab.txt
+        --config.data.corpus=/data/owt     # vocab: BERT's uncased, $ELECTRA_DATA_DIR/vocab/, unless data.vocab_file
     python -m electra_jax.train.pretrain --config=configs/pretrain.py:size=base,objective=mlm --workdir=...
 
 Arguments after the colon: size (tiny|small|base|large), objective (electra|mlm|electra_15|replace_mlm|all_tokens_mlm|
@@ -89,6 +89,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vocab_size = 0             # 0: the size of data.vocab_file
   c.model.hidden_dropout_prob = 0.1
   c.model.attention_probs_dropout_prob = 0.1
+  # Runtime-only fields (ElectraConfig): speed and memory, never the parameters; the same path in every config.
+  c.model.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
+  c.model.param_dtype = "float32"
+  c.model.scan_layers = not tiny
+  c.model.remat_policy = "dots" if arg.size == "large" else "none"   # large: 24 layers' activations need it on a v5e
+  c.model.kernels = "auto"           # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | splash
   c.generator = ml_collections.ConfigDict()
   c.generator.hidden_fraction = gen_frac    # generator hidden = round(H * fraction), heads H_g // 64, FFN 4 H_g
   c.generator.layers_fraction = 1.0
@@ -116,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = str(paths.default_corpus()) if tiny else ""   # files, folders, globs or tfds:NAME (comma-separated)
-  c.data.vocab_file = str(paths.default_vocab()) if tiny else ""
+  c.data.vocab_file = str(paths.default_vocab())   # BERT's uncased vocab (ELECTRA's), <data dir>/vocab/
   c.data.lower_case = True
   c.data.strip_accents = ""          # "": follow lower_case (BERT); "true" / "false" to force
   c.data.cache_dir = ""              # where the ArrayRecord shards are built; "": WORKDIR/data
@@ -135,10 +141,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pod = arg.size in ("base", "large")
   c.mesh = common.mesh_config(data=0, fsdp=-1, tensor=1) if pod else common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = common.default_sharding_rules()
-  c.dtype = "float32" if tiny else "bfloat16"   # compute dtype; parameters and optimizer state stay float32
-  c.param_dtype = "float32"
-  c.scan_layers = not tiny
-  c.remat_policy = "dots" if arg.size == "large" else "none"   # large: the activations of 24 layers need it on a v5e
-  c.kernels = "auto"                 # forms of the ops (electra_jax/ops): auto | reference | xla_cpu | cudnn | splash
   c.peak_flops_per_device = 0.0      # for MFU; 0: the datasheet peak of the device kind (measured on CPU)
   return c

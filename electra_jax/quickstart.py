@@ -31,6 +31,7 @@ from absl import flags
 
 from electra_jax import paths
 from electra_jax.runtime import cli
+from electra_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Where every stage writes.")
@@ -132,7 +133,8 @@ def main(argv):
       "electra_jax.eval.evaluate", f"--config={task_cfg}", f"--checkpoint={os.path.join(fin, 'seed_0')}",
       f"--workdir={ev}", *short, f"--config.max_eval_examples={FLAGS.max_eval_examples}"])
   _run("4/5 export to a Hugging Face folder (tokenizer and label names included)", [
-      "electra_jax.convert", "orbax_to_hf", f"--checkpoint={os.path.join(fin, 'seed_0')}", f"--out={export}"])
+      "electra_jax.convert", "orbax_to_hf", f"--checkpoint={os.path.join(fin, 'seed_0')}", f"--out={export}",
+      "--overwrite"])   # its own folder: a rerun replaces it
   example = EXAMPLES.get(task, "ELECTRA learns from replaced tokens.")
   preds = _run("5/5 predict from the exported folder", [
       "electra_jax.eval.predict", f"--model={export}", "--task=text-classification"], stdin=example + "\n")
@@ -153,8 +155,10 @@ def main(argv):
 
   print("\n" + "=" * 78)
   print(f"quickstart finished in {time.time() - t0:.0f}s")
-  print(f"  pretraining   step {pm.get('step')}: loss {pm.get('loss', float('nan')):.3f}, discriminator accuracy "
-        f"{pm.get('disc_accuracy', float('nan')):.3f}, AUC {pm.get('disc_auc', float('nan')):.3f}   -> {pre}")
+  disc_line, disc_warning = metrics_lib.discriminator_summary(pm)
+  print(f"  pretraining   step {pm.get('step')}: loss {pm.get('loss', float('nan')):.3f}, {disc_line}   -> {pre}")
+  if disc_warning:
+    print(f"  warning: {disc_warning}")
   if baseline is None:
     print(f"  {key:30s} {score:.4f}")
   else:

@@ -214,7 +214,7 @@ def compile_step(config: Any, devices: list, vocab_size: int = 30522) -> Compile
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" in str(e):   # the TPU compiler refuses a program larger than HBM
         raise DoesNotFitError(f"does not fit: {_first_line(e)}. Shard more (--config.mesh.fsdp=N), rematerialise "
-                              "(--config.remat_policy=dots or full) or lower the per-device batch.") from None
+                              "(--config.model.remat_policy=dots or full) or lower the per-device batch.") from None
       raise
     compile_s = time.perf_counter() - t0 - lower_s
   return Compiled(setup, compiled, lower_s, compile_s)
@@ -310,8 +310,9 @@ def build_report(config: Any, topology: str, result: Compiled, *, mfu: float, tr
       "mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "size": config.get("size"),
       "objective": config.objective, "batch_size": batch_size, "seq_len": seq_len,
       "per_device_batch": batch_size / math.prod(setup.mesh.shape[a] for a in _batch_axes(setup.batch_sharding)),
-      "dtype": config.dtype, "param_dtype": config.param_dtype, "scan_layers": bool(config.scan_layers),
-      "remat_policy": config.remat_policy, "num_params": _num_params(setup.abstract_state["params"]),
+      "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+      "scan_layers": bool(config.model.scan_layers), "remat_policy": config.model.remat_policy,
+      "num_params": _num_params(setup.abstract_state["params"]),
       "lower_s": result.lower_s, "compile_s": result.compile_s, "memory_per_device": memory,
       "kernels": kernels, "fused_attention": kernels["fused_attention"],
       "attention_kernels": kernels["attention_kernels"],
@@ -402,7 +403,7 @@ def run(config: Any, topology: str, *, mfu: float = 0.4, train_steps: list[str] 
     err = DoesNotFitError(
         f"does not fit: the step needs {report['memory_per_device']['peak_gib']:.2f} GiB per device on {topology} "
         f"but a {report['chip'] or 'device'} has {hbm:g} GiB. Shard more (--config.mesh.fsdp=N), rematerialise "
-        f"(--config.remat_policy=dots or full) or lower the per-device batch.")
+        f"(--config.model.remat_policy=dots or full) or lower the per-device batch.")
     err.report = report
     raise err
   return report

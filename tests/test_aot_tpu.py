@@ -123,7 +123,7 @@ def test_tpu_topology_compiles_with_libtpu():
     assert proc.returncode == 1 and "libtpu is not installed" in proc.stderr
     pytest.skip("libtpu is not installed (pip install -e '.[tpu-aot]'); checked the error message instead")
   # Without attention dropout, kernels=auto gives the TPU JAX's splash attention: the report names its kernels.
-  proc = _run(*TINY, "--topology=v5e:2x2", "--config.dtype=bfloat16", "--config.model.attention_probs_dropout_prob=0")
+  proc = _run(*TINY, "--topology=v5e:2x2", "--config.model.dtype=bfloat16", "--config.model.attention_probs_dropout_prob=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = _last_json(proc.stdout)
   assert r["devices"] == 4 and "v5" in r["device_kind"].lower() and r["hbm_gib"] == 16 and r["fits"] is True

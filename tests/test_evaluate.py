@@ -53,7 +53,7 @@ def test_binaries_exit_1_with_a_message_on_bad_input(tmp_path):
   (tmp_path / "hf").mkdir()
   (tmp_path / "hf" / "config.json").write_text("{}")
   (tmp_path / "hf" / "model.safetensors").write_bytes(b"")   # an HF folder = config.json + weights
-  proc = _run("electra_jax.eval.evaluate", "--config=configs/glue.py:task=rte,runlocal",
+  proc = _run("electra_jax.eval.evaluate", "--config=configs/glue.py:task=rte,runlocal,head=original",
               f"--checkpoint={tmp_path / 'hf'}", f"--workdir={tmp_path / 'out'}")
   assert proc.returncode == 1
   assert "is an HF folder: only HF heads load from it; evaluate it with head=hf" in proc.stderr

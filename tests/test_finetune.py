@@ -41,7 +41,7 @@ def tiny_glue_config(task: str, **overrides):
 @pytest.fixture(scope="module")
 def mrpc_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("mrpc")
-  config = tiny_glue_config("mrpc", num_train_steps=40, double_unordered=True)
+  config = tiny_glue_config("mrpc", head="original", num_train_steps=40, double_unordered=True)
   return config, os.fspath(workdir), finetune_lib.train_and_evaluate(config, os.fspath(workdir))
 
 

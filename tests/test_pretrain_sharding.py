@@ -86,7 +86,7 @@ def test_pod_presets_shard_state_over_fsdp_and_data_across_slices():
   # large rematerialises (dots), base does not (launch/tpu_aot.py: both fit a v5e pod so).
   for size, remat in (("base", "none"), ("large", "dots")):
     c = pretrain_config.get_config(f"size={size}")
-    assert dict(c.mesh) == {"data": 0, "fsdp": -1, "tensor": 1} and c.remat_policy == remat, size
+    assert dict(c.mesh) == {"data": 0, "fsdp": -1, "tensor": 1} and c.model.remat_policy == remat, size
   assert dict(pretrain_config.get_config("size=small").mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
   # On devices of one slice (these CPUs) data=0 is 1 and fsdp takes them all.
   assert sharding.num_slices(jax.devices()) == 1

@@ -56,9 +56,9 @@ def pretrain_config(args):
   c = pretrain_config_module.get_config(f"size={'small' if args.size == 'tiny' else args.size}")
   c.batch_size = args.batch_size
   c.max_seq_length = args.seq_len
-  c.dtype = args.dtype
-  c.scan_layers = args.scan
-  c.remat_policy = args.remat
+  c.model.dtype = args.dtype
+  c.model.scan_layers = args.scan
+  c.model.remat_policy = args.remat
   c.model.embedding_size = dims["embedding_size"]
   c.model.hidden_size = dims["disc"]["hidden_size"]
   c.model.num_attention_heads = dims["disc"]["num_attention_heads"]

@@ -76,12 +76,26 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
           "integrity": ocp.JsonCheckpointHandler()}
 
 
+class _ReadOnlyNotice(logging.Filter):
+  """Drops Orbax's "Given directory is read only=<dir>": a reader opens a manager read-only by choice (so that it
+  writes nothing), and the warning read as if the user's writable directory were not."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 def _manager(directory: str, *, keep: int | None = None, read_only: bool = False,
              async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
       cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+  notice = _ReadOnlyNotice()
+  absl_logger = logging.getLogger("absl")   # Orbax logs through absl.logging
+  absl_logger.addFilter(notice)
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+  finally:
+    absl_logger.removeFilter(notice)
 
 
 def _abspath(path: str | os.PathLike) -> str:

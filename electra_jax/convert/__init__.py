@@ -84,10 +84,18 @@ def read_hf_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def write_hf_weights(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+  """model.safetensors in `path`, written whole or not at all; a full disk is a one-line errors.DiskFullError."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   os.makedirs(path, exist_ok=True)
   tmp = os.path.join(path, SAFETENSORS + ".tmp")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+  try:
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+  except Exception as e:  # safetensors' SafetensorError (a Rust error) carries the OS's "No space left on device"
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if errors.is_disk_full(e):
+      raise errors.disk_full(os.fspath(path), f"writing {SAFETENSORS}", e) from e
+    raise
   os.replace(tmp, os.path.join(path, SAFETENSORS))
 
 

@@ -1,4 +1,4 @@
-"""Move weights between Hugging Face folders and this project's Orbax checkpoints, both ways, for any head.
+r"""Move weights between Hugging Face folders and this project's Orbax checkpoints, both ways, for any head.
 
     # HF -> Orbax (e.g. to fine-tune or continue pretraining released weights with our trainers)
     python -m electra_jax.convert hf_to_orbax --hf_dir=electra-small-discriminator --out=ckpt/disc
@@ -6,6 +6,7 @@
     python -m electra_jax.convert hf_to_orbax --hf_dir=DISC_DIR --hf_generator_dir=GEN_DIR --out=ckpt/pretrain
     # Orbax -> HF (a fine-tuned head, or the discriminator / generator of a pretraining run)
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/disc [--part=discriminator]
+    python -m electra_jax.convert orbax_to_hf --checkpoint=FINETUNE_DIR/seed_0 --out=hf/mrpc --overwrite  # replace
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/gen --part=generator --vocab_file=vocab.txt
     python -m electra_jax.convert orbax_to_hf --checkpoint=WORKDIR --out=hf/disc --push_to_hub=me/electra-small-x
     # original TF1 ELECTRA checkpoints (google-research/electra), read without TensorFlow
@@ -33,12 +34,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import numpy as np
 from absl import flags
 from flax import nnx
 
-from electra_jax import convert
+from electra_jax import convert, errors
 from electra_jax.convert import hub
 from electra_jax.modeling import ElectraPretrainingModel
 from electra_jax.runtime import cli
@@ -69,6 +71,8 @@ flags.DEFINE_string("revision", None, "hf_to_orbax: the Hub revision (branch, ta
 flags.DEFINE_string("push_to_hub", None, "orbax_to_hf: also upload the written folder to this Hub repository "
                     "(owner/name; created if missing; token from HF_TOKEN or `hf auth login`).")
 flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_bool("overwrite", False, "orbax_to_hf: replace an existing non-empty --out folder whole (refused "
+                  "otherwise).")
 
 
 def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir: str | None = None,
@@ -111,12 +115,27 @@ def _hf_params(hf_dir: str, head: str | None, hf_generator_dir: str | None):
 
 def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | None = None,
                 vocab_file: str | None = None, lowercase: bool | None = None, dtype: str | None = None,
-                push_to_hub: str | None = None) -> str:
+                push_to_hub: str | None = None, overwrite: bool = False) -> str:
   """Exports a checkpoint of this project as an HF folder. part: "discriminator" (the default) or "generator" of a
   pretraining checkpoint; any other checkpoint holds one network and refuses a part. push_to_hub: a Hub repository
-  id (owner/name) to upload the written folder to (created if missing; token from HF_TOKEN)."""
+  id (owner/name) to upload the written folder to (created if missing; token from HF_TOKEN).
+
+  `out` must be new or empty unless `overwrite`; then the whole folder is replaced (the export is written beside it
+  and swapped in), so no file of an earlier export (tokenizer.json, another head's config) survives to mislead
+  transformers."""
   from electra_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  out = os.path.normpath(out)
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+    held = sorted(os.listdir(out))[:4] if os.path.isdir(out) else []
+    raise convert.ConversionError(f"--out={out} already exists{' and holds ' + ', '.join(held) if held else ''}; "
+                                  f"pass --overwrite to replace it whole, or choose a new folder")
+  from electra_jax.modeling import original_heads  # pylint: disable=import-outside-toplevel
   model = checkpointing.load_model(checkpoint, step)
+  kind = type(model).__name__
+  if kind in original_heads.ORIGINAL_HEADS:
+    raise convert.ConversionError(
+        f"{checkpoint} holds {kind}, the original ELECTRA head (fine-tuned with head=original), which no transformers "
+        f"class has, so it cannot be exported; fine-tune with head=hf (the configs' default) to export")
   if isinstance(model, ElectraPretrainingModel):
     parts = model.hf_parts()   # the networks as HF heads (gdes: the discriminator holds E_G + E_delta)
     if (part or "discriminator") not in parts:
@@ -134,11 +153,34 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
   if lowercase is None:
     lowercase = bool(tokenizer.get("lowercase", True))
   strip_accents = tokenizer.get("strip_accents") if vocab_file == tokenizer.get("vocab_file") else None
-  path = convert.to_hf(model, out, dtype=dtype, vocab_file=vocab_file, lowercase=lowercase,
-                       strip_accents=strip_accents)
+  staging = f"{out}.partial-{os.getpid()}"
+  try:
+    if os.path.exists(staging):
+      shutil.rmtree(staging)
+    convert.to_hf(model, staging, dtype=dtype, vocab_file=vocab_file, lowercase=lowercase,
+                  strip_accents=strip_accents)
+    if os.path.isdir(out):
+      old = f"{out}.old-{os.getpid()}"
+      os.rename(out, old)
+      os.rename(staging, out)
+      shutil.rmtree(old)
+    elif os.path.exists(out):
+      os.remove(out)
+      os.rename(staging, out)
+    else:
+      os.rename(staging, out)
+  except errors.DiskFullError:
+    raise
+  except OSError as e:
+    if errors.is_disk_full(e):
+      raise errors.disk_full(out, "exporting the Hugging Face folder", e) from e
+    raise
+  finally:
+    if os.path.isdir(staging):
+      shutil.rmtree(staging)
   if push_to_hub:
-    print(f"pushed {path} to {push_to_hub}: {hub.push(path, push_to_hub)}")
-  return path
+    print(f"pushed {out} to {push_to_hub}: {hub.push(out, push_to_hub)}")
+  return out
 
 
 def tf_command(command: str) -> str:
@@ -185,7 +227,7 @@ def main(argv):
     if not FLAGS.checkpoint:
       raise cli.UsageError("--checkpoint is required")
     path = orbax_to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.part, FLAGS.step, FLAGS.vocab_file, FLAGS.lowercase,
-                       FLAGS.dtype, FLAGS.push_to_hub)
+                       FLAGS.dtype, FLAGS.push_to_hub, FLAGS.overwrite)
   print(f"wrote {os.path.abspath(path)}")
 
 

@@ -1,4 +1,4 @@
-"""Scores a fine-tuned checkpoint on the dev sets of its task, without training, and writes the predictions files.
+r"""Scores a fine-tuned checkpoint on the dev sets of its task, without training, and writes the predictions files.
 
     python -m electra_jax.eval.evaluate --config=configs/glue.py:task=mrpc --checkpoint=/tmp/mrpc/seed_0 \
         --workdir=/tmp/mrpc_eval
@@ -8,7 +8,8 @@
 --checkpoint: a fine-tuning workdir of this project (WORKDIR/seed_<s>, its checkpoints/ or one step), whose
 model_config says the head; or an HF folder (config.json + model.safetensors) with the task's HF head (head=hf).
 Outputs: WORKDIR/predictions/ (GLUE dev/test TSVs; SQuAD predictions.json, null_odds.json, ...) and
-WORKDIR/results.json; a summary table on stdout. Exit status 1 with a message on bad input.
+WORKDIR/results.json; a summary table on stdout. Both put every score beside the task's trivial baseline on the same
+rows (eval/baselines.py) and say when the score does not beat it. Exit status 1 with a message on bad input.
 Config fields: configs/glue.py, configs/squad.py; `--config=... --config_help` lists them with their values.
 """
 

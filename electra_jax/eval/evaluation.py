@@ -23,6 +23,7 @@ from flax import nnx
 from electra_jax import checkpointing, convert, sharding
 from electra_jax.checkpointing import ModelSpec
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights, unflatten
+from electra_jax.eval import baselines
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, write_json
 from electra_jax.modeling import ElectraConfig
 from electra_jax.modeling.config import RUNTIME_FIELDS
@@ -184,17 +185,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, work
   eval_sets = adapter.eval_sets(include_test=True)
   dev, files = evaluate_sets(predictor, params, eval_sets, int(config.eval_batch_size),
                              os.path.join(workdir, "predictions"))
+  base = baselines.of_sets(adapter, eval_sets)
   results = {"task": adapter.name, "family": adapter.family, "head": spec.kind, "checkpoint": checkpoint,
              "data": adapter.read_summaries, "main_metric": adapter.main_metric, "metrics": dev, "files": files,
-             "seconds": time.time() - start, "summary": summarize([{"metrics": dev}])}
+             "seconds": time.time() - start, "summary": summarize([{"metrics": dev}], base)}
+  with_baselines(results, base)
   write_json(os.path.join(workdir, "results.json"), results)
   if distributed.is_primary():
     print(format_summary(results), flush=True)
   return results
 
 
-def summarize(trials: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-  """{"<set>/<metric>": {"median", "mean", "std" (sample; 0 for one trial), "min", "max", "n", "values"}}."""
+def summarize(trials: Sequence[Mapping[str, Any]], base: Mapping[str, Mapping[str, Any]] | None = None
+              ) -> dict[str, dict[str, Any]]:
+  """{"<set>/<metric>": {"median", "mean", "std" (sample; 0 for one trial), "min", "max", "n", "values"}}, plus
+  "baseline" (the trivial baseline's value, eval/baselines.py) and "beats_baseline" (median > baseline) for every
+  score that `base` ({set: baselines.of_set(...)}) covers."""
   values: dict[str, list[float]] = {}
   for t in trials:
     for name, m in t["metrics"].items():
@@ -206,7 +212,24 @@ def summarize(trials: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     out[key] = {"median": float(np.median(a)), "mean": float(np.mean(a)),
                 "std": float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, "min": float(np.min(a)),
                 "max": float(np.max(a)), "n": len(vs), "values": vs}
+    name, _, metric = key.rpartition("/")
+    floor = ((base or {}).get(name) or {}).get("metrics", {}).get(metric)
+    if floor is not None and baselines.is_score(metric):
+      out[key]["baseline"] = float(floor)
+      out[key]["beats_baseline"] = bool(out[key]["median"] > floor)
   return out
+
+
+def with_baselines(results: dict[str, Any], base: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """results + "baselines" (per set: what the trivial predictor is, its metrics) and "beats_baseline" (per set: the
+  median main metric against the baseline's; eval/baselines.py), for results.json and the printed summary."""
+  medians = {}
+  for key, s in results["summary"].items():
+    name, _, metric = key.rpartition("/")
+    medians.setdefault(name, {})[metric] = s["median"]
+  results["baselines"] = dict(base)
+  results["beats_baseline"] = baselines.compare(medians, base, str(results.get("main_metric")))
+  return results
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
@@ -214,11 +237,15 @@ def format_summary(results: Mapping[str, Any]) -> str:
   summary = results["summary"]
   n = max((s["n"] for s in summary.values()), default=0)
   lines = [f"{results['task']} ({results['head']}, {n} run{'s' if n != 1 else ''})"]
-  lines.append(f"{'metric':34s} {'median':>10s} {'mean':>10s} {'std':>10s} {'min':>10s} {'max':>10s}")
+  lines.append(f"{'metric':34s} {'median':>10s} {'mean':>10s} {'std':>10s} {'min':>10s} {'max':>10s} "
+               f"{'baseline':>10s}")
   main = results.get("main_metric")
   for key in sorted(k for k in summary if not k.endswith("total")):
     s = summary[key]
     mark = "*" if key.endswith("/" + str(main)) else " "
+    floor = f"{s['baseline']:10.4f}" if "baseline" in s else f"{'-':>10s}"
+    flag = "" if "beats_baseline" not in s or s["beats_baseline"] else "  (not above the baseline)"
     lines.append(f"{mark}{key:33s} {s['median']:10.4f} {s['mean']:10.4f} {s['std']:10.4f} {s['min']:10.4f} "
-                 f"{s['max']:10.4f}")
+                 f"{s['max']:10.4f} {floor}{flag}")
+  lines += baselines.verdict_lines(results.get("beats_baseline") or {})
   return "\n".join(lines)

@@ -246,6 +246,18 @@ def predict(model_dir: str, task: str, lines: list[str], vocab_file: str | None 
   return answer(model, tok, lines, **kw)
 
 
+def read_lines(stream, name: str = "standard input") -> list[str]:
+  """The lines of a binary stream decoded as UTF-8; bytes that are not (binary input) are an error naming the line."""
+  lines = []
+  for lineno, raw in enumerate(stream, start=1):
+    try:
+      lines.append(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      raise PredictError(f"{name}, line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start}); give text, one "
+                         f"input per line") from None
+  return lines
+
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF folder, Hub model id (ID or ID@REVISION) or checkpoint directory of this "
                     "project.")
@@ -260,7 +272,7 @@ def main(argv):
   kw = dict(max_answer_length=FLAGS.max_answer_length, doc_stride=FLAGS.doc_stride) \
       if FLAGS.task == "question-answering" else {}
   model_dir = check_model_dir(FLAGS.model)
-  results = predict(model_dir, FLAGS.task, sys.stdin.readlines(), FLAGS.vocab_file, **kw)  # bad input: exit 2
+  results = predict(model_dir, FLAGS.task, read_lines(sys.stdin.buffer), FLAGS.vocab_file, **kw)  # bad: exit 2
   for r in results:
     print(json.dumps(r))
 

@@ -216,6 +216,8 @@ def _load_json(path: str, what: str) -> Any:
     raise FileNotFoundError(f"{what} file {path} does not exist") from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: {what} file is not valid JSON ({e})") from None
+  except UnicodeDecodeError as e:
+    raise ValueError(errors.utf8_location(path, e)) from None
 
 
 def _check_mapping(obj: Any, path: str, what: str, value_type: type | tuple[type, ...], type_name: str

@@ -141,6 +141,12 @@ class GlueAdapter:
     return {k: float(v) for k, v in scored.items() if isinstance(v, float)}, files
 
 
+# Default SQuAD files under <data dir>/squad, first found wins: the official names, then the shared data folder's
+# v2.0 dev subset (data/README.md). No training set ships with the data: fine-tuning needs config.train_file.
+DEFAULT_FILES = {("train", "1.1"): ("train-v1.1.json",), ("train", "2.0"): ("train-v2.0.json",),
+                 ("dev", "1.1"): ("dev-v1.1.json",), ("dev", "2.0"): ("dev-v2.0.json", "dev-v2.0.cs224n-dev-half.json")}
+
+
 class SquadAdapter:
   """SQuAD v1.1 / v2.0 with the HF span head or the original beam-search head (+ answerability classifier)."""
 
@@ -173,12 +179,17 @@ class SquadAdapter:
             "answerable_weight": float(c.answerable_weight)}
 
   def _file(self, field: str, kind: str) -> str:
+    """config.<field>, else the first of the data folder's files for this split and version (DEFAULT_FILES)."""
     path = self.config.get(field) or ""
+    folder = paths.data_dir() / "squad"
     if not path:
-      path = os.fspath(paths.data_dir() / "squad" / f"{kind}-v{self.version}.json")
+      candidates = [os.fspath(folder / name) for name in DEFAULT_FILES[(kind, self.version)]]
+      path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"SQuAD {kind} file {path} does not exist (set config.{field}; the official "
-                              f"{kind}-v{self.version}.json, or any file in the official format)")
+      there = sorted(os.listdir(folder)) if folder.is_dir() else []
+      raise FileNotFoundError(f"SQuAD {kind} file {path} does not exist; pass --config.{field}=<the official "
+                              f"{kind}-v{self.version}.json, or any file in its format> ({folder} holds "
+                              f"{', '.join(there) or 'nothing'})")
     return path
 
   def _read(self, kind: str) -> tuple[dict[str, Any], list[squad.SquadExample], str]:
@@ -203,22 +214,24 @@ class SquadAdapter:
         data = json.load(f)
     except json.JSONDecodeError as e:
       raise squad.SquadFormatError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+      raise squad.SquadFormatError(errors.utf8_location(path, e)) from None
     version, examples = squad.parse_squad(data, path)
     if version != self.version:
       raise TaskError(f"{path} is SQuAD v{version} data but config.version is {self.version}")
     self.read_summaries.append(f"{path}: {len(examples)} questions (v{version})")
     return data, examples
 
-  def _featurize(self, examples, is_training: bool) -> squad.SquadFeatures:
+  def _featurize(self, examples, is_training: bool, source: str) -> squad.SquadFeatures:
     c = self.config
     return squad.featurize_squad(examples, self.tokenizer, max_seq_length=c.max_seq_length, doc_stride=c.doc_stride,
                                  max_query_length=c.max_query_length, is_training=is_training,
-                                 drop_unrecoverable=is_training and bool(c.drop_unrecoverable))
+                                 drop_unrecoverable=is_training and bool(c.drop_unrecoverable), source=source)
 
   def train_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     _, examples, path = self._read("train")
     examples = _limit(examples, self.config.max_train_examples)
-    feats = self._featurize(examples, is_training=True)
+    feats = self._featurize(examples, is_training=True, source=path)
     s = feats.summary
     if s.unrecoverable:
       logging.warning("%s: %d training answers are not recoverable at token boundaries (%s; e.g. %s)", path,
@@ -235,7 +248,7 @@ class SquadAdapter:
     if limit and limit > 0 and limit < len(examples):
       examples = examples[:limit]
       data = subset_squad(data, {ex.qid for ex in examples})
-    feats = self._featurize(examples, is_training=False)
+    feats = self._featurize(examples, is_training=False, source=path)
     arrays = feats.arrays()
     return [EvalSet("dev", {k: arrays[k] for k in INPUT_KEYS}, True, (data, examples, feats, path))]
 

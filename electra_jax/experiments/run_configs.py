@@ -116,7 +116,8 @@ def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: s
                     architecture: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   """configs/glue.py for `task` from `init_checkpoint` ("" with `architecture`, a pretraining config: from scratch)."""
   f = hc.finetune
-  c = config_module("glue").get_config(f"task={task},size={f.size},trials={int(f.seeds)}")
+  # The paper's head (dropout + linear): the replication compares objectives as the paper fine-tuned them.
+  c = config_module("glue").get_config(f"task={task},size={f.size},head=original,trials={int(f.seeds)}")
   c.init_checkpoint = init_checkpoint
   if not init_checkpoint and architecture is not None:
     for field in ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -75,9 +75,28 @@ def _override_flag(argv: Sequence[str], key: str) -> str:
   return f"--config.{key}"
 
 
+def _config_field_hint(text: str) -> str:
+  """The hint "; did you mean --config.<name>?" when an unknown flag names a field of the parsed --config."""
+  unknown = re.search(r"Unknown command line flag '([^']+)'", text)
+  if not unknown or "config" not in FLAGS:
+    return ""
+  name = unknown.group(1)
+  config = FLAGS["config"].value
+  try:
+    known = config is not None and name.split(".")[0] in config
+  except Exception:  # pylint: disable=broad-except
+    known = False
+  if not known:
+    return ""
+  return f"; did you mean --config.{name}? (config fields are set as --config.<field>=<value>)"
+
+
 def _flag_error_message(exc: BaseException, argv: Sequence[str] = ()) -> str:
   """A flag parsing error as one line: the config file's own exception, or the mistyped field and its suggestion."""
   text = str(exc.args[0]) if isinstance(exc, (KeyError, AttributeError)) and exc.args else str(exc)
+  hint = _config_field_hint(text)
+  if hint:
+    return text.strip().splitlines()[0] + hint
   suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
   if suggestion:
     good, bad = suggestion.groups()

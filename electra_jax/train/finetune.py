@@ -1,4 +1,4 @@
-"""Fine-tunes ELECTRA on a GLUE task or SQuAD (the config decides), then scores the dev sets and writes predictions.
+r"""Fine-tunes ELECTRA on a GLUE task or SQuAD (the config decides), then scores the dev sets and writes predictions.
 
     python -m electra_jax.train.finetune --config=configs/glue.py:task=mrpc,size=small --workdir=/tmp/mrpc \
         --config.init_checkpoint=/ckpt/electra_small

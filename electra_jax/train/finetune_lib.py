@@ -11,7 +11,8 @@ A run does `config.num_trials` fine-tuning runs (seeds seed, seed+1, ...), each 
                           SQuAD: predictions.json, null_odds.json (v2.0), predictions_thresholded.json (v2.0),
                           nbest_predictions.json
   results.json            this run's dev scores
-and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric; the same
+and WORKDIR/results.json holds every trial plus median, mean, std (sample), min and max of each dev metric, each
+beside the task's trivial baseline on the same rows (eval/baselines.py: "baselines", "beats_baseline"); the same
 summary is printed as a table.
 
 Initialisation (`config.init_checkpoint`): "" trains from scratch; an HF folder (config.json + model.safetensors), or
@@ -41,8 +42,9 @@ from electra_jax import checkpointing, convert, sharding
 from electra_jax.checkpointing import ModelSpec
 from electra_jax.convert import flatten, params_from_hf, read_hf_weights
 from electra_jax.data import stream as data_stream
+from electra_jax.eval import baselines
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
-                                         runtime_options, summarize)
+                                         runtime_options, summarize, with_baselines)
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
 from electra_jax.modeling import ElectraConfig, effective_params, original_heads
 from electra_jax.runtime import distributed
@@ -342,6 +344,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   for line in adapter.read_summaries:
     logging.info("read %s", line)
   total = num_train_steps(config, data_info["train_rows"])
+  if spec.kind in original_heads.ORIGINAL_HEADS:   # said before training: the export refuses this head
+    logging.info("head=original (%s): convert orbax_to_hf cannot export this head (no transformers class has it); "
+                 "fine-tune with head=hf (the default) for a model that transformers loads", spec.kind)
   logging.info("%s: %s; %d steps of %d (head %s, init %s)", adapter.name, data_info, total, config.batch_size,
                spec.kind, init_kind)
   steps = Steps(spec, adapter, mesh, rules, config=config, num_train_steps=total)
@@ -361,8 +366,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       "task": adapter.name, "family": adapter.family, "head": spec.kind, "init_checkpoint": config.init_checkpoint,
       "init_kind": init_kind, "num_train_steps": total, **data_info, "data": adapter.read_summaries,
       "main_metric": adapter.main_metric,
-      "trials": trials, "summary": summarize([t for t in trials if "metrics" in t]),
-      "seconds": time.time() - start}
+      "trials": trials, "seconds": time.time() - start}
+  base = baselines.of_sets(adapter, eval_sets)   # the trivial predictor on the same rows (eval/baselines.py)
+  results["summary"] = summarize([t for t in trials if "metrics" in t], base)
+  with_baselines(results, base)
   write_json(os.path.join(workdir, "results.json"), results)
   if distributed.is_primary() and not trials[-1].get("preempted"):
     print(format_summary(results), flush=True)

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from electra_jax import errors
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -49,13 +51,41 @@ def _import_summary_writer():
   return SummaryWriter
 
 
+class MetricsFileError(errors.Error, ValueError):
+  """A metrics.jsonl that this project did not write as it stands (bytes that are not UTF-8, a line that is not an
+  object); the message names the file and line."""
+
+
+def _records(path: str) -> list[dict[str, Any]]:
+  """The JSON objects of a metrics.jsonl, in file order. A line that does not parse is skipped (a kill can cut the
+  last line short); one that is not UTF-8 or not an object is an error naming file and line (nothing here wrote it)."""
+  out = []
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise MetricsFileError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                               f"move the file aside to start a new one") from None
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if not isinstance(record, dict):
+        raise MetricsFileError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object "
+                               f"{{\"step\": ...}}; move the file aside to start a new one")
+      out.append(record)
+  return out
+
+
 def read_metrics(workdir: str | os.PathLike, filename: str = METRICS_FILE) -> list[dict[str, Any]]:
-  """All records of WORKDIR/metrics.jsonl, in file order."""
+  """All records of WORKDIR/metrics.jsonl, in file order (see `_records`)."""
   path = os.path.join(os.fspath(workdir), filename)
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _records(path)
 
 
 def archive(workdir: str | os.PathLike, reason: str, filename: str = METRICS_FILE) -> str | None:
@@ -98,17 +128,7 @@ class MetricWriter:
       self._tb = SummaryWriter(logdir=os.fspath(workdir), purge_step=purge, flush_secs=30)
 
   def _truncate_after(self, step: int) -> None:
-    kept = []
-    with open(self.path, encoding="utf-8") as f:
-      for line in f:
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut short by a kill
-        if int(record.get("step", -1)) <= step:
-          kept.append(json.dumps(record) + "\n")
+    kept = [json.dumps(r) + "\n" for r in _records(self.path) if int(r.get("step", -1)) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(kept)
@@ -204,6 +224,32 @@ def format_duration(seconds: float) -> str:
   return f"{minutes}m{secs:02d}s"
 
 
+# The discriminator's recall on replaced tokens below which it "collapsed": it calls (almost) every token original,
+# so its accuracy is the "always original" rate however it scores otherwise.
+RECALL_COLLAPSE = 0.05
+
+
+def discriminator_summary(scalars: Mapping[str, Any]) -> tuple[str, str | None]:
+  """(one line: the discriminator's accuracy beside the "always original" accuracy at the measured replacement rate,
+  its AUC and recall; a warning when its recall collapsed, else None). ("", None) without discriminator metrics."""
+  if scalars.get("disc_accuracy") is None:
+    return "", None
+  acc, rate = float(scalars["disc_accuracy"]), scalars.get("disc_replaced_fraction")
+  line = f"discriminator accuracy {acc:.3f}"
+  if rate is not None:
+    line += f" (\"always original\" scores {1.0 - float(rate):.3f} at the {100 * float(rate):.1f}% replacement rate)"
+  for key, name in (("disc_auc", "AUC"), ("disc_recall", "recall"), ("disc_precision", "precision")):
+    if scalars.get(key) is not None and math.isfinite(float(scalars[key])):
+      line += f", {name} {float(scalars[key]):.3f}"
+  recall = scalars.get("disc_recall")
+  warning = None
+  if recall is not None and rate and float(rate) > 0 and float(recall) < RECALL_COLLAPSE:
+    warning = (f"the discriminator's recall collapsed ({float(recall):.3f} of the replaced tokens found): it calls "
+               f"almost every token original, so its accuracy is the base rate; it has learned little (more steps, "
+               f"a lower learning rate, or a smaller generator)")
+  return line, warning
+
+
 def format_step_line(step: int, total_steps: int, scalars: Mapping[str, Any]) -> str:
   """`step 120/1000 | loss 12.3456 (mlm 5.43 rtd 0.138) | disc acc 0.912 auc 0.801 | lr 1.2e-04 | 3.1e+04 tok/s |
   MFU 31.2% | ETA 1h02m`, leaving out what `scalars` lacks."""
@@ -215,6 +261,8 @@ def format_step_line(step: int, total_steps: int, scalars: Mapping[str, Any]) ->
     parts.append(loss + (f" ({' '.join(sub)})" if sub else ""))
   disc = [f"{name} {scalars[key]:.3f}" for key, name in (("disc_accuracy", "acc"), ("disc_auc", "auc"))
           if key in scalars]
+  if "disc_accuracy" in scalars and scalars.get("disc_replaced_fraction") is not None:
+    disc.insert(1, f"(base {1.0 - float(scalars['disc_replaced_fraction']):.3f})")   # "always original"
   if disc:
     parts.append("disc " + " ".join(disc))
   if "mlm_accuracy" in scalars:

@@ -50,6 +50,19 @@ def main(argv) -> None:
   result = pretrain_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)   # bad input: one line, exit 1 (cli.run)
   if result.preempted:
     logging.warning("stopped early at step %d (preemption); rerun the same command to resume", result.step)
+    return
+  from electra_jax.train import metrics  # pylint: disable=import-outside-toplevel
+  line, warning = metrics.discriminator_summary(result.last_metrics or _last_logged(FLAGS.workdir))
+  if line and distributed.is_primary():
+    print(f"step {result.step}: {line}", flush=True)
+  if warning:
+    logging.warning("%s", warning)
+
+
+def _last_logged(workdir: str) -> dict:
+  """The last metrics.jsonl record with discriminator metrics (a run resumed at its last step trains nothing)."""
+  from electra_jax.train import metrics  # pylint: disable=import-outside-toplevel
+  return next((r for r in reversed(metrics.read_metrics(workdir)) if "disc_accuracy" in r), {})
 
 
 if __name__ == "__main__":

@@ -99,8 +99,8 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
       intermediate_size=int(m.get("intermediate_size", 0) or 4 * m.hidden_size),
       hidden_dropout_prob=float(m.hidden_dropout_prob),
       attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
-      max_position_embeddings=int(m.max_position_embeddings), dtype=config.dtype, param_dtype=config.param_dtype,
-      scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy, kernels=config.get("kernels", "auto"),
+      max_position_embeddings=int(m.max_position_embeddings), dtype=m.dtype, param_dtype=m.param_dtype,
+      scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy, kernels=m.get("kernels", "auto"),
       architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
                      ("ElectraForPreTraining",)))
   if disc.max_position_embeddings < config.max_seq_length:

@@ -1,4 +1,4 @@
-"""Does the micro ELECTRA discriminator's collapse depend on the learning rate? One short pretraining run per lr.
+r"""Does the micro ELECTRA discriminator's collapse depend on the learning rate? One short pretraining run per lr.
 
     python benchmarks/replication/diagnostics/lr_sweep.py --harness_dir=DIR --lr=1e-3 --steps=500 --out=/tmp/lr1e-3
     python benchmarks/replication/diagnostics/lr_sweep.py --harness_dir=DIR --lr=3e-4 --steps=500 --out=/tmp/lr3e-4

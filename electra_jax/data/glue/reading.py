@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from electra_jax import errors
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,11 @@ def _tsv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
   # utf-8-sig drops the BOM that starts the MRPC headers; QUOTE_NONE because GLUE texts contain bare quotes.
   with open(path, encoding="utf-8-sig", newline="") as f:
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    for row in reader:
-      yield reader.line_num, row
+    try:
+      for row in reader:
+        yield reader.line_num, row
+    except UnicodeDecodeError as e:
+      raise GlueFormatError(errors.utf8_location(path, e)) from None
 
 
 def _resolve_columns(layout: Layout, header: list[str] | None, path: Path) -> dict[str, int | None]:
@@ -95,6 +99,10 @@ def read_file(task: str, path: PathLike, split: str, *, skip_malformed: bool = F
     text_b = row[cols["text_b"]] if cols["text_b"] is not None else None
     examples.append(Example(f"{split}-{idx}", row[cols["text_a"]], text_b, label, idx))
   summary.examples = len(examples)
+  if not examples:   # refused when read: an empty dev set would otherwise fail only after training
+    why = f"all {summary.rows} rows malformed (e.g. {summary.skipped[0]})" if summary.skipped else (
+        "only a header" if header is not None else "empty")
+    raise GlueFormatError(f"{path}: no examples ({why}); expected {layout.num_columns} tab-separated columns a row")
   if summary.skipped:
     log.warning("%s", summary)
   return examples, summary

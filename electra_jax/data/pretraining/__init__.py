@@ -1,4 +1,4 @@
-"""Pretraining data: raw text -> packed ELECTRA examples in ArrayRecord shards, plus the CLI that builds them.
+r"""Pretraining data: raw text -> packed ELECTRA examples in ArrayRecord shards, plus the CLI that builds them.
 
     python -m electra_jax.data.pretraining --corpus=../shared/data/corpus/wikitext-2-raw \
         --vocab_file=../shared/data/vocab/bert-base-uncased-vocab.txt --output_dir=/tmp/wt2 \

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from electra_jax import errors
 from electra_jax.data.tokenization import CLS, SEP, load_tokenizer
 from electra_jax.data.pretraining.corpus import (BuildOptions, ExampleBuilder, Source, TextFile, TfdsSource,
                                                  _open_tfds, iter_documents, split_sentences)
@@ -270,6 +271,10 @@ def build_dataset(corpus: str | Sequence[str], vocab_file: str | os.PathLike, ou
   try:
     manifest = _build(plan, staging, num_processes)
     _swap_in(staging, output_dir)
+  except (OSError, RuntimeError) as e:   # array_record reports a full disk as a RuntimeError
+    if errors.is_disk_full(e):
+      raise errors.disk_full(output_dir, "building the pretraining dataset", e) from e
+    raise
   finally:
     if os.path.isdir(staging):
       shutil.rmtree(staging)
@@ -340,6 +345,10 @@ def ensure_dataset(corpus: str | Sequence[str], vocab_file: str | os.PathLike, c
     except OSError:
       if existing() is None:
         raise
+  except (OSError, RuntimeError) as e:   # array_record reports a full disk as a RuntimeError
+    if errors.is_disk_full(e):
+      raise errors.disk_full(cache_dir, "building the pretraining dataset", e) from e
+    raise
   finally:
     if os.path.isdir(staging):
       shutil.rmtree(staging)

@@ -11,7 +11,7 @@ import numpy as np
 
 PathLike = str | os.PathLike
 
-from electra_jax.data.squad.parsing import SquadExample
+from electra_jax.data.squad.parsing import SquadExample, SquadFormatError
 from electra_jax.data.tokenization import special_ids
 
 
@@ -108,7 +108,7 @@ def _squash(text: str) -> str:
 
 def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length: int = 384, doc_stride: int = 128,
                     max_query_length: int = 64, is_training: bool = False, *,
-                    drop_unrecoverable: bool = False) -> SquadFeatures:
+                    drop_unrecoverable: bool = False, source: str = "SQuAD data") -> SquadFeatures:
   """Tokenizes questions and contexts into sliding-window features (see SquadFeatures).
 
   Args:
@@ -120,6 +120,7 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
     is_training: compute start/end positions from the first gold answer.
     drop_unrecoverable: (training) leave out questions whose answer cannot be cut back out at token boundaries, as
       BERT does; they are always counted in `summary.unrecoverable`.
+    source: the file the examples came from, named by the error when they give no feature.
   """
   ids = special_ids(tokenizer)
   cls_id, sep_id, pad_id = ids["cls"], ids["sep"], ids["pad"]
@@ -174,7 +175,9 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
         rows[key].append(value)
   summary.features = len(rows["ids"])
   if not rows["ids"]:
-    raise ValueError("no SQuAD features: no examples (or all were dropped)")
+    dropped = f", {len(summary.dropped)} dropped as unrecoverable" if summary.dropped else ""
+    raise SquadFormatError(f"{source}: no SQuAD features ({len(examples)} questions{dropped}); it needs questions "
+                           f"whose answers lie in their contexts")
   input_ids = np.stack(rows["ids"])
   example_index = np.asarray(rows["example"], np.int32)
   return SquadFeatures(

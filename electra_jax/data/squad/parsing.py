@@ -140,6 +140,8 @@ def load_squad(path: PathLike) -> tuple[str, list[SquadExample]]:
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise SquadFormatError(f"{path}: not valid JSON ({e})") from None
+  except UnicodeDecodeError as e:
+    raise SquadFormatError(errors.utf8_location(path, e)) from None
   return parse_squad(data, str(path))
 
 
