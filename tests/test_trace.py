@@ -78,7 +78,7 @@ def test_checking_settings_apply_unless_overridden():
   assert out.learning_rate == 3e-4                       # the user's
   assert out.optimizer.weight_decay == trace.CHECKING["optimizer.weight_decay"]
   assert out.optimizer.warmup_steps == 0 and out.num_train_steps == 5
-  assert out.dtype == "float32" and out.model.hidden_dropout_prob == 0.0
+  assert out.model.dtype == "float32" and out.model.hidden_dropout_prob == 0.0
   assert out.model.attention_probs_dropout_prob == 0.0
   assert config.model.hidden_dropout_prob == 0.1         # the caller's config is not changed
 

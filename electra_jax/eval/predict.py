@@ -259,13 +259,17 @@ def read_lines(stream, name: str = "standard input") -> list[str]:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "HF folder, Hub model id (ID or ID@REVISION) or checkpoint directory of this "
-                    "project.")
-flags.DEFINE_enum("task", None, sorted(TASK_HEADS), "What to predict.")
-flags.DEFINE_string("vocab_file", None, "vocab.txt, when the model folder does not carry one.")
-flags.DEFINE_integer("max_answer_length", 15, "question-answering: longest answer in tokens.")
-flags.DEFINE_integer("doc_stride", 128, "question-answering: stride between context windows.")
 
+
+def define_flags() -> None:
+  """The binary's flags, defined when it runs (importing this module for its functions defines none, so another
+  binary's flags of the same names can live in the same process)."""
+  flags.DEFINE_string("model", None, "HF folder, Hub model id (ID or ID@REVISION) or checkpoint directory of this "
+                      "project.")
+  flags.DEFINE_enum("task", None, sorted(TASK_HEADS), "What to predict.")
+  flags.DEFINE_string("vocab_file", None, "vocab.txt, when the model folder does not carry one.")
+  flags.DEFINE_integer("max_answer_length", 15, "question-answering: longest answer in tokens.")
+  flags.DEFINE_integer("doc_stride", 128, "question-answering: stride between context windows.")
 
 def main(argv):
   del argv
@@ -279,4 +283,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from electra_jax.runtime import cli  # pylint: disable=import-outside-toplevel
+  define_flags()
   cli.run(main, required=("model", "task"), error_status=2)
