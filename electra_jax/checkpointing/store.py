@@ -45,7 +45,7 @@ from jax.experimental import multihost_utils
 
 from electra_jax import errors
 from electra_jax.checkpointing import integrity
-from electra_jax.checkpointing.quiet import silence_failed_read_noise
+from electra_jax.checkpointing.quiet import abandoned_reads_silenced
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -250,52 +250,50 @@ class Checkpointer:
     docstring); a step whose shapes do not fit the model raises CheckpointError instead (a changed config).
     """
     self._manager.wait_until_finished()
-    silence_failed_read_noise(collect=False)   # a bad step's abandoned reads may print while the restore unwinds
     tried = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        metadata = self._manager.item_metadata(step)
-        mismatches = (_shape_mismatches(abstract_params, metadata["params"], "params")
-                      if metadata["params"] is not None else [])
-      except Exception as e:  # pylint: disable=broad-except
-        mismatches, error = None, e
-      else:
-        error = None
-      if mismatches:
-        raise CheckpointError(f"checkpoint {self.directory}/{step} does not fit the model (was the config changed? "
-                              f"use a new workdir): " + "; ".join(mismatches[:5]))
-      result = None
-      if error is None:
+    with abandoned_reads_silenced():   # a bad step's abandoned reads would print thousands of lines
+      for step in sorted(self._manager.all_steps(), reverse=True):
         try:
-          items = dict(
-              params=ocp.args.PyTreeRestore(abstract_params,
-                                            ocp.checkpoint_utils.construct_restore_args(abstract_params)),
-              opt_state=ocp.args.PyTreeRestore(abstract_opt_state,
-                                               ocp.checkpoint_utils.construct_restore_args(abstract_opt_state)),
-              train_meta=ocp.args.JsonRestore())
-          has_record = (epath.Path(self.directory) / str(step) / "integrity").exists()
-          if has_record:
-            items["integrity"] = ocp.args.JsonRestore()
-          restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+          metadata = self._manager.item_metadata(step)
+          mismatches = (_shape_mismatches(abstract_params, metadata["params"], "params")
+                        if metadata["params"] is not None else [])
         except Exception as e:  # pylint: disable=broad-except
-          error = e
-        else:   # outside the try: a bug here must not make a good step look unreadable
+          mismatches, error = None, e
+        else:
+          error = None
+        if mismatches:
+          raise CheckpointError(f"checkpoint {self.directory}/{step} does not fit the model (was the config changed? "
+                                f"use a new workdir): " + "; ".join(mismatches[:5]))
+        result = None
+        if error is None:
           try:
-            _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
-                             {"params": restored["params"], "opt_state": restored["opt_state"]})
-            result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
-          except CorruptCheckpointError as e:
+            items = dict(
+                params=ocp.args.PyTreeRestore(abstract_params,
+                                              ocp.checkpoint_utils.construct_restore_args(abstract_params)),
+                opt_state=ocp.args.PyTreeRestore(abstract_opt_state,
+                                                 ocp.checkpoint_utils.construct_restore_args(abstract_opt_state)),
+                train_meta=ocp.args.JsonRestore())
+            has_record = (epath.Path(self.directory) / str(step) / "integrity").exists()
+            if has_record:
+              items["integrity"] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+          except Exception as e:  # pylint: disable=broad-except
             error = e
-      if _all_agree(error is None):
-        logging.info("restored checkpoint step %d from %s (verified)", step, self.directory)
-        self._write_model_config()
-        return result
-      tried.append(step)
-      if not isinstance(error, CorruptCheckpointError):
-        silence_failed_read_noise()
-      logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
-                      self.directory, step, _describe(error) if error else "unreadable on another process")
-      self._set_aside(step)
+          else:   # outside the try: a bug here must not make a good step look unreadable
+            try:
+              _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
+                               {"params": restored["params"], "opt_state": restored["opt_state"]})
+              result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
+            except CorruptCheckpointError as e:
+              error = e
+        if _all_agree(error is None):
+          logging.info("restored checkpoint step %d from %s (verified)", step, self.directory)
+          self._write_model_config()
+          return result
+        tried.append(step)
+        logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
+                        self.directory, step, _describe(error) if error else "unreadable on another process")
+        self._set_aside(step)
     if tried:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete or corrupt "
                             f"(set aside as <step>.unreadable-*); to start again from step 0 rerun with "
@@ -378,19 +376,17 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
       if step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
       steps = [step]
-    silence_failed_read_noise(collect=False)
     errors = []
-    for s in steps:
-      try:
-        return _read_params(manager, directory, s)
-      except Exception as e:  # pylint: disable=broad-except
-        if not isinstance(e, CorruptCheckpointError):
-          silence_failed_read_noise()
-        if step is not None:
-          raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
-        logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
-                        _describe(e))
-        errors.append(s)
+    with abandoned_reads_silenced():
+      for s in steps:
+        try:
+          return _read_params(manager, directory, s)
+        except Exception as e:  # pylint: disable=broad-except
+          if step is not None:
+            raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
+          logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
+                          _describe(e))
+          errors.append(s)
     raise CheckpointError(f"no readable checkpoint in {directory}: steps {errors} are all incomplete or corrupt")
   finally:
     manager.close()
