@@ -75,14 +75,14 @@ class PretrainingLoader:
         raise FileNotFoundError(f"{self.dataset_dir}: shard {entry['file']} listed in the manifest is missing")
       reader = ArrayRecordReader(path, _READER_OPTIONS)
       if reader.num_records() != entry["num_examples"]:
-        raise ValueError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
+        raise RecordError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
       self._readers.append(reader)
       self._shard_files.append(path)
       counts.append(entry["num_examples"])
     self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self.num_examples = int(self._offsets[-1])
     if self.num_examples == 0:
-      raise ValueError(f"{self.dataset_dir}: the dataset has no examples")
+      raise RecordError(f"{self.dataset_dir}: the dataset has no examples")
 
   def _check_layout(self, mesh: Mesh | None, batch_axes: tuple[str, ...], process_index: int | None,
                     process_count: int | None) -> None:

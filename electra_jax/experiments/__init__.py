@@ -1,1 +1,7 @@
 """Experiments on top of the training libraries: the paper-replication harness (replicate.py, harness.py)."""
+
+from electra_jax import errors
+
+
+class ExperimentError(errors.Error, ValueError):
+  """A harness config, override, suite name or workdir that the harness cannot run."""

@@ -42,7 +42,7 @@ from typing import Any
 
 import ml_collections
 
-from electra_jax.experiments import report, suites
+from electra_jax.experiments import ExperimentError, report, suites
 from electra_jax.experiments.run_configs import finetune_config, flops_per_step, pretrain_config, vocab_size
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -85,10 +85,10 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
   budget = {"reference": "electra", "electra_steps": electra_steps, "flops": ref_fps * electra_steps,
             "match": str(hc.budget.match)}
   if budget["match"] not in ("flops", "steps"):
-    raise ValueError(f"budget.match={budget['match']!r}: must be 'flops' or 'steps'")
+    raise ExperimentError(f"budget.match={budget['match']!r}: must be 'flops' or 'steps'")
   fractions = sorted({float(f) for f in hc.curve_fractions} | {1.0})
   if any(not 0 < f <= 1 for f in fractions):
-    raise ValueError(f"curve_fractions={tuple(hc.curve_fractions)}: each must be in (0, 1]")
+    raise ExperimentError(f"curve_fractions={tuple(hc.curve_fractions)}: each must be in (0, 1]")
   curve_keys = {k for s in suite_list for k in suites.SUITES[s].variants if suites.SUITES[s].curve}
   variants: dict[str, PlannedVariant] = {}
   for name in suite_list:
@@ -299,7 +299,8 @@ def _check_same_plan(workdir: str, hc: ml_collections.ConfigDict, budget: Mappin
     saved.pop("log_every_steps", None)
     if saved != current:
       changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-      raise ValueError(f"{workdir} holds runs of another harness config (differs in {changed}); use a new --workdir")
+      raise ExperimentError(f"{workdir} holds runs of another harness config (differs in {changed}); use a new "
+                            f"--workdir")
   else:
     _write_json(path, current)
   del budget

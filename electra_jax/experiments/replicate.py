@@ -55,7 +55,7 @@ def main(argv) -> None:
   from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
   from electra_jax.data.tokenization import VocabError
   from electra_jax import checkpointing
-  from electra_jax.experiments import harness, run_configs, suites
+  from electra_jax.experiments import ExperimentError, harness, run_configs, suites
   from electra_jax.train import finetune_lib, loop
   logging.getLogger().setLevel(logging.INFO)
   checkpointing.quiet_orbax_logging()
@@ -70,7 +70,7 @@ def main(argv) -> None:
       key, value = run_configs.parse_override(text, hc)
       run_configs.set_field(hc, key, value)
     if not hc.corpus:
-      raise ValueError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
+      raise ExperimentError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
     command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     harness.run(names, hc, FLAGS.workdir, command=command)
     if FLAGS.publish_dir:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from electra_jax import ops, sharding
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -52,7 +52,7 @@ def activation(name: str, kernels: str = "auto"):
     return jax.nn.silu
   if name == "tanh":
     return jnp.tanh
-  raise ValueError(f"unsupported activation {name!r}")
+  raise ConfigError(f"unsupported activation {name!r}")
 
 
 def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:

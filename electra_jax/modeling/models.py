@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 
 from electra_jax import ops, sharding
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 from electra_jax.modeling.layers import (Dense, ElectraEmbeddings, ElectraEncoder, LayerNorm, _param, activation,
                                          attention_mask_bias, split_rng)
 
@@ -85,8 +85,8 @@ class ElectraModel(nnx.Module):
       raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
     b, length = input_ids.shape
     if length > self.config.max_position_embeddings:
-      raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
-                       f"{self.config.max_position_embeddings}")
+      raise ConfigError(f"sequence length {length} exceeds max_position_embeddings="
+                        f"{self.config.max_position_embeddings}")
     attention_mask = jnp.ones((b, length), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
     token_type_ids = jnp.zeros((b, length), jnp.int32) if token_type_ids is None else jnp.asarray(token_type_ids)
     if position_ids is None:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from electra_jax import ops
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 from electra_jax.modeling.layers import Dense, activation, split_rng
 from electra_jax.modeling.models import ElectraModel, LogitsOutput, binary_cross_entropy, cross_entropy
 
@@ -106,7 +106,7 @@ class OriginalElectraForQuestionAnswering(nnx.Module):
   def __init__(self, config: ElectraConfig, *, beam_size: int = 20, answerable_classifier: bool = True,
                answerable_weight: float = 0.5, rngs: nnx.Rngs):
     if beam_size < 1:
-      raise ValueError(f"beam_size={beam_size}: must be at least 1")
+      raise ConfigError(f"beam_size={beam_size}: must be at least 1")
     h = config.hidden_size
     self.config = config
     self.electra = ElectraModel(config, rngs=rngs)

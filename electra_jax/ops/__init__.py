@@ -24,12 +24,16 @@ import importlib
 
 import jax
 
-from electra_jax import sharding
+from electra_jax import errors, sharding
 from electra_jax.ops import gpu, reference, xla_cpu
 
 KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "pallas")
 FUSED_ATTENTION = ("cudnn", "pallas")   # kernels whose attention has no probability dropout
 _AUTO = {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "pallas"}
+
+
+class KernelError(errors.Error, ValueError):
+  """A `kernels` setting that names no form."""
 
 
 def platform() -> str:
@@ -42,7 +46,7 @@ def platform() -> str:
 def resolve(kernels: str = "auto") -> str:
   """The forms `kernels` names: itself, or for "auto" the platform's (see the module docstring)."""
   if kernels not in KERNELS:
-    raise ValueError(f"kernels={kernels!r}: must be one of {KERNELS}")
+    raise KernelError(f"kernels={kernels!r}: must be one of {KERNELS}")
   return _AUTO.get(platform(), "reference") if kernels == "auto" else kernels
 
 

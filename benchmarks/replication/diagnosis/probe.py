@@ -35,6 +35,175 @@ def cmd_pretrain(args) -> None:
   pretrain_lib.train_and_evaluate(config, args.out)
 
 
+# ------------------------------------------------------------------------------------------------ export
+def cmd_export(args) -> None:
+  """Each kept checkpoint's discriminator as an HF folder OUT/<step>, and a random initialisation as OUT/init (the
+  same ElectraConfig, initialised as fine-tuning from scratch initialises it)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from electra_jax import checkpointing, convert, modeling  # pylint: disable=import-outside-toplevel
+  from electra_jax.convert.__main__ import orbax_to_hf  # pylint: disable=import-outside-toplevel
+  ckpt_dir = os.path.join(args.run, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  for step in steps:
+    out = os.path.join(args.out, str(step))
+    if not os.path.isfile(os.path.join(out, "model.safetensors")):
+      orbax_to_hf(os.path.join(ckpt_dir, str(step)), out)
+  meta = checkpointing.read_model_config(args.run)
+  config = modeling.ElectraConfig.from_hf_dict(meta["discriminator"])
+  out = os.path.join(args.out, "init")
+  if not os.path.isfile(os.path.join(out, "model.safetensors")):
+    convert.to_hf(modeling.ElectraForPreTraining(config, rngs=nnx.Rngs(args.seed)), out,
+                  vocab_file=meta["tokenizer"]["vocab_file"])
+  print("exported", ["init"] + steps, "to", args.out)
+
+
+# ------------------------------------------------------------------------------------------------ stats
+def _sst2(split: str, limit: int = -1):
+  path = os.path.join(os.environ.get("ELECTRA_DATA_DIR", "/work/shared/data"), "glue_data", "SST-2", f"{split}.tsv")
+  with open(path, encoding="utf-8") as f:
+    rows = [line.rstrip("\n").split("\t") for line in f][1:]
+  rows = rows[:limit] if limit > 0 else rows
+  return [r[0] for r in rows], [int(r[1]) for r in rows]
+
+
+def _effective_rank(x) -> float:
+  """exp(entropy of the normalised singular values) of the centred rows (Roy & Vetterli 2007): 1 for a single
+  direction, the dimension for isotropic features."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  x = x - x.mean(0, keepdims=True)
+  s = np.linalg.svd(x, compute_uv=False)
+  p = s / max(s.sum(), 1e-30)
+  p = p[p > 0]
+  return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _features(folder: str, sentences, max_len: int = 64):
+  """Per layer (embeddings, layer 1..L): [CLS] states [N, H], every real token's states [T, H]; the FFN's GELU inputs
+  of every real token per layer; the discriminator's logits at [CLS] and at the other real tokens; the last layer's
+  mean over real tokens [N, H]."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  tok = transformers.BertTokenizerFast(os.path.join(folder, "vocab.txt"), do_lower_case=True)
+  model = transformers.ElectraForPreTraining.from_pretrained(folder).eval()
+  gelu_in: list[list] = [[] for _ in model.electra.encoder.layer]
+  hooks = [layer.intermediate.dense.register_forward_hook(lambda m, i, o, k=k: gelu_in[k].append(o))
+           for k, layer in enumerate(model.electra.encoder.layer)]
+  cls, tokens, cls_logit, tok_logit, gelu, mean = None, None, [], [], [[] for _ in gelu_in], []
+  with torch.no_grad():
+    for start in range(0, len(sentences), 128):
+      enc = tok(sentences[start:start + 128], padding="max_length", truncation=True, max_length=max_len,
+                return_tensors="pt")
+      for g in gelu_in:
+        g.clear()
+      out = model(**enc, output_hidden_states=True)
+      real = enc["attention_mask"].bool()
+      hs = [h.numpy() for h in out.hidden_states]
+      if cls is None:
+        cls, tokens = [[] for _ in hs], [[] for _ in hs]
+      for k, h in enumerate(hs):
+        cls[k].append(h[:, 0])
+        tokens[k].append(h[real.numpy()])
+      for k, g in enumerate(gelu_in):
+        gelu[k].append(g[0][real].numpy())
+      m = real.numpy()[..., None]
+      mean.append((hs[-1] * m).sum(1) / m.sum(1))
+      logits = out.logits.numpy()
+      cls_logit.append(logits[:, 0])
+      other = real.clone()
+      other[:, 0] = False
+      tok_logit.append(logits[other.numpy()])
+  for h in hooks:
+    h.remove()
+  cat = lambda xs: np.concatenate(xs, 0)  # noqa: E731
+  return dict(cls=[cat(c) for c in cls], tokens=[cat(t) for t in tokens], gelu=[cat(g) for g in gelu],
+              cls_logit=cat(cls_logit), tok_logit=cat(tok_logit), mean=cat(mean), model=model)
+
+
+def representation_stats(folder: str, sentences) -> dict:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  f = _features(folder, sentences)
+  cls, tokens, gelu, cls_logit, tok_logit, model = (f[k] for k in ("cls", "tokens", "gelu", "cls_logit", "tok_logit",
+                                                                    "model"))
+  rng = np.random.default_rng(0)
+  out = {"layers": []}
+  for k, (c, t) in enumerate(zip(cls, tokens)):
+    sample = t[rng.choice(len(t), size=min(4000, len(t)), replace=False)]
+    mean_c = c.mean(0)
+    unit = c / np.linalg.norm(c, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    layer = {
+        "layer": k,                                                     # 0 = embeddings
+        "token_norm": float(np.linalg.norm(t, axis=1).mean()),
+        "cls_norm": float(np.linalg.norm(c, axis=1).mean()),
+        # how much [CLS] differs between sentences, relative to its size
+        "cls_spread": float(np.sqrt(((c - mean_c) ** 2).sum(1).mean()) / np.linalg.norm(mean_c)),
+        "cls_mean_cosine": float((cos.sum() - len(c)) / (len(c) * (len(c) - 1))),
+        "cls_distinct": int(len(np.unique(np.round(unit, 3), axis=0))),  # distinct directions at 1e-3
+        "cls_effective_rank": _effective_rank(c),
+        "token_effective_rank": _effective_rank(sample),
+    }
+    if k > 0:
+      g = gelu[k - 1]
+      layer["ffn_gelu_input_below_-3"] = float((g < -3).mean())     # GELU's output ~0 and gradient ~0 there
+      layer["ffn_gelu_input_std"] = float(g.std())
+    out["layers"].append(layer)
+  sd = model.state_dict()
+  gains = {}
+  for name, value in sd.items():
+    if "LayerNorm.weight" in name:
+      short = name.replace("electra.", "").replace(".LayerNorm.weight", "")
+      gains[short] = {"mean_abs": float(value.abs().mean()), "max_abs": float(value.abs().max())}
+  out["layernorm_gain"] = gains
+  sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+  out["disc_p_replaced_cls"] = float(sig(cls_logit).mean())
+  out["disc_logit_cls"] = [float(cls_logit.mean()), float(cls_logit.std())]
+  out["disc_p_replaced_tokens"] = float(sig(tok_logit).mean())
+  out["disc_logit_tokens"] = [float(tok_logit.mean()), float(tok_logit.std())]
+  return out
+
+
+def linear_probe(folder: str, train, dev) -> dict:
+  """Logistic regression on frozen last-layer features: [CLS] (what the fine-tuning head reads) and the mean over real
+  tokens. Dev accuracy: does the representation hold the label, and where?"""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=import-outside-toplevel
+  result = {}
+  feats = {}
+  for name, (sentences, _) in (("train", train), ("dev", dev)):
+    f = _features(folder, sentences)
+    feats[name] = {"cls": f["cls"][-1], "mean": f["mean"]}
+  for kind in ("cls", "mean"):
+    scaler = StandardScaler().fit(feats["train"][kind])
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(scaler.transform(feats["train"][kind]), train[1])
+    result[kind] = float(clf.score(scaler.transform(feats["dev"][kind]), dev[1]))
+  return result
+
+
+def cmd_stats(args) -> None:
+  dev = _sst2("dev")
+  train = _sst2("train", args.probe_train)
+  names = sorted(os.listdir(args.hf), key=lambda n: -1 if n == "init" else int(n))
+  results = {}
+  if os.path.isfile(args.out):
+    with open(args.out, encoding="utf-8") as f:
+      results = json.load(f)
+  for name in names:
+    if name in results:
+      continue
+    folder = os.path.join(args.hf, name)
+    r = representation_stats(folder, dev[0])
+    r["probe_dev_accuracy"] = linear_probe(folder, train, dev)
+    results[name] = r
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+    last = r["layers"][-1]
+    print(f"{name}: last layer token norm {last['token_norm']:.2f}, [CLS] spread {last['cls_spread']:.3f}, "
+          f"[CLS] cos {last['cls_mean_cosine']:.3f}, [CLS] eff. rank {last['cls_effective_rank']:.1f}, token eff. "
+          f"rank {last['token_effective_rank']:.1f}, probe {r['probe_dev_accuracy']}", flush=True)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -44,8 +213,16 @@ def main() -> None:
   a.add_argument("--every", type=int, default=150)
   a.add_argument("--out", required=True)
   a.add_argument("--data_workdir", default="", help="where the pretraining shards are built/cached (default OUT)")
+  a = sub.add_parser("export")
+  a.add_argument("--run", required=True, help="a pretraining workdir (from `pretrain`)")
+  a.add_argument("--out", required=True)
+  a.add_argument("--seed", type=int, default=0, help="of the random initialisation exported as OUT/init")
+  a = sub.add_parser("stats")
+  a.add_argument("--hf", required=True, help="the folders `export` wrote")
+  a.add_argument("--probe_train", type=int, default=4000, help="SST-2 train sentences for the linear probe")
+  a.add_argument("--out", required=True, help="a JSON file (resumed: folders already in it are skipped)")
   args = p.parse_args()
-  {"pretrain": cmd_pretrain}[args.cmd](args)
+  {"pretrain": cmd_pretrain, "export": cmd_export, "stats": cmd_stats}[args.cmd](args)
 
 
 if __name__ == "__main__":

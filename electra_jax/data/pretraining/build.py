@@ -21,7 +21,8 @@ from electra_jax.data.pretraining.corpus import (BuildOptions, ExampleBuilder, S
                                                  _open_tfds, iter_documents, split_sentences)
 from electra_jax.data.pretraining.records import (_SHARD_RE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, PARTIAL,
                                                   SENTENCE_SPLITTER, WRITER_OPTIONS, CorpusError, EmptyCorpusError,
-                                                  IncompleteDatasetError, encode_example, id_dtype_for, shard_name)
+                                                  IncompleteDatasetError, RecordError, encode_example, id_dtype_for,
+                                                  shard_name)
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,9 @@ def _plan(corpus: str | Sequence[str], vocab_file: str | os.PathLike, max_seq_le
           strip_accents: bool | None, blanks_separate_docs: bool | None, wikitext_markup: bool, seed: int,
           num_shards: int, tfds_data_dir: str | None, tfds_split: str, tfds_text_key: str) -> tuple[_Plan, Any]:
   if not 5 <= max_seq_length <= 65535:
-    raise ValueError(f"max_seq_length must be in [5, 65535], got {max_seq_length}")
+    raise CorpusError(f"max_seq_length must be in [5, 65535], got {max_seq_length}")
   if not 1 <= num_shards <= 99999:
-    raise ValueError(f"num_shards must be in [1, 99999], got {num_shards}")
+    raise CorpusError(f"num_shards must be in [1, 99999], got {num_shards}")
   vocab_file = os.path.abspath(os.fspath(vocab_file))
   tok = load_tokenizer(vocab_file, lowercase=lower_case, strip_accents=strip_accents)  # raises naming the file
   sources = resolve_sources(corpus, tfds_data_dir, tfds_split, tfds_text_key)
@@ -207,7 +208,7 @@ def _write_json_atomically(path: str, obj: Any) -> None:
 
 def _build(plan: _Plan, output_dir: str, num_processes: int) -> dict[str, Any]:
   if num_processes < 1:
-    raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+    raise CorpusError(f"num_processes must be at least 1, got {num_processes}")
   opts = plan.opts
   os.makedirs(output_dir, exist_ok=True)
   _clear_dataset_files(output_dir)
@@ -295,10 +296,10 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     try:
       manifest = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+      raise RecordError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
   if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, "
-                     f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    raise RecordError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, "
+                      f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
   return manifest
 
 
