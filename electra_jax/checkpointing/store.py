@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from electra_jax import errors
+from electra_jax import errors, paths
 from electra_jax.checkpointing import integrity
 from electra_jax.checkpointing.quiet import abandoned_reads_silenced
 
@@ -87,12 +87,6 @@ def _manager(directory: str, *, keep: int | None = None, read_only: bool = False
 def _abspath(path: str | os.PathLike) -> str:
   path = os.fspath(path)
   return path if "://" in path else os.path.abspath(path)
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
 
 
 def _describe(exc: BaseException) -> str:
@@ -175,7 +169,7 @@ class Checkpointer:
 
   def _write_model_config(self) -> None:
     if self.model_meta is not None and not self._meta_written and jax.process_index() == 0:
-      _write_json(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
+      paths.write_json_atomically(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
     self._meta_written = True
 
   def set_aside_steps(self) -> list[str]:
@@ -429,5 +423,5 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
   finally:
     manager.close()
   if jax.process_index() == 0:
-    _write_json(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
+    paths.write_json_atomically(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
   return directory

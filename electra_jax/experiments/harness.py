@@ -43,7 +43,9 @@ from typing import Any
 import ml_collections
 
 from electra_jax.experiments import ExperimentError, report, suites
-from electra_jax.experiments.run_configs import finetune_config, flops_per_step, pretrain_config, vocab_size
+from electra_jax import paths
+from electra_jax.experiments.run_configs import (finetune_config, finetune_dir, flops_per_step, pretrain_config,
+                                                 vocab_size)
 
 # ------------------------------------------------------------------------------------------------ the plan
 @dataclasses.dataclass
@@ -124,10 +126,6 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
     for step in pv.eval_steps:
       stages.extend(Stage("finetune", key, step, task) for task in hc.finetune.tasks)
   return variants, stages, budget
-
-
-def finetune_dir(pv: PlannedVariant, step: int, task: str) -> str:
-  return os.path.join(os.path.dirname(pv.workdir), f"glue_{step}", task)
 
 
 def checkpoint_dir(pv: PlannedVariant, step: int) -> str:
@@ -316,11 +314,7 @@ def _enable_compilation_cache(directory: str) -> None:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_json_atomically(path, obj, default=_jsonable)
 
 
 def _append_jsonl(path: str, obj: Mapping[str, Any]) -> None:

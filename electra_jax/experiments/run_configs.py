@@ -137,3 +137,9 @@ def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: s
   for key, value in flatten(f.overrides).items():
     set_field(c, key, value)
   return c
+
+
+def finetune_dir(pv: Any, step: int, task: str) -> str:
+  """Where the harness fine-tunes `task` from the step-`step` checkpoint of a planned variant (harness.PlannedVariant:
+  WORKDIR/variants/<key>/glue_<step>/<task>)."""
+  return os.path.join(os.path.dirname(pv.workdir), f"glue_{step}", task)

@@ -59,8 +59,8 @@ class OriginalElectraForSequenceClassification(nnx.Module):
                dropout_rng=None) -> LogitsOutput:
     r_body, r_head = split_rng(dropout_rng, 2)
     # only [CLS] is read: the last layer is computed there alone (last_hidden_state [B, 1, H])
-    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
-                     last_layer_positions=1).last_hidden_state
+    h = self.electra.encode(input_ids, attention_mask, token_type_ids, position_ids, r_body,
+                             last_layer_positions=1)
     x = ops.dropout(h[:, 0], self.rate, r_head, kernels=self.config.kernels)
     logits = self.classifier(x).astype(jnp.float32)
     loss = None

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from electra_jax import paths
 from electra_jax.data.tokenization import CLS, SEP, load_tokenizer
 from electra_jax.data.pretraining.corpus import (BuildOptions, ExampleBuilder, Source, TextFile, TfdsSource,
                                                  _open_tfds, iter_documents, split_sentences)
@@ -162,8 +163,8 @@ def _run_job(job: _Job) -> dict[str, Any]:
   id_dtype = id_dtype_for(tok.get_vocab_size())
   mine = [s for s in range(opts.num_shards) if s % job.num_jobs == job.job_id]
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
-  paths = {s: os.path.join(job.output_dir, shard_name(s, opts.num_shards)) for s in mine}
-  writers = {s: ArrayRecordWriter(paths[s] + PARTIAL, WRITER_OPTIONS) for s in mine}
+  shard_paths = {s: os.path.join(job.output_dir, shard_name(s, opts.num_shards)) for s in mine}
+  writers = {s: ArrayRecordWriter(shard_paths[s] + PARTIAL, WRITER_OPTIONS) for s in mine}
   counts = dict.fromkeys(mine, 0)
   stats = {"num_documents": 0, "num_tokens": 0, "num_single_segment": 0}
   try:
@@ -183,7 +184,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
     for w in writers.values():
       w.close()
   for s in mine:
-    os.replace(paths[s] + PARTIAL, paths[s])
+    os.replace(shard_paths[s] + PARTIAL, shard_paths[s])
   return {"shards": counts, **stats}
 
 
@@ -195,15 +196,6 @@ def _clear_dataset_files(output_dir: str) -> None:
   for name in os.listdir(output_dir):
     if _SHARD_RE.match(name):
       os.remove(os.path.join(output_dir, name))
-
-
-def _write_json_atomically(path: str, obj: Any) -> None:
-  with open(path + PARTIAL, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + PARTIAL, path)
 
 
 def _build(plan: _Plan, output_dir: str, num_processes: int) -> dict[str, Any]:
@@ -250,7 +242,7 @@ def _build(plan: _Plan, output_dir: str, num_processes: int) -> dict[str, Any]:
       "request_key": plan.request_key,
       "fingerprint": _digest(content),
   }
-  _write_json_atomically(os.path.join(output_dir, MANIFEST), manifest)
+  paths.write_json_atomically(os.path.join(output_dir, MANIFEST), manifest, tmp_suffix=PARTIAL)
   log.info("wrote %d examples from %d documents in %d shards to %s", total, manifest["num_documents"],
            opts.num_shards, output_dir)
   return manifest
