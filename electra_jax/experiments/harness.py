@@ -18,14 +18,9 @@ Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the
 steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
 Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
 
-The micro suite's time on this 2-core CPU (size=micro; measured stage times, benchmarks/replication/README.md):
-  pretraining (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x 21.2 GFLOP =
-    25.5 TFLOP per variant): 5.1-5.9 minutes per variant alone (~70 GFLOP/s);
-  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~30 s per
-    task at 64 tokens, ~57 s at 128, so ~3.8 minutes per fine-tuned checkpoint;
-  --suite=efficiency (5 pretraining runs, 6 checkpoints with the no-pretraining control): ~64 min as measured (~51
-    quiet). sharing ~29, generator_size ~57, mlm_vs_electra ~35, attention_dropout ~19; --suite=all ~2.4 h.
-size=small needs an accelerator (125k ELECTRA-Small steps per variant).
+size=micro runs on a CPU (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x
+21.2 GFLOP = 25.5 TFLOP per variant; fine-tuning 5 tasks x 3 seeds x 200 steps); the measured time of every stage and
+suite is in benchmarks/replication/README.md. size=small needs an accelerator (125k ELECTRA-Small steps per variant).
 """
 
 from __future__ import annotations

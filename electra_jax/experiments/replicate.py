@@ -7,7 +7,7 @@ r"""Replicates the ELECTRA paper's ablations at a chosen scale (thin binary: fla
 
 Suites (electra_jax/experiments/suites.py): efficiency (paper Table 5's five objectives), sharing, generator_size,
 mlm_vs_electra (with earlier checkpoints scored), attention_dropout (attention-probability dropout off), or `all`.
-Sizes (configs/replicate.py): micro (default; this 2-core CPU), small (ELECTRA-Small on an accelerator), smoke
+Sizes (configs/replicate.py): micro (default; a CPU), small (ELECTRA-Small on an accelerator), smoke
 (tests). Running the same command again resumes where it stopped. Writes WORKDIR/results.json, results.md and PNGs.
 """
 

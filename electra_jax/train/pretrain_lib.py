@@ -86,7 +86,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
                                 two_stage[1], two_stage[2], params, new_params)
     params = new_params
     # The parameters' norm is measured where metrics are logged (loop.Loop.log_extras), not in every step: nobody
-    # reads it in between (benchmarks/README.md, change 17).
+    # reads it in between (benchmarks/README.md).
     out.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 

@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 
 # pylint: disable=wrong-import-position
+from electra_jax import paths  # noqa: E402
 from electra_jax.experiments import run_configs, suites  # noqa: E402
 
 
@@ -204,6 +205,42 @@ def cmd_stats(args) -> None:
           f"rank {last['token_effective_rank']:.1f}, probe {r['probe_dev_accuracy']}", flush=True)
 
 
+# ------------------------------------------------------------------------------------------------ fine-tuning
+def cmd_finetune(args) -> None:
+  """SST-2 as the harness fine-tunes it (configs/glue.py size=tiny via run_configs.finetune_config: 200 steps of 32 x
+  64, layer-wise decay 0.8, the original head), one seed, at each --lrs, from each --inits ("scratch" or a
+  checkpoint step of --run). Records the dev accuracy and the logged train losses (OUT/finetune.json)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import finetune_lib, metrics  # pylint: disable=import-outside-toplevel
+  hc = harness_config()
+  hc.finetune.seeds = 1
+  hc.log_every_steps = 20
+  jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
+  arch = run_configs.pretrain_config(hc, suites.VARIANTS["electra"], args.out)
+  results = {}
+  path = os.path.join(args.out, "finetune.json")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+  for init in args.inits.split(","):
+    for lr in (float(x) for x in args.lrs.split(",")):
+      key = f"{init}@{lr:g}"
+      if key in results:
+        continue
+      ckpt = "" if init == "scratch" else os.path.join(args.run, "checkpoints", init)
+      config = run_configs.finetune_config(hc, "sst2", ckpt, architecture=arch if not ckpt else None)
+      config.learning_rate = lr
+      workdir = os.path.join(args.out, "sst2", key)
+      out = finetune_lib.train_and_evaluate(config, workdir)
+      trial = out["trials"][0]
+      losses = [r["loss"] for r in metrics.read_metrics(trial["workdir"]) if "loss" in r]
+      results[key] = {"init": init, "lr": lr, "dev_accuracy": trial["metrics"]["dev"]["accuracy"],
+                      "train_loss": losses}
+      paths.write_json_atomically(path, results)
+      print(f"{key}: dev accuracy {results[key]['dev_accuracy']:.4f}, train loss {losses[0]:.3f} -> {losses[-1]:.3f}",
+            flush=True)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -221,8 +258,13 @@ def main() -> None:
   a.add_argument("--hf", required=True, help="the folders `export` wrote")
   a.add_argument("--probe_train", type=int, default=4000, help="SST-2 train sentences for the linear probe")
   a.add_argument("--out", required=True, help="a JSON file (resumed: folders already in it are skipped)")
+  a = sub.add_parser("finetune")
+  a.add_argument("--run", required=True, help="the pretraining workdir whose checkpoints are fine-tuned")
+  a.add_argument("--inits", default="scratch,600,900", help="'scratch' or checkpoint steps, comma-separated")
+  a.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3")
+  a.add_argument("--out", required=True)
   args = p.parse_args()
-  {"pretrain": cmd_pretrain, "export": cmd_export, "stats": cmd_stats}[args.cmd](args)
+  {"pretrain": cmd_pretrain, "export": cmd_export, "stats": cmd_stats, "finetune": cmd_finetune}[args.cmd](args)
 
 
 if __name__ == "__main__":
