@@ -205,6 +205,30 @@ def cmd_stats(args) -> None:
           f"rank {last['token_effective_rank']:.1f}, probe {r['probe_dev_accuracy']}", flush=True)
 
 
+def cmd_cls_directions(args) -> None:
+  """What the [CLS] state's main directions of variation across SST-2 dev sentences follow: the share of variance in
+  the top 3 principal components of the last layer's [CLS], and each one's correlation with the sentence's length in
+  WordPieces and with its label."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  sentences, labels = _sst2("dev")
+  out = {}
+  for name in args.names.split(","):
+    folder = os.path.join(args.hf, name)
+    tok = transformers.BertTokenizerFast(os.path.join(folder, "vocab.txt"), do_lower_case=True)
+    lengths = np.array([min(len(tok(s)["input_ids"]), 64) for s in sentences], np.float64)
+    c = _features(folder, sentences)["cls"][-1].astype(np.float64)
+    c = c - c.mean(0)
+    u, sv, _ = np.linalg.svd(c, full_matrices=False)
+    share = sv ** 2 / (sv ** 2).sum()
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    out[name] = [{"variance_share": float(share[k]), "corr_length": corr(u[:, k], lengths),
+                  "corr_label": corr(u[:, k], np.array(labels, np.float64))} for k in range(3)]
+    print(name, " ".join(f"PC{k + 1}: {d['variance_share']:.2f} of variance, r(length) {d['corr_length']:+.2f}, "
+                         f"r(label) {d['corr_label']:+.2f};" for k, d in enumerate(out[name])), flush=True)
+  paths.write_json_atomically(args.out, out)
+
+
 # ------------------------------------------------------------------------------------------------ fine-tuning
 def cmd_finetune(args) -> None:
   """SST-2 as the harness fine-tunes it (configs/glue.py size=tiny via run_configs.finetune_config: 200 steps of 32 x
@@ -222,8 +246,8 @@ def cmd_finetune(args) -> None:
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
-  for init in args.inits.split(","):
-    for lr in (float(x) for x in args.lrs.split(",")):
+  for lr in (float(x) for x in args.lrs.split(",")):   # every init at one lr before the next lr
+    for init in args.inits.split(","):
       key = f"{init}@{lr:g}"
       if key in results:
         continue
@@ -263,8 +287,13 @@ def main() -> None:
   a.add_argument("--inits", default="scratch,600,900", help="'scratch' or checkpoint steps, comma-separated")
   a.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3")
   a.add_argument("--out", required=True)
+  a = sub.add_parser("cls_directions")
+  a.add_argument("--hf", required=True, help="the folders `export` wrote")
+  a.add_argument("--names", default="init,300,600,900")
+  a.add_argument("--out", required=True)
   args = p.parse_args()
-  {"pretrain": cmd_pretrain, "export": cmd_export, "stats": cmd_stats, "finetune": cmd_finetune}[args.cmd](args)
+  {"pretrain": cmd_pretrain, "export": cmd_export, "stats": cmd_stats, "finetune": cmd_finetune,
+   "cls_directions": cmd_cls_directions}[args.cmd](args)
 
 
 if __name__ == "__main__":
