@@ -201,7 +201,7 @@ def worker_env(extra: dict[str, str] | None = None, platform: str = "cpu") -> di
 
 def with_host_memory_reuse(env: dict[str, str], reuse: bool) -> dict[str, str]:
   """`env`, plus (when `reuse`) the glibc settings our binaries apply to themselves
-  (electra_jax.train.host_memory.keep_host_buffers_mapped), as GLIBC_TUNABLES for a process about to start."""
+  (electra_jax.runtime.host_memory.keep_host_buffers_mapped), as GLIBC_TUNABLES for a process about to start."""
   if not reuse:
     return env
   from electra_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel

@@ -45,7 +45,7 @@ flags.DEFINE_integer("repeats", 15, "Timed repetitions per product and of the st
 flags.DEFINE_float("target_s", None, "A target step time to set the products' floor against.")
 flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their host buffers, as the binaries' "
                   "--reuse_host_memory (their default) sets the process up "
-                  "(electra_jax.train.compiling.keep_host_buffers_mapped).")
+                  "(electra_jax.runtime.host_memory.keep_host_buffers_mapped).")
 flags.DEFINE_integer("top", 12, "Rows of the table (the products that take longest in all).")
 
 

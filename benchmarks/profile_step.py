@@ -61,7 +61,7 @@ flags.DEFINE_list("variants", ["base", "rbg", "no_dropout", "bf16", "scan", "par
 flags.DEFINE_integer("rounds", 6, "Timed rounds (one step of every variant per round) after one warm-up round.")
 flags.DEFINE_bool("reuse_host_memory", True, "Steps run inline and reuse their host buffers, as the binaries' "
                   "--reuse_host_memory (their default) sets the process up "
-                  "(electra_jax.train.host_memory.keep_host_buffers_mapped).")
+                  "(electra_jax.runtime.host_memory.keep_host_buffers_mapped).")
 flags.DEFINE_string("hlo_out", "", "Write the base step's optimized HLO here.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of every variant but bf16 (parameters "
                   "float32); bfloat16 with --batch_size=128 is the GPU setting of benchmarks/gpu.sh.")

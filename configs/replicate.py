@@ -6,10 +6,9 @@
 Sizes (each suite runs unchanged at every size; the budget is the ELECTRA variant's steps, every other variant gets
 the same analytical pretraining FLOPs, electra_jax.train.flops.train_flops_per_step):
   smoke  a few steps of a 1-layer model, one task, one seed: the tests' end-to-end run (seconds).
-  micro  this 2-core CPU: E64 H128, 2 layers (configs/pretrain.py's tiny model), batch 32 x 128, ELECTRA 1,200 steps
+  micro  a CPU: E64 H128, 2 layers (configs/pretrain.py's tiny model), batch 32 x 128, ELECTRA 1,200 steps
          (25.5 TFLOP per variant); fine-tuning: 5 GLUE tasks x 3 seeds, 200 steps of 32 x 128 (CoLA, SST-2: x 64)
-         each, full dev sets. --suite=efficiency: ~64 minutes by its measured stages (~51 quiet); the arithmetic
-         is in electra_jax/experiments/harness.py.
+         each, full dev sets. Measured stage and suite times: benchmarks/replication/README.md.
   small  ELECTRA-Small (paper Table 6) for 125k steps of 128 x 128 (12.5% of the paper's 1M: Table 1's "12.5%
          trained" row, GLUE 76.0); fine-tuning with the paper's recipe (Table 7; 3 epochs, 10 for RTE/STS-B) and
          10 seeds. Needs an accelerator and a real corpus (--corpus): the shared corpus is ~2M tokens.

@@ -11,8 +11,8 @@ Each stage runs the project's real command (printed before it runs), so what you
   5. python -m electra_jax.eval.predict     (an example prediction from that folder)
 At the end it prints the dev score beside the majority-class baseline (always predicting the most frequent training
 label), so a model that learned nothing is plain to see, and writes WORKDIR/summary.json with task, metric, dev_score
-and baseline. The defaults (SST-2, 300 + 300 steps) learn visibly: on a 2-core CPU the dev accuracy is well above the
-baseline within a few minutes (MRPC's small training set does not get there at this size).
+and baseline. The defaults (SST-2, 300 + 300 steps) learn visibly: the dev accuracy ends well above the baseline (MRPC's small
+training set does not get there at this size); a few minutes on a CPU.
 Data comes from $ELECTRA_DATA_DIR (default ../shared/data): vocab/, corpus/ and glue_data/.
 """
 

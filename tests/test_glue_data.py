@@ -235,5 +235,5 @@ def test_read_tfds_unprepared_and_tfrecord_errors(tmp_path, monkeypatch):
     raise NotImplementedError("Random access data source for file format FileFormat.TFRECORD is not supported.")
   monkeypatch.setattr(tfds, "data_source", no_random_access)
   monkeypatch.setattr(dataset_builder.DatasetBuilder, "is_prepared", lambda self: True)
-  with pytest.raises(RuntimeError, match=r"stored as .*TFRECORD.*needs TensorFlow, which is not installed"):
+  with pytest.raises(glue.GlueFormatError, match=r"stored as .*TFRECORD.*needs TensorFlow, which is not installed"):
     glue.read_tfds("rte", "dev", data_dir=tmp_path)

@@ -59,9 +59,8 @@ def test_release_host_memory_returns_freed_heap_pages():
 
 # A fresh process with one CPU device (the setting must come before JAX's CPU backend starts): a training step of a
 # small residual MLP (~300 MiB of XLA temporaries), run 12 times as a trainer runs steps: the fewest minor page faults
-# of one run after the first two, and the resident set after each run. "train" donates the weights, as the trainers'
-# steps do (nothing else is allocated per run); "grad" returns a new 8 MiB gradient per run, whose allocation splits
-# the freed block now and then, so that a run needs a fresh one: the heap guard's case.
+# of one run after the first two, and the resident set after each run. The step donates the weights, as the trainers'
+# steps do (nothing else is allocated per run).
 _FAULTS_SCRIPT = r"""
 import json, os, resource, sys
 import jax, jax.numpy as jnp
@@ -75,19 +74,13 @@ def loss(w, x):
   return jnp.sum(h * h)
 
 x, w = jnp.ones((4096, 1024), jnp.float32), jnp.full((1024, 2048), 1e-3, jnp.float32)
-if sys.argv[2] == "train":
-  fn = jax.jit(lambda w, x: w - 1e-9 * jax.grad(loss)(w, x), donate_argnums=0)
-else:
-  fn = jax.jit(jax.grad(loss))
+fn = jax.jit(lambda w, x: w - 1e-9 * jax.grad(loss)(w, x), donate_argnums=0)
 step = compiling.compile_step(fn, w, x)
 temp_mib = step.memory_analysis().temp_size_in_bytes / 2**20
 faults, rss_mib = [], []
 for _ in range(12):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  out = step(w, x).block_until_ready()
-  if sys.argv[2] == "train":
-    w = out
-  del out
+  w = step(w, x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
   with open("/proc/self/statm") as f:
     rss_mib.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
@@ -111,43 +104,12 @@ def _run_fresh(code: str, *args: str, tunables: str = "") -> dict:
 @pytest.mark.slow   # glibc / resident-set behaviour, not the model
 @pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
 def test_keep_host_buffers_mapped_stops_refaulting_the_temporaries_every_run():
-  system, kept = _run_fresh(_FAULTS_SCRIPT, "system", "train"), _run_fresh(_FAULTS_SCRIPT, "keep", "train")
+  system, kept = _run_fresh(_FAULTS_SCRIPT, "system"), _run_fresh(_FAULTS_SCRIPT, "keep")
   assert kept["applied"] and kept["again"] and not system["applied"] and not system["again"]
   assert system["temp_mib"] > 100
   assert system["faulted_mib"] > 0.5 * system["temp_mib"], system     # glibc maps the block anew for every run
   assert kept["faulted_mib"] < 0.1 * kept["temp_mib"], kept           # kept mapped: runs reuse it
   assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"], kept   # one block, not one per run
-
-
-@pytest.mark.slow   # glibc / resident-set behaviour, not the model
-@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's mallopt (Linux)")  # pylint: disable=protected-access
-def test_heap_guard_bounds_the_resident_set_when_runs_miss_the_freed_block():
-  kept = _run_fresh(_FAULTS_SCRIPT, "keep", "grad")
-  # Runs that need a fresh block happen here; the guard keeps the resident set within half a block of where it was
-  # after the first run (without it: up to three blocks more after 30 runs; benchmarks/README.md change 12).
-  assert max(kept["rss_mib"]) <= kept["rss_mib"][0] + 0.5 * kept["temp_mib"] + 64, kept
-
-
-@pytest.mark.slow   # glibc / resident-set behaviour, not the model
-@pytest.mark.skipif(host_memory._libc() is None, reason="needs glibc's malloc_trim (Linux)")  # pylint: disable=protected-access
-def test_heap_guard_releases_free_pages_once_past_one_block():
-  libc = host_memory._libc()  # pylint: disable=protected-access
-  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-  libc.free.argtypes = [ctypes.c_void_p]
-  guard = host_memory.HeapGuard(libc, min_slack_mib=16)
-  guard.expect_block(64)
-  assert not guard.check()                        # the mark: now
-  blocks = [libc.malloc(64 * 1024) for _ in range(2400)]       # 150 MiB of heap chunks, touched, then freed
-  for b in blocks:
-    ctypes.memset(b, 1, 64 * 1024)
-  pin = libc.malloc(64 * 1024)                    # keeps them below the top, as live allocations after a step do
-  for b in blocks:
-    libc.free(b)
-  before = _rss_mib()
-  assert guard.check() and guard.trims == 1       # 150 MiB > half a 64 MiB block past the mark: released
-  assert before - _rss_mib() > 100
-  assert not guard.check()                        # back under the new mark
-  libc.free(pin)
 
 
 # The benchmarks give the peers the same glibc settings as GLIBC_TUNABLES: a block allocated and freed by the main

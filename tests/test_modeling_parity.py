@@ -242,8 +242,9 @@ def test_scan_and_remat_equal_the_loop():
                                      dict(remat_policy="dots"), dict(is_decoder=True)])
 @pytest.mark.slow
 def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
-  # ElectraModel(last_layer_positions=n), as the [CLS] heads call it: the last layer at the first n positions only,
-  # with the same values and parameter gradients as the full model's first n positions (causal masks included).
+  # ElectraModel.encode(last_layer_positions=n), as the [CLS] heads call it: the last layer at the first n positions
+  # only, with the same values and parameter gradients as the full model's first n positions (causal masks included).
+  # ElectraModel itself keeps transformers' contract: last_hidden_state [B, L, H], no such option.
   cfg = ElectraConfig(**CONFIGS["factorized"]).replace(**variant)
   model = ElectraModel(cfg, rngs=nnx.Rngs(0))
   ids, types, mask = _inputs("x", cfg.vocab_size)
@@ -251,10 +252,14 @@ def test_last_layer_at_the_first_positions_equals_the_full_layer(variant):
   cot = jax.random.normal(jax.random.key(3), (3, 2, cfg.hidden_size))
 
   def run(p, n):
-    h = nnx.merge(graphdef, p)(ids, attention_mask=mask, token_type_ids=types, last_layer_positions=n)
-    return h.last_hidden_state[:, :2]
+    m = nnx.merge(graphdef, p)
+    if n is None:
+      return m(ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, :2]
+    return m.encode(ids, attention_mask=mask, token_type_ids=types, last_layer_positions=n)
 
   full, pruned = run(params, None), run(params, 2)
+  with pytest.raises(TypeError):
+    model(ids, attention_mask=mask, token_type_ids=types, last_layer_positions=2)
   assert pruned.shape == (3, 2, cfg.hidden_size)
   np.testing.assert_allclose(pruned, full, atol=1e-6)
   grads = [jax.tree.leaves(jax.grad(lambda p, n=n: jnp.sum(run(p, n) * cot))(params)) for n in (None, 2)]

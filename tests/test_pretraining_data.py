@@ -1,4 +1,4 @@
-"""Tests of the pretraining-data builder (electra_jax/data/pretraining.py) on the real WikiText-2 corpus and vocab."""
+"""Tests of the pretraining-data builder (electra_jax/data/pretraining/) on the real WikiText-2 corpus and vocab."""
 
 import filecmp
 import hashlib

@@ -185,7 +185,6 @@ def finetune(args) -> dict:
 
   def infer_step():
     jnp.argmax(steps.predict(holder["state"]["params"], inputs)["logits"], -1).block_until_ready()
-    host_memory.after_step()   # as finetune_lib.run_predictions does after each batch
 
   train_times = common.time_steps(train_step, args.warmup, args.steps)
   infer_times = common.time_steps(infer_step, args.warmup, args.steps)

@@ -1,40 +1,53 @@
 """Quiet logs around Orbax: its INFO chatter, and the flood of tracebacks after a failed read.
 
     quiet_orbax_logging()          # drop Orbax's INFO lines (binaries get this and more from runtime.cli)
-    silence_failed_read_noise(collect=False)   # before reading a checkpoint: drop abandoned reads' tracebacks
-    silence_failed_read_noise()    # after a restore failed (reported in one line): also finalise those reads now
+    with abandoned_reads_silenced():   # around a restore that may fall back: drop abandoned reads' tracebacks
+      ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 
 from absl import logging as absl_logging
 
 
-def silence_failed_read_noise(collect: bool = True) -> None:
-  """When a restore fails (and is reported in one line), Orbax's other pending reads end badly: tensorstore's
-  callbacks raise "Event loop is closed", Orbax's read coroutines raise their own read error when they are closed,
-  both through sys.unraisablehook (sometimes while the failing restore is still unwinding), and asyncio logs "Task
-  exception was never retrieved" for each task: thousands of lines for one bad step. Drops exactly those (install it
-  before reading, with collect=False); with `collect`, also finalises the abandoned reads at once (gc.collect) so that
-  none is left to print at interpreter exit, after the hook is gone."""
-  if not getattr(sys.unraisablehook, "_electra_quiet", False):
-    previous = sys.unraisablehook
+@contextlib.contextmanager
+def abandoned_reads_silenced() -> Iterator[None]:
+  """Drops, inside the block only, the noise of checkpoint reads that a failed restore abandoned.
 
-    def hook(unraisable):
-      if not _from_abandoned_read(unraisable):
-        previous(unraisable)
+  When a restore fails (and is reported in one line), Orbax's other pending reads end badly: tensorstore's callbacks
+  raise "Event loop is closed", Orbax's read coroutines raise their own read error when they are closed, both through
+  sys.unraisablehook (sometimes while the failing restore is still unwinding), and asyncio logs "... exception was
+  never retrieved" for each task: thousands of lines for one bad step. Inside the block those records are dropped;
+  on leaving it the abandoned reads are finalised at once (gc.collect), so they print nothing later, and the hook
+  and the asyncio filter are removed: an Orbax failure after the block (a background save) is reported in full.
+  """
+  previous = sys.unraisablehook
 
-    hook._electra_quiet = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_OrbaxReadTaskFilter())
-  if collect:
-    gc.collect()
+  def hook(unraisable):
+    if not _from_abandoned_read(unraisable):
+      previous(unraisable)
+
+  asyncio_filter = _OrbaxReadTaskFilter()
+  asyncio_logger = logging.getLogger("asyncio")
+  sys.unraisablehook = hook
+  asyncio_logger.addFilter(asyncio_filter)
+  try:
+    yield
+  finally:
+    try:
+      gc.collect()
+    finally:
+      if sys.unraisablehook is hook:
+        sys.unraisablehook = previous
+      asyncio_logger.removeFilter(asyncio_filter)
 
 
 def _from_abandoned_read(unraisable) -> bool:

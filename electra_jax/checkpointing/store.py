@@ -43,9 +43,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from electra_jax import errors
+from electra_jax import errors, paths
 from electra_jax.checkpointing import integrity
-from electra_jax.checkpointing.quiet import silence_failed_read_noise
+from electra_jax.checkpointing.quiet import abandoned_reads_silenced
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -101,12 +101,6 @@ def _manager(directory: str, *, keep: int | None = None, read_only: bool = False
 def _abspath(path: str | os.PathLike) -> str:
   path = os.fspath(path)
   return path if "://" in path else os.path.abspath(path)
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
 
 
 def _describe(exc: BaseException) -> str:
@@ -189,7 +183,7 @@ class Checkpointer:
 
   def _write_model_config(self) -> None:
     if self.model_meta is not None and not self._meta_written and jax.process_index() == 0:
-      _write_json(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
+      paths.write_json_atomically(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
     self._meta_written = True
 
   def set_aside_steps(self) -> list[str]:
@@ -264,52 +258,50 @@ class Checkpointer:
     docstring); a step whose shapes do not fit the model raises CheckpointError instead (a changed config).
     """
     self._manager.wait_until_finished()
-    silence_failed_read_noise(collect=False)   # a bad step's abandoned reads may print while the restore unwinds
     tried = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        metadata = self._manager.item_metadata(step)
-        mismatches = (_shape_mismatches(abstract_params, metadata["params"], "params")
-                      if metadata["params"] is not None else [])
-      except Exception as e:  # pylint: disable=broad-except
-        mismatches, error = None, e
-      else:
-        error = None
-      if mismatches:
-        raise CheckpointError(f"checkpoint {self.directory}/{step} does not fit the model (was the config changed? "
-                              f"use a new workdir): " + "; ".join(mismatches[:5]))
-      result = None
-      if error is None:
+    with abandoned_reads_silenced():   # a bad step's abandoned reads would print thousands of lines
+      for step in sorted(self._manager.all_steps(), reverse=True):
         try:
-          items = dict(
-              params=ocp.args.PyTreeRestore(abstract_params,
-                                            ocp.checkpoint_utils.construct_restore_args(abstract_params)),
-              opt_state=ocp.args.PyTreeRestore(abstract_opt_state,
-                                               ocp.checkpoint_utils.construct_restore_args(abstract_opt_state)),
-              train_meta=ocp.args.JsonRestore())
-          has_record = (epath.Path(self.directory) / str(step) / "integrity").exists()
-          if has_record:
-            items["integrity"] = ocp.args.JsonRestore()
-          restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+          metadata = self._manager.item_metadata(step)
+          mismatches = (_shape_mismatches(abstract_params, metadata["params"], "params")
+                        if metadata["params"] is not None else [])
         except Exception as e:  # pylint: disable=broad-except
-          error = e
-        else:   # outside the try: a bug here must not make a good step look unreadable
+          mismatches, error = None, e
+        else:
+          error = None
+        if mismatches:
+          raise CheckpointError(f"checkpoint {self.directory}/{step} does not fit the model (was the config changed? "
+                                f"use a new workdir): " + "; ".join(mismatches[:5]))
+        result = None
+        if error is None:
           try:
-            _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
-                             {"params": restored["params"], "opt_state": restored["opt_state"]})
-            result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
-          except CorruptCheckpointError as e:
+            items = dict(
+                params=ocp.args.PyTreeRestore(abstract_params,
+                                              ocp.checkpoint_utils.construct_restore_args(abstract_params)),
+                opt_state=ocp.args.PyTreeRestore(abstract_opt_state,
+                                                 ocp.checkpoint_utils.construct_restore_args(abstract_opt_state)),
+                train_meta=ocp.args.JsonRestore())
+            has_record = (epath.Path(self.directory) / str(step) / "integrity").exists()
+            if has_record:
+              items["integrity"] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+          except Exception as e:  # pylint: disable=broad-except
             error = e
-      if _all_agree(error is None):
-        logging.info("restored checkpoint step %d from %s (verified)", step, self.directory)
-        self._write_model_config()
-        return result
-      tried.append(step)
-      if not isinstance(error, CorruptCheckpointError):
-        silence_failed_read_noise()
-      logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
-                      self.directory, step, _describe(error) if error else "unreadable on another process")
-      self._set_aside(step)
+          else:   # outside the try: a bug here must not make a good step look unreadable
+            try:
+              _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
+                               {"params": restored["params"], "opt_state": restored["opt_state"]})
+              result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
+            except CorruptCheckpointError as e:
+              error = e
+        if _all_agree(error is None):
+          logging.info("restored checkpoint step %d from %s (verified)", step, self.directory)
+          self._write_model_config()
+          return result
+        tried.append(step)
+        logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
+                        self.directory, step, _describe(error) if error else "unreadable on another process")
+        self._set_aside(step)
     if tried:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete or corrupt "
                             f"(set aside as <step>.unreadable-*); to start again from step 0 rerun with "
@@ -392,19 +384,17 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[
       if step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
       steps = [step]
-    silence_failed_read_noise(collect=False)
     errors = []
-    for s in steps:
-      try:
-        return _read_params(manager, directory, s)
-      except Exception as e:  # pylint: disable=broad-except
-        if not isinstance(e, CorruptCheckpointError):
-          silence_failed_read_noise()
-        if step is not None:
-          raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
-        logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
-                        _describe(e))
-        errors.append(s)
+    with abandoned_reads_silenced():
+      for s in steps:
+        try:
+          return _read_params(manager, directory, s)
+        except Exception as e:  # pylint: disable=broad-except
+          if step is not None:
+            raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
+          logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
+                          _describe(e))
+          errors.append(s)
     raise CheckpointError(f"no readable checkpoint in {directory}: steps {errors} are all incomplete or corrupt")
   finally:
     manager.close()
@@ -447,5 +437,5 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
   finally:
     manager.close()
   if jax.process_index() == 0:
-    _write_json(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
+    paths.write_json_atomically(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
   return directory

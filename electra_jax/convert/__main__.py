@@ -143,8 +143,8 @@ def orbax_to_hf(checkpoint: str, out: str, part: str | None = None, step: int | 
                                     f"is not a Hugging Face head; export the discriminator")
     model = parts[part or "discriminator"]
   elif part is not None:
-    raise ValueError(f"--part={part}: {checkpoint} holds one {type(model).__name__}, not a pretraining checkpoint "
-                     f"(generator + discriminator); drop --part to export it")
+    raise convert.ConversionError(f"--part={part}: {checkpoint} holds one {type(model).__name__}, not a pretraining "
+                                  f"checkpoint (generator + discriminator); drop --part to export it")
   tokenizer = checkpointing.read_model_config(checkpoint).get("tokenizer") or {}
   if vocab_file is None and tokenizer.get("vocab_file"):
     vocab_file = tokenizer["vocab_file"]
@@ -187,9 +187,9 @@ def tf_command(command: str) -> str:
   """tf_to_orbax / tf_to_hf from the flags; everything is read and checked before anything is written."""
   from electra_jax.convert import tf_convert  # pylint: disable=import-outside-toplevel
   if not FLAGS.tf_checkpoint:
-    raise ValueError("--tf_checkpoint is required")
+    raise cli.UsageError("--tf_checkpoint is required")
   if FLAGS.continue_pretraining and command != "tf_to_orbax":
-    raise ValueError("--continue_pretraining applies to tf_to_orbax")
+    raise cli.UsageError("--continue_pretraining applies to tf_to_orbax")
   conv = tf_convert.load_tf_checkpoint(FLAGS.tf_checkpoint, num_attention_heads=FLAGS.num_attention_heads,
                                        generator_num_attention_heads=FLAGS.generator_num_attention_heads,
                                        task=FLAGS.task, with_slots=FLAGS.continue_pretraining)

@@ -97,7 +97,7 @@ class PretrainingLoader:
     self.source = ShardSource(self.dataset_dir, self.manifest)
     self.num_examples = len(self.source)
     if self.num_examples == 0:
-      raise ValueError(f"{self.dataset_dir}: the dataset has no examples")
+      raise RecordError(f"{self.dataset_dir}: the dataset has no examples")
     self.layout = Layout.of(self.global_batch_size, mesh, batch_axes, process_index=process_index,
                             process_count=process_count)
     self.mesh, self.sharding, self.rows = mesh, self.layout.sharding, self.layout.rows

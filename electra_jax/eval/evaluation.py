@@ -27,7 +27,7 @@ from electra_jax.eval import baselines
 from electra_jax.eval.tasks import EvalSet, TaskError, load_task, write_json
 from electra_jax.modeling import ElectraConfig
 from electra_jax.modeling.config import RUNTIME_FIELDS
-from electra_jax.runtime import distributed, host_memory
+from electra_jax.runtime import distributed
 
 
 def runtime_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -119,7 +119,6 @@ def run_predictions(predictor: Predictor, params, arrays: Mapping[str, np.ndarra
     rows = np.where(rows < n, rows, 0)
     batch = sharding.put_batch({k: v[rows] for k, v in arrays.items()}, predictor.mesh, predictor.rules)
     out = jax.device_get(predictor.predict(params, batch))
-    host_memory.after_step()
     keep = min(batch_size, n - start)
     for k, v in out.items():
       chunks.setdefault(k, []).append(np.asarray(v)[:keep])

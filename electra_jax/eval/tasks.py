@@ -360,9 +360,8 @@ def write_json(path: str, obj: Any) -> str:
   """Writes `obj` as strict JSON (NaN and Inf as null) on process 0; returns the path."""
   if distributed.is_primary():
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(_strict(obj), f, indent=None if len(obj) > 100 else 2, allow_nan=False)
-      f.write("\n")
+    paths.write_json_atomically(path, _strict(obj), indent=None if len(obj) > 100 else 2, sort_keys=False,
+                                allow_nan=False)
   return path
 
 

@@ -18,14 +18,9 @@ Budget rule: the ELECTRA variant (configs/pretrain.py's electra objective at the
 steps. Every variant warms up over `budget.warmup_proportion` of its own steps and decays linearly to 0 at its end.
 Pretraining uses one seed (config.pretrain.seed); the spread reported is over fine-tuning seeds.
 
-The micro suite's time on this 2-core CPU (size=micro; measured stage times, benchmarks/replication/README.md):
-  pretraining (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x 21.2 GFLOP =
-    25.5 TFLOP per variant): 5.1-5.9 minutes per variant alone (~70 GFLOP/s);
-  fine-tuning (5 tasks x 3 seeds x 200 steps of 32 x 128, CoLA and SST-2 at 64 tokens, full dev sets): ~30 s per
-    task at 64 tokens, ~57 s at 128, so ~3.8 minutes per fine-tuned checkpoint;
-  --suite=efficiency (5 pretraining runs, 6 checkpoints with the no-pretraining control): ~64 min as measured (~51
-    quiet). sharing ~29, generator_size ~57, mlm_vs_electra ~35, attention_dropout ~19; --suite=all ~2.4 h.
-size=small needs an accelerator (125k ELECTRA-Small steps per variant).
+size=micro runs on a CPU (E64 H128, 2 layers, generator H32, batch 32 x 128; the budget is ELECTRA's 1,200 steps x
+21.2 GFLOP = 25.5 TFLOP per variant; fine-tuning 5 tasks x 3 seeds x 200 steps); the measured time of every stage and
+suite is in benchmarks/replication/README.md. size=small needs an accelerator (125k ELECTRA-Small steps per variant).
 """
 
 from __future__ import annotations
@@ -42,8 +37,10 @@ from typing import Any
 
 import ml_collections
 
-from electra_jax.experiments import report, suites
-from electra_jax.experiments.run_configs import finetune_config, flops_per_step, pretrain_config, vocab_size
+from electra_jax.experiments import ExperimentError, report, suites
+from electra_jax import paths
+from electra_jax.experiments.run_configs import (finetune_config, finetune_dir, flops_per_step, pretrain_config,
+                                                 vocab_size)
 
 # ------------------------------------------------------------------------------------------------ the plan
 @dataclasses.dataclass
@@ -85,10 +82,10 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
   budget = {"reference": "electra", "electra_steps": electra_steps, "flops": ref_fps * electra_steps,
             "match": str(hc.budget.match)}
   if budget["match"] not in ("flops", "steps"):
-    raise ValueError(f"budget.match={budget['match']!r}: must be 'flops' or 'steps'")
+    raise ExperimentError(f"budget.match={budget['match']!r}: must be 'flops' or 'steps'")
   fractions = sorted({float(f) for f in hc.curve_fractions} | {1.0})
   if any(not 0 < f <= 1 for f in fractions):
-    raise ValueError(f"curve_fractions={tuple(hc.curve_fractions)}: each must be in (0, 1]")
+    raise ExperimentError(f"curve_fractions={tuple(hc.curve_fractions)}: each must be in (0, 1]")
   curve_keys = {k for s in suite_list for k in suites.SUITES[s].variants if suites.SUITES[s].curve}
   variants: dict[str, PlannedVariant] = {}
   for name in suite_list:
@@ -124,10 +121,6 @@ def plan(suite_list: Sequence[str], hc: ml_collections.ConfigDict, workdir: str
     for step in pv.eval_steps:
       stages.extend(Stage("finetune", key, step, task) for task in hc.finetune.tasks)
   return variants, stages, budget
-
-
-def finetune_dir(pv: PlannedVariant, step: int, task: str) -> str:
-  return os.path.join(os.path.dirname(pv.workdir), f"glue_{step}", task)
 
 
 def checkpoint_dir(pv: PlannedVariant, step: int) -> str:
@@ -299,7 +292,8 @@ def _check_same_plan(workdir: str, hc: ml_collections.ConfigDict, budget: Mappin
     saved.pop("log_every_steps", None)
     if saved != current:
       changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-      raise ValueError(f"{workdir} holds runs of another harness config (differs in {changed}); use a new --workdir")
+      raise ExperimentError(f"{workdir} holds runs of another harness config (differs in {changed}); use a new "
+                            f"--workdir")
   else:
     _write_json(path, current)
   del budget
@@ -315,11 +309,7 @@ def _enable_compilation_cache(directory: str) -> None:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_json_atomically(path, obj, default=_jsonable)
 
 
 def _append_jsonl(path: str, obj: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ r"""Replicates the ELECTRA paper's ablations at a chosen scale (thin binary: fla
 
 Suites (electra_jax/experiments/suites.py): efficiency (paper Table 5's five objectives), sharing, generator_size,
 mlm_vs_electra (with earlier checkpoints scored), attention_dropout (attention-probability dropout off), or `all`.
-Sizes (configs/replicate.py): micro (default; this 2-core CPU), small (ELECTRA-Small on an accelerator), smoke
+Sizes (configs/replicate.py): micro (default; a CPU), small (ELECTRA-Small on an accelerator), smoke
 (tests). Running the same command again resumes where it stopped. Writes WORKDIR/results.json, results.md and PNGs.
 """
 
@@ -55,7 +55,7 @@ def main(argv) -> None:
   from electra_jax.data.pretraining import CorpusError, IncompleteDatasetError
   from electra_jax.data.tokenization import VocabError
   from electra_jax import checkpointing
-  from electra_jax.experiments import harness, run_configs, suites
+  from electra_jax.experiments import ExperimentError, harness, run_configs, suites
   from electra_jax.train import finetune_lib, loop
   logging.getLogger().setLevel(logging.INFO)
   checkpointing.quiet_orbax_logging()
@@ -70,7 +70,7 @@ def main(argv) -> None:
       key, value = run_configs.parse_override(text, hc)
       run_configs.set_field(hc, key, value)
     if not hc.corpus:
-      raise ValueError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
+      raise ExperimentError(f"size {FLAGS.size} has no default corpus: pass --corpus=...")
     command = "python -m electra_jax.experiments.replicate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     harness.run(names, hc, FLAGS.workdir, command=command)
     if FLAGS.publish_dir:

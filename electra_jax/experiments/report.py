@@ -17,7 +17,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from electra_jax import paths
 from electra_jax.experiments import suites
+from electra_jax.experiments.run_configs import finetune_dir
 
 PRETRAIN_METRICS = ("loss", "mlm_accuracy", "sampled_equals_original", "replaced_fraction", "disc_auc",
                     "disc_accuracy", "main_mlm_accuracy", "copy_probability")
@@ -58,7 +60,6 @@ def _last_pretrain_metrics(workdir: str) -> dict[str, float]:
 
 def collect(workdir: str, hc: Any, variants: Mapping[str, Any]) -> dict[str, Any]:
   """Per variant: pretraining steps/FLOPs/time/metrics and the fine-tuning scores of each scored checkpoint."""
-  from electra_jax.experiments import harness  # pylint: disable=import-outside-toplevel
   seeds = int(hc.finetune.seeds)
   out: dict[str, Any] = {}
   for key, pv in variants.items():
@@ -75,7 +76,7 @@ def collect(workdir: str, hc: Any, variants: Mapping[str, Any]) -> dict[str, Any
                                "fraction": step / pv.steps if pv.steps else 1.0,
                                "tasks": {}}
       for task in hc.finetune.tasks:
-        res = _read_json(os.path.join(harness.finetune_dir(pv, step, task), "results.json"))
+        res = _read_json(os.path.join(finetune_dir(pv, step, task), "results.json"))
         if not res:
           continue
         metric = res["main_metric"]
@@ -118,11 +119,8 @@ def write(workdir: str, suite_list: Sequence[str], hc: Any, variants: Mapping[st
     results["suites"][name] = {"title": s.title, "source": s.source, "finding": s.finding,
                                "variants": list(s.variants), "paper": dict(s.paper),
                                "labels": {k: suites.label(s, k) for k in s.variants}}
-  tmp = os.path.join(workdir, "results.json.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, sort_keys=True, default=lambda x: None if isinstance(x, float) else str(x))
-    f.write("\n")
-  os.replace(tmp, os.path.join(workdir, "results.json"))
+  paths.write_json_atomically(os.path.join(workdir, "results.json"), results,
+                              default=lambda x: None if isinstance(x, float) else str(x))
   plots = write_plots(workdir, results)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(markdown(results, plots))

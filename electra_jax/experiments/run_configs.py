@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from electra_jax import paths
-from electra_jax.experiments import suites
+from electra_jax.experiments import ExperimentError, suites
 
 def config_module(name: str):
   """configs/<name>.py as a module (the configs folder sits next to the package, not inside it)."""
@@ -32,10 +32,10 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
   node = config
   for p in parents:
     if p not in node:
-      raise ValueError(f"unknown config field {dotted!r} ({p!r} does not exist)")
+      raise ExperimentError(f"unknown config field {dotted!r} ({p!r} does not exist)")
     node = node[p]
   if leaf not in node:
-    raise ValueError(f"unknown config field {dotted!r}")
+    raise ExperimentError(f"unknown config field {dotted!r}")
   node[leaf] = value
 
 
@@ -54,12 +54,12 @@ def parse_override(text: str, config: ml_collections.ConfigDict) -> tuple[str, A
   """'finetune.seeds=5' -> ("finetune.seeds", 5), typed like the field's current value."""
   key, sep, raw = text.partition("=")
   if not sep:
-    raise ValueError(f"override {text!r}: expected FIELD=VALUE")
+    raise ExperimentError(f"override {text!r}: expected FIELD=VALUE")
   key = key.strip()
   node: Any = config
   for p in key.split("."):
     if not isinstance(node, (ml_collections.ConfigDict, Mapping)) or p not in node:
-      raise ValueError(f"override {text!r}: unknown field {key!r}")
+      raise ExperimentError(f"override {text!r}: unknown field {key!r}")
     node = node[p]
   raw = raw.strip()
   if isinstance(node, bool):
@@ -138,3 +138,9 @@ def finetune_config(hc: ml_collections.ConfigDict, task: str, init_checkpoint: s
   for key, value in flatten(f.overrides).items():
     set_field(c, key, value)
   return c
+
+
+def finetune_dir(pv: Any, step: int, task: str) -> str:
+  """Where the harness fine-tunes `task` from the step-`step` checkpoint of a planned variant (harness.PlannedVariant:
+  WORKDIR/variants/<key>/glue_<step>/<task>)."""
+  return os.path.join(os.path.dirname(pv.workdir), f"glue_{step}", task)

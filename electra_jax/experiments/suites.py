@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from electra_jax.experiments import ExperimentError
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -97,7 +99,7 @@ def suite_names(arg: str) -> list[str]:
   names = list(SUITES) if arg == "all" else [s.strip() for s in arg.split(",") if s.strip()]
   unknown = [n for n in names if n not in SUITES]
   if unknown or not names:
-    raise ValueError(f"--suite={arg!r}: unknown suite(s) {unknown}; known: {sorted(SUITES)} or 'all'")
+    raise ExperimentError(f"--suite={arg!r}: unknown suite(s) {unknown}; known: {sorted(SUITES)} or 'all'")
   return names
 
 

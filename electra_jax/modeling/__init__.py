@@ -30,4 +30,4 @@ def head_class(name: str) -> type[nnx.Module]:
     return HEADS[name]
   if name in ORIGINAL_HEADS:
     return ORIGINAL_HEADS[name]
-  raise ValueError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS) + sorted(ORIGINAL_HEADS)}")
+  raise ConfigError(f"unknown ELECTRA head {name!r}; known heads: {sorted(HEADS) + sorted(ORIGINAL_HEADS)}")

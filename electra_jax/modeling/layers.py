@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from electra_jax import ops, sharding
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -52,7 +52,7 @@ def activation(name: str, kernels: str = "auto"):
     return jax.nn.silu
   if name == "tanh":
     return jnp.tanh
-  raise ValueError(f"unsupported activation {name!r}")
+  raise ConfigError(f"unsupported activation {name!r}")
 
 
 def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
@@ -80,7 +80,7 @@ class Dense(nnx.Module):
     self.kernels = config.kernels
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # as one 2-D [tokens, in] x [in, out] product (benchmarks/README.md, change 1)
+    # as one 2-D [tokens, in] x [in, out] product (benchmarks/README.md)
     kernel = self.kernel[...].astype(self.dtype)
     y = ops.dense(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel, kernels=self.kernels)
     y = y.reshape(*x.shape[:-1], kernel.shape[-1])

@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 
 from electra_jax import ops, sharding
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 from electra_jax.modeling.layers import (Dense, ElectraEmbeddings, ElectraEncoder, LayerNorm, _param, activation,
                                          split_rng)
 
@@ -77,16 +77,23 @@ class ElectraModel(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None, *,
-               dropout_rng: jax.Array | None = None, last_layer_positions: int | None = None) -> BaseModelOutput:
-    """`last_layer_positions=n`: last_hidden_state only at the first n positions, [B, n, H], the last layer computed
-    there alone (its attention still reads every token), for heads that read [CLS] only; the same values."""
+               dropout_rng: jax.Array | None = None) -> BaseModelOutput:
+    """last_hidden_state [B, L, H], as transformers' ElectraModel."""
+    return BaseModelOutput(last_hidden_state=self.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                          dropout_rng))
+
+  def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, dropout_rng=None,
+              last_layer_positions: int | None = None) -> jax.Array:
+    """The last hidden state [B, L, H]; with `last_layer_positions=n` only at the first n positions, [B, n, H], the
+    last layer computed there alone (its attention still reads every token) with the same values: for the heads of
+    this package that read [CLS] only."""
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
     b, length = input_ids.shape
     if length > self.config.max_position_embeddings:
-      raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
-                       f"{self.config.max_position_embeddings}")
+      raise ConfigError(f"sequence length {length} exceeds max_position_embeddings="
+                        f"{self.config.max_position_embeddings}")
     attention_mask = jnp.ones((b, length), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
     token_type_ids = jnp.zeros((b, length), jnp.int32) if token_type_ids is None else jnp.asarray(token_type_ids)
     if position_ids is None:
@@ -97,7 +104,7 @@ class ElectraModel(nnx.Module):
       x = self.embeddings_project(x)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     key_mask = attention_mask.astype(bool)   # causal attention (is_decoder) is the layers' own flag
-    return BaseModelOutput(last_hidden_state=self.encoder(x, key_mask, r_enc, last_layer_positions))
+    return self.encoder(x, key_mask, r_enc, last_layer_positions)
 
 
 class _Head(nnx.Module):
@@ -114,8 +121,8 @@ class _Head(nnx.Module):
 
   def _body(self, input_ids, attention_mask, token_type_ids, position_ids, dropout_rng, last_layer_positions=None):
     r_body, r_head = split_rng(dropout_rng, 2)
-    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
-                     last_layer_positions=last_layer_positions).last_hidden_state
+    h = self.electra.encode(input_ids, attention_mask, token_type_ids, position_ids, r_body,
+                             last_layer_positions)
     return h, r_head
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from electra_jax import ops
-from electra_jax.modeling.config import ElectraConfig
+from electra_jax.modeling.config import ConfigError, ElectraConfig
 from electra_jax.modeling.layers import Dense, activation, split_rng
 from electra_jax.modeling.models import ElectraModel, LogitsOutput, binary_cross_entropy, cross_entropy
 
@@ -59,8 +59,8 @@ class OriginalElectraForSequenceClassification(nnx.Module):
                dropout_rng=None) -> LogitsOutput:
     r_body, r_head = split_rng(dropout_rng, 2)
     # only [CLS] is read: the last layer is computed there alone (last_hidden_state [B, 1, H])
-    h = self.electra(input_ids, attention_mask, token_type_ids, position_ids, dropout_rng=r_body,
-                     last_layer_positions=1).last_hidden_state
+    h = self.electra.encode(input_ids, attention_mask, token_type_ids, position_ids, r_body,
+                             last_layer_positions=1)
     x = ops.dropout(h[:, 0], self.rate, r_head, kernels=self.config.kernels)
     logits = self.classifier(x).astype(jnp.float32)
     loss = None
@@ -106,7 +106,7 @@ class OriginalElectraForQuestionAnswering(nnx.Module):
   def __init__(self, config: ElectraConfig, *, beam_size: int = 20, answerable_classifier: bool = True,
                answerable_weight: float = 0.5, rngs: nnx.Rngs):
     if beam_size < 1:
-      raise ValueError(f"beam_size={beam_size}: must be at least 1")
+      raise ConfigError(f"beam_size={beam_size}: must be at least 1")
     h = config.hidden_size
     self.config = config
     self.electra = ElectraModel(config, rngs=rngs)

@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import jax
 
+from electra_jax import errors
 from electra_jax.ops import gpu, reference, xla_cpu
 
 KERNELS = ("auto", "reference", "xla_cpu", "cudnn", "splash")
 FUSED_ATTENTION = ("cudnn", "splash")   # kernels whose attention has no probability dropout
 # What "auto" picks per platform: only forms that have run there (cuDNN's on an H200; splash is JAX's TPU kernel).
 _AUTO = {"cpu": "xla_cpu", "gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
+
+
+class KernelError(errors.Error, ValueError):
+  """A `kernels` setting that names no form."""
 
 
 def platform() -> str:
@@ -44,7 +49,7 @@ def platform() -> str:
 def resolve(kernels: str = "auto") -> str:
   """The forms `kernels` names: itself, or for "auto" the platform's (see the module docstring)."""
   if kernels not in KERNELS:
-    raise ValueError(f"kernels={kernels!r}: must be one of {KERNELS}")
+    raise KernelError(f"kernels={kernels!r}: must be one of {KERNELS}")
   return _AUTO.get(platform(), "reference") if kernels == "auto" else kernels
 
 

@@ -26,7 +26,7 @@ def random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """jax.random.bits(rng, shape, jnp.uint32), bit for bit, with threefry's 20 rounds written out.
 
   JAX's CPU lowering of threefry is a rolled loop (a pass over memory per round pair); written out, XLA hashes each
-  counter in one fusion, as JAX's own TPU/GPU lowering does (benchmarks/README.md, change 7). Keys of another
+  counter in one fusion, as JAX's own TPU/GPU lowering does (benchmarks/README.md). Keys of another
   implementation, the non-partitionable threefry mode and 2^32 elements or more go to jax.random.bits itself.
   """
   words = threefry_words(rng, shape)
@@ -92,7 +92,7 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 @jax.custom_vjp
 def _keep_scaled(x: jax.Array, keep: jax.Array, scale: jax.Array) -> jax.Array:
   """where(keep, x * scale, 0), its gradient in the same form: autodiff's where(keep, g, 0) * scale let XLA pull the
-  multiply into the next YNNPACK fusion with `scale` materialised at full size (benchmarks/README.md, change 13)."""
+  multiply into the next YNNPACK fusion with `scale` materialised at full size (benchmarks/README.md)."""
   return jnp.where(keep, x * scale, jnp.zeros_like(x))
 
 
@@ -114,7 +114,7 @@ def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x [N, in] @ kernel [in, out]; a kernel with in > out takes its gradient as (g^T x)^T, not x^T g.
 
   XLA's CPU backend runs the kernel gradient's token contraction itself (not through YNNPACK), fast only when the
-  result has no more rows than columns (benchmarks/README.md, change 14). The barrier keeps XLA from folding the
+  result has no more rows than columns (benchmarks/README.md). The barrier keeps XLA from folding the
   transpose back into the product.
   """
   return jnp.dot(x, kernel)
@@ -143,7 +143,7 @@ def tied_logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
   """x [N, E] @ table [V, E]^T + bias [V], the table's and the bias's gradients from ONE product [x, 1]^T @ g.
 
   Left to autodiff, XLA's CPU backend ran the table's gradient as a slow transposing dot_general and the bias's as a
-  column reduction over the [N, V] logit gradient (benchmarks/README.md, change 6).
+  column reduction over the [N, V] logit gradient (benchmarks/README.md).
   """
   return jnp.dot(x, table.T) + bias
 
@@ -185,7 +185,7 @@ def _layer_norm_bwd(eps, res, g):
   xhat, rstd, scale = res
   lead = tuple(range(g.ndim - 1))
   # A select that changes no value (rstd > 0; a NaN rstd takes the g * scale branch): it keeps this pass out of a
-  # YNNPACK fusion that would write `scale` broadcast to [tokens, hidden] (benchmarks/README.md, change 10).
+  # YNNPACK fusion that would write `scale` broadcast to [tokens, hidden] (benchmarks/README.md).
   gs = jnp.where(rstd < 0, 0.0, g * scale)
   dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True) - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
   return dx, jnp.sum(g * xhat, axis=lead).reshape(scale.shape), jnp.sum(g, axis=lead).reshape(scale.shape)
@@ -197,7 +197,7 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 def gelu(x: jax.Array) -> jax.Array:
   """reference.gelu plus a select that changes no value (below -10 the formula is already 0): XLA's CPU backend does
   not pull a select into a YNNPACK matmul fusion, which otherwise took the whole FFN (dot, GELU, dot) with GELU's
-  constants materialised at full size (benchmarks/README.md, change 5)."""
+  constants materialised at full size (benchmarks/README.md)."""
   y = x * 0.5 * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
   return jnp.where(x < -10.0, jnp.zeros_like(y), y)
 
@@ -205,8 +205,8 @@ def gelu(x: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def cross_entropy_rows(x: jax.Array, targets: jax.Array, lse: jax.Array) -> jax.Array:
   """lse - x[target] per row of x [R, V], lse the rows' logsumexp (a constant), with the gradient softmax(x) - one_hot
-  as one elementwise pass over [R, V] (autodiff of logsumexp and of a one-hot product made three; benchmarks/README.md,
-  change 6)."""
+  as one elementwise pass over [R, V] (autodiff of logsumexp and of a one-hot product made three;
+  benchmarks/README.md)."""
   return _cross_entropy_rows_fwd(x, targets, lse)[0]
 
 

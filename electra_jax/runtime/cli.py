@@ -5,9 +5,13 @@
     if __name__ == "__main__":
       cli.run(main, required=("config", "workdir"))
 
-  * user errors (ValueError and its subclasses, OSError such as FileNotFoundError, FloatingPointError for a diverged
-    run, the checkpoint module's CheckpointError, a busy workdir) -> `<prog>: error: <message>` on stderr and exit
-    status 1 (`error_status`); the traceback goes to the log at debug level (--verbosity=1 shows it);
+  * user errors -> `<prog>: error: <message>` on stderr and exit status 1 (`error_status`), the traceback in the log
+    at debug level (--verbosity=1 shows it). A user error is the project's own `electra_jax.errors.Error` (bad
+    input, file, config; every module's error class derives from it), an OS error about a file (not found,
+    permission denied, a directory where a file was expected or the reverse, already exists, disk full), or a
+    FloatingPointError (a diverged run);
+  * anything else (a plain ValueError, KeyError, TypeError, ...) is a bug: its traceback, then `<prog>: internal
+    error: ... this is a bug` with where to report it, exit status 1;
   * flag problems (an unknown flag, a mistyped config field, a config file that raises, a missing required flag)
     -> `<prog>: error: ...` and exit status 2, with the "did you mean" hint when there is one;
   * --help / --helpshort / --helpfull print the usage and exit 0; binaries with a --config flag also get
@@ -19,15 +23,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
 from absl import logging as absl_logging
+
+from electra_jax import errors
 
 FLAGS = flags.FLAGS
 _HELP = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?", "--?")
@@ -48,15 +56,16 @@ def _program() -> str:
   return name.rsplit(".", 1)[-1]
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """The exception classes that mean bad input (or a diverged run), not a bug."""
-  classes: list[type[BaseException]] = [ValueError, OSError, FloatingPointError]
-  for module, name in (("electra_jax.checkpointing.store", "CheckpointError"),
-                       ("electra_jax.checkpointing.lock", "WorkdirBusyError")):
-    cls = getattr(sys.modules.get(module), name, None)   # if the module was never imported, nothing raised it
-    if cls is not None:
-      classes.append(cls)
-  return tuple(classes)
+_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+REPORT_BUGS_TO = "the electra_jax issue tracker, with the command you ran"   # where a bug report goes
+
+
+def is_user_error(exc: BaseException) -> bool:
+  """Whether `exc` means bad input (or a diverged run), not a bug: the project's own errors, OS errors about a file
+  (including a full disk) and FloatingPointError."""
+  if isinstance(exc, (errors.Error, FloatingPointError, *_FILE_ERRORS)):
+    return True
+  return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def one_line(exc: BaseException) -> str:
@@ -212,9 +221,17 @@ def run(main: Callable[[list[str]], Any], *, required: Sequence[str] = (), error
     except UsageError as e:
       print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
       sys.exit(2)
-    except user_errors() as e:  # pylint: disable=catching-non-exception
-      logging.debug("%s failed", prog, exc_info=True)
-      print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-      sys.exit(error_status)
+    except Exception as e:  # pylint: disable=broad-except
+      if is_user_error(e):
+        logging.debug("%s failed", prog, exc_info=True)
+        message = one_line(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and "disk" not in message.lower():
+          message = f"disk full: {message}"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(error_status)
+      traceback.print_exc()
+      print(f"{prog}: internal error: {type(e).__name__}: {one_line(e)}. This is a bug, not a problem with your "
+            f"input: please report it, with the traceback above, to {REPORT_BUGS_TO}", file=sys.stderr)
+      sys.exit(1)
 
   app.run(wrapped, flags_parser=_parser(tuple(required), has_config))

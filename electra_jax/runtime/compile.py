@@ -1,4 +1,4 @@
-"""Steps compiled ahead of their first call, then run under the host-memory policy (runtime/host_memory.py).
+"""Steps compiled ahead of their first call, the compiler's host memory released before they run (host_memory.py).
 
     step = compile.compile_step(jax.jit(train_step, donate_argnums=0), state, batch, rng, name="pretraining step")
     state, metrics = step(state, batch, rng)     # the same call as the jitted function, no recompilation
@@ -75,29 +75,10 @@ def fused_kernels(hlo_text: str) -> dict[str, Any]:
           "kernel_calls": counts}
 
 
-class _Step:
-  """A compiled step that looks at the heap guard after each call (the same call, outputs and attributes)."""
-
-  def __init__(self, compiled: Any):
-    self._compiled = compiled
-
-  def __call__(self, *args: Any) -> Any:
-    out = self._compiled(*args)
-    host_memory.after_step()
-    return out
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self._compiled, name)
-
-
 def ready_step(compiled: Any) -> Any:
-  """A freshly compiled step made ready to run: the compiler's host memory released, the heap guard told the step's
-  block size, and the callable wrapped so that it consults the guard after each call."""
+  """A freshly compiled step made ready to run: the compiler's host memory released (CPU backends)."""
   host_memory.release_host_memory()
-  m = memory_mib(compiled)
-  if m is not None:
-    host_memory.expect_host_block(m["temp_mib"])
-  return _Step(compiled)
+  return compiled
 
 
 def compile_step(jitted: Any, *args: Any, name: str = "step") -> Any:

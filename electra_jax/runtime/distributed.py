@@ -25,10 +25,16 @@ import jax
 from absl import flags
 from jax.experimental import multihost_utils
 
+from electra_jax import errors
 from electra_jax.runtime import host_memory
 
 ENV_FLAG = "ELECTRA_JAX_DISTRIBUTED"
 _TRUE = ("1", "true", "yes", "on")
+
+
+
+class DistributedError(errors.Error, ValueError):
+  """Multi-process flags or environment that do not describe a run."""
 
 
 def _env_int(name: str) -> int | None:
@@ -68,8 +74,8 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
   if process_id is None:
     process_id = _env_int("JAX_PROCESS_ID")
   if coordinator and (num_processes is None or process_id is None) and reason == "coordinator address given":
-    raise ValueError(f"coordinator address {coordinator} given without num_processes and process_id "
-                     f"(flags --num_processes/--process_id or env JAX_NUM_PROCESSES/JAX_PROCESS_ID)")
+    raise DistributedError(f"coordinator address {coordinator} given without num_processes and process_id "
+                           f"(flags --num_processes/--process_id or env JAX_NUM_PROCESSES/JAX_PROCESS_ID)")
   logging.info("initialising jax.distributed (%s): coordinator=%s num_processes=%s process_id=%s", reason,
                coordinator or "auto", num_processes if num_processes is not None else "auto",
                process_id if process_id is not None else "auto")

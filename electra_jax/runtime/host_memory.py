@@ -1,13 +1,13 @@
-"""Host-memory policy for single-device CPU runs: steps reuse their host buffers instead of faulting them in anew.
+"""Host-memory policy of CPU runs: steps reuse their host buffers, and the compiler's freed memory goes back to the OS.
 
     host_memory.keep_host_buffers_mapped()   # once, before the first JAX computation (the binaries' first call)
-    host_memory.after_step()                 # between steps (the step runner, runtime/compile.py, calls it)
+    host_memory.release_host_memory()        # after compiling a step (runtime/compile.py)
 
 XLA's CPU runtime allocates a step's temporaries as one block per run and frees it after; with glibc's defaults each
 block is a fresh mmap that the kernel zeroes again every step. Running steps inline on the calling thread and telling
-glibc neither to mmap nor to trim makes the freed block come back mapped for the next step; a guard trims the heap
-when fragmentation leaves more than one block resident. No effect on accelerators or with several devices.
-Measurements: benchmarks/README.md ("Steps reuse their host buffers").
+glibc neither to mmap nor to trim makes the freed block come back mapped for the next step. Both settings apply to
+CPU backends only (the one check is `_cpu_glibc`); accelerators keep their own allocators. Each setting's measured
+effect: benchmarks/README.md ("Host-memory settings").
 """
 
 from __future__ import annotations
@@ -41,45 +41,15 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
 
 
-def _rss_mib() -> float:
-  with open("/proc/self/statm", encoding="ascii") as f:
-    return int(f.read().split()[1]) * 4096 / 2**20
-
-
-class HeapGuard:
-  """Between steps, returns the heap's free pages to the OS when the resident set has outgrown its mark by more than
-  half a step-sized block; the mark is the resident set after the first step since the last compilation or trim.
-
-  A freed block can become a hole that another allocation splits, so that the next run's block comes from fresh
-  memory while the hole stays resident; then `malloc_trim(0)` releases every free page (the next runs fault in what
-  they reuse). A check reads /proc/self/statm (microseconds). Measurements: benchmarks/README.md.
-  """
-
-  def __init__(self, libc, min_slack_mib: float = 256.0):
-    self._libc, self.min_slack_mib = libc, min_slack_mib
-    self.block_mib, self.trims = 0.0, 0
-    self._mark: float | None = None
-
-  def expect_block(self, block_mib: float) -> None:
-    """Steps will allocate a block of `block_mib` MiB per run: one such block may stay resident."""
-    self.block_mib = max(self.block_mib, block_mib)
-    self._mark = None   # taken again after the next step
-
-  def check(self) -> bool:
-    """Call between steps. True if the resident set had outgrown the mark and the heap's free pages were released."""
-    rss = _rss_mib()
-    if self._mark is None:
-      self._mark = rss
-      return False
-    if rss <= self._mark + max(self.min_slack_mib, 0.5 * self.block_mib):
-      return False
-    self._libc.malloc_trim(0)
-    self.trims += 1
-    self._mark = _rss_mib() + self.block_mib   # the next step's block will be resident again
-    return True
-
-
-_GUARD: HeapGuard | None = None
+def _cpu_glibc(single_device: bool = False):
+  """glibc's handle where the policy applies (the default backend is CPU, with one device if `single_device`), else
+  None. The one place that decides where these settings apply."""
+  libc = _libc()
+  if libc is None or jax.default_backend() != "cpu":
+    return None
+  if single_device and jax.device_count() != 1:
+    return None
+  return libc
 
 
 def keep_host_buffers_mapped() -> bool:
@@ -91,11 +61,10 @@ def keep_host_buffers_mapped() -> bool:
     * JAX's CPU dispatch runs the step inline on the calling thread (`jax_cpu_enable_async_dispatch=False`, before
       the CPU backend starts): the block comes from the main thread's heap and is freed before the call returns;
     * glibc never serves it with mmap nor trims the heap's top on free (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1).
-  A `HeapGuard`, consulted after every step (`after_step`), releases free heap pages whenever the resident set
-  outgrows one kept block, so the resident set stays near the step's own peak.
+  Several devices (a mesh, including simulated CPU devices) run on XLA's worker threads whatever the dispatch
+  setting, so there nothing is changed.
   """
-  libc = _libc()
-  if libc is None:
+  if _libc() is None:
     return False
   # The dispatch setting is read when JAX's CPU client starts; every computation obtains its backend through
   # get_backend (a cache), so an empty cache means no client has started yet.
@@ -106,32 +75,16 @@ def keep_host_buffers_mapped() -> bool:
       return False
   else:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+  libc = _cpu_glibc(single_device=True)
+  if libc is None:
     logging.info("host allocator left as it is: %d %s device(s), not one CPU device", jax.device_count(),
                  jax.default_backend())
     return False
-  if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1)):   # -1: never trim on free
-    return False
-  global _GUARD
-  if _GUARD is None:
-    _GUARD = HeapGuard(libc)
-  return True
-
-
-def after_step() -> None:
-  """Where keep_host_buffers_mapped is on, the heap guard's look between two steps (the step runner calls it)."""
-  if _GUARD is not None:
-    _GUARD.check()
-
-
-def expect_host_block(temp_mib: float) -> None:
-  """Tells the heap guard (when keep_host_buffers_mapped is on) the size of the temporaries a step allocates per run,
-  so that it keeps one such block resident and releases anything beyond it."""
-  if _GUARD is not None:
-    _GUARD.expect_block(temp_mib)
+  return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1))   # -1: never trim on free
 
 
 def release_host_memory() -> bool:
-  """Returns freed heap pages to the OS (glibc `malloc_trim(0)`); False where that is not available."""
-  libc = _libc()
+  """On a CPU backend, returns freed heap pages to the OS (glibc `malloc_trim(0)`), e.g. what the compiler left;
+  False where that does not apply."""
+  libc = _cpu_glibc()
   return bool(libc is not None and libc.malloc_trim(0))

@@ -30,12 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from electra_jax import errors
+
 PyTree = Any
 SCHEDULE_KINDS = ("multiply", "sequential")
 LLRD_MODES = ("original", "paper")
 
 
 # ------------------------------------------------------------------------------------------------ schedules
+
+class OptimError(errors.Error, ValueError):
+  """An optimizer or schedule setting out of range."""
+
+
 def warmup_decay_schedule(learning_rate: float, num_train_steps: int, warmup_steps: int = 0, *,
                           power: float = 1.0, end_learning_rate: float = 0.0,
                           kind: str = "multiply") -> optax.Schedule:
@@ -46,11 +53,11 @@ def warmup_decay_schedule(learning_rate: float, num_train_steps: int, warmup_ste
   kind="sequential" (HF-style): linear warmup to lr over warmup_steps, then the polynomial decay over the rest.
   """
   if kind not in SCHEDULE_KINDS:
-    raise ValueError(f"schedule kind {kind!r}: must be one of {SCHEDULE_KINDS}")
+    raise OptimError(f"schedule kind {kind!r}: must be one of {SCHEDULE_KINDS}")
   if num_train_steps <= 0:
-    raise ValueError(f"num_train_steps={num_train_steps}: must be positive")
+    raise OptimError(f"num_train_steps={num_train_steps}: must be positive")
   if warmup_steps < 0:
-    raise ValueError(f"warmup_steps={warmup_steps}: must be >= 0")
+    raise OptimError(f"warmup_steps={warmup_steps}: must be >= 0")
   lr, end, total, warmup = float(learning_rate), float(end_learning_rate), float(num_train_steps), float(warmup_steps)
 
   def decay(t, start, length):
@@ -126,7 +133,7 @@ def layer_depths(params: PyTree, mode: str = "original") -> tuple[PyTree, int]:
   the top layer gets decay^2); mode="paper" as the paper describes it (head depth n+1, top layer decay^1).
   """
   if mode not in LLRD_MODES:
-    raise ValueError(f"layer-wise LR decay mode {mode!r}: must be one of {LLRD_MODES}")
+    raise OptimError(f"layer-wise LR decay mode {mode!r}: must be one of {LLRD_MODES}")
   n = num_stacked_layers(params)
   head = n + 2 if mode == "original" else n + 1
 

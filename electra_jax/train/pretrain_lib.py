@@ -45,12 +45,17 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from electra_jax import checkpointing, convert, modeling, sharding
+from electra_jax import checkpointing, convert, errors, modeling, sharding
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim, phases, pretrain_data
 from electra_jax.train.masking import MASKINGS, OBJECTIVES, SAMPLINGS, StepConfig, max_predictions_per_seq
 
+
+
+
+class SetupError(errors.Error, ValueError):
+  """A pretraining config that cannot be set up (a field out of range, settings that do not go together)."""
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -78,7 +83,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
                                 two_stage[1], two_stage[2], params, new_params)
     params = new_params
     # The parameters' norm is measured where metrics are logged (loop.Loop.log_extras), not in every step: nobody
-    # reads it in between (benchmarks/README.md, change 17).
+    # reads it in between (benchmarks/README.md).
     out.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 
@@ -90,7 +95,7 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
   """(discriminator or MLM config, generator config or None) from config.model / config.generator."""
   m = config.model
   if int(m.get("vocab_size", 0) or 0) not in (0, vocab_size):
-    raise ValueError(f"config.model.vocab_size={m.vocab_size} but the vocab file has {vocab_size} tokens")
+    raise SetupError(f"config.model.vocab_size={m.vocab_size} but the vocab file has {vocab_size} tokens")
   heads = int(m.get("num_attention_heads", 0) or 0) or max(1, m.hidden_size // 64)
   objective = config.objective
   disc = modeling.ElectraConfig(
@@ -104,7 +109,7 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
       architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
                      ("ElectraForPreTraining",)))
   if disc.max_position_embeddings < config.max_seq_length:
-    raise ValueError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
+    raise SetupError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
                      f"{disc.max_position_embeddings}")
   g = generator_options(config)
   if objective == "mlm" or g["sampling"] == "uniform":
@@ -113,7 +118,7 @@ def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig,
   if g["weight_sharing"] == "all" or g["two_stage"] > 0:
     what = "generator.weight_sharing='all'" if g["weight_sharing"] == "all" else "two_stage"
     if fractions != (1.0, 1.0):
-      raise ValueError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
+      raise SetupError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
                        f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
     gen = disc.replace(architectures=("ElectraForMaskedLM",))
   else:
@@ -132,25 +137,25 @@ def generator_options(config: Any) -> dict[str, Any]:
   out = {"sampling": str(gen.get("sampling", "model")), "disallow_correct": bool(gen.get("disallow_correct", False)),
          "weight_sharing": str(gen.get("weight_sharing", "embeddings")), "two_stage": int(config.get("two_stage", 0))}
   if out["sampling"] not in SAMPLINGS:
-    raise ValueError(f"config.generator.sampling={out['sampling']!r}: must be one of {SAMPLINGS}")
+    raise SetupError(f"config.generator.sampling={out['sampling']!r}: must be one of {SAMPLINGS}")
   if out["weight_sharing"] not in modeling.WEIGHT_SHARING:
-    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r}: must be one of "
+    raise SetupError(f"config.generator.weight_sharing={out['weight_sharing']!r}: must be one of "
                      f"{modeling.WEIGHT_SHARING}")
   objective = config.objective
   if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
-    raise ValueError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
+    raise SetupError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
                      f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
   if out["weight_sharing"] in ("all", "gdes") and objective == "electric":
-    raise ValueError(f"config.generator.weight_sharing={out['weight_sharing']!r} with objective 'electric': the "
+    raise SetupError(f"config.generator.weight_sharing={out['weight_sharing']!r} with objective 'electric': the "
                      f"two-tower generator shares only by 'embeddings' or not at all ('none')")
   if out["two_stage"] < 0:
-    raise ValueError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
+    raise SetupError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
   if out["two_stage"] > 0:
     if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] not in ("embeddings", "none"):
-      raise ValueError("config.two_stage needs objective 'electra', generator.sampling='model' and "
+      raise SetupError("config.two_stage needs objective 'electra', generator.sampling='model' and "
                        "generator.weight_sharing 'embeddings' or 'none'")
     if out["two_stage"] >= int(config.num_train_steps):
-      raise ValueError(f"config.two_stage={out['two_stage']} leaves no discriminator steps "
+      raise SetupError(f"config.two_stage={out['two_stage']} leaves no discriminator steps "
                        f"(num_train_steps={config.num_train_steps})")
   return out
 
@@ -190,11 +195,11 @@ def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
 def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: Mapping[str, int]) -> Setup:
   """Model configs, abstract sharded state, optimizer and the jitted train step for `mesh`."""
   if config.objective not in OBJECTIVES:
-    raise ValueError(f"config.objective={config.objective!r}: must be one of {OBJECTIVES}")
+    raise SetupError(f"config.objective={config.objective!r}: must be one of {OBJECTIVES}")
   if config.masking not in MASKINGS:
-    raise ValueError(f"config.masking={config.masking!r}: must be one of {MASKINGS}")
+    raise SetupError(f"config.masking={config.masking!r}: must be one of {MASKINGS}")
   if not 0.0 < float(config.mask_prob) < 1.0:
-    raise ValueError(f"config.mask_prob={config.mask_prob}: must be in (0, 1)")
+    raise SetupError(f"config.mask_prob={config.mask_prob}: must be in (0, 1)")
   temperature = generator.temperature_schedule(config.generator.get("temperature", 1.0), int(config.num_train_steps))
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   disc, gen = model_configs(config, vocab_size)
@@ -369,7 +374,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
   workdir = os.path.abspath(workdir)
   total_steps = int(config.num_train_steps)
   if total_steps <= 0:
-    raise ValueError(f"config.num_train_steps={total_steps}: must be positive")
+    raise SetupError(f"config.num_train_steps={total_steps}: must be positive")
   with checkpointing.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir, total_steps)
 

@@ -51,7 +51,7 @@ def featurize(examples: Sequence[Example], tokenizer, max_seq_length: int, *, do
     no label) or float32 [N] (NaN where none); example_index: int32 [N].
   """
   if max_seq_length < 3:
-    raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    raise GlueFormatError(f"max_seq_length must be at least 3, got {max_seq_length}")
   ids = special_ids(tokenizer)
   cls_id, sep_id, pad_id = ids["cls"], ids["sep"], ids["pad"]
   if regression is None:
@@ -103,7 +103,8 @@ def submission_filename(task: str, split: str = "test") -> str:
   """The file name the GLUE leaderboard expects for `split` of `task` (CoLA.tsv, MNLI-m.tsv, AX.tsv, ...)."""
   t = get_task(task)
   if split not in t.submissions:
-    raise ValueError(f"GLUE {t.name} has no leaderboard file for split {split!r}; test splits: {list(t.submissions)}")
+    raise GlueFormatError(f"GLUE {t.name} has no leaderboard file for split {split!r}; test splits: "
+                          f"{list(t.submissions)}")
   return t.submissions[split]
 
 

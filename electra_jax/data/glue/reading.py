@@ -171,7 +171,7 @@ def tfds_records(name: str, split: str, data_dir: PathLike | None) -> Sequence[M
     try:
       import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
-      raise RuntimeError(
+      raise GlueFormatError(
           f"TFDS {name} in {builder.data_dir} is stored as {builder.info.file_format}, not array_record, so reading "
           f"it needs TensorFlow, which is not installed. Install tensorflow, or prepare the dataset again with "
           f"--file_format=array_record. (tfds.data_source said: {random_access_error})") from None

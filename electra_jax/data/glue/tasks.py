@@ -182,13 +182,13 @@ def get_task(task: str) -> GlueTask:
   key = task.lower().replace("-", "")
   key = {"diagnostic": "ax", "sst": "sst2", "sts": "stsb"}.get(key, key)
   if key not in TASKS:
-    raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
+    raise GlueFormatError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
   return TASKS[key]
 
 
 def _check_split(t: GlueTask, split: str) -> None:
   if split not in t.files:
-    raise ValueError(f"GLUE task {t.name} has no split {split!r}; its splits are {list(t.files)}")
+    raise GlueFormatError(f"GLUE task {t.name} has no split {split!r}; its splits are {list(t.files)}")
 
 
 def split_file(task: str, data_dir_or_task_folder: PathLike | None, split: str) -> Path:

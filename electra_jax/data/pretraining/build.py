@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from electra_jax import errors
+from electra_jax import errors, paths
 from electra_jax.data.tokenization import CLS, SEP, load_tokenizer
 from electra_jax.data.pretraining.corpus import (BuildOptions, ExampleBuilder, Source, TextFile, TfdsSource,
                                                  _open_tfds, iter_documents, split_sentences)
 from electra_jax.data.pretraining.records import (_SHARD_RE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, PARTIAL,
                                                   SENTENCE_SPLITTER, WRITER_OPTIONS, CorpusError, EmptyCorpusError,
-                                                  IncompleteDatasetError, encode_example, id_dtype_for, shard_name)
+                                                  IncompleteDatasetError, RecordError, encode_example, id_dtype_for,
+                                                  shard_name)
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,9 @@ def _plan(corpus: str | Sequence[str], vocab_file: str | os.PathLike, max_seq_le
           strip_accents: bool | None, blanks_separate_docs: bool | None, wikitext_markup: bool, seed: int,
           num_shards: int, tfds_data_dir: str | None, tfds_split: str, tfds_text_key: str) -> tuple[_Plan, Any]:
   if not 5 <= max_seq_length <= 65535:
-    raise ValueError(f"max_seq_length must be in [5, 65535], got {max_seq_length}")
+    raise CorpusError(f"max_seq_length must be in [5, 65535], got {max_seq_length}")
   if not 1 <= num_shards <= 99999:
-    raise ValueError(f"num_shards must be in [1, 99999], got {num_shards}")
+    raise CorpusError(f"num_shards must be in [1, 99999], got {num_shards}")
   vocab_file = os.path.abspath(os.fspath(vocab_file))
   tok = load_tokenizer(vocab_file, lowercase=lower_case, strip_accents=strip_accents)  # raises naming the file
   sources = resolve_sources(corpus, tfds_data_dir, tfds_split, tfds_text_key)
@@ -162,8 +163,8 @@ def _run_job(job: _Job) -> dict[str, Any]:
   id_dtype = id_dtype_for(tok.get_vocab_size())
   mine = [s for s in range(opts.num_shards) if s % job.num_jobs == job.job_id]
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
-  paths = {s: os.path.join(job.output_dir, shard_name(s, opts.num_shards)) for s in mine}
-  writers = {s: ArrayRecordWriter(paths[s] + PARTIAL, WRITER_OPTIONS) for s in mine}
+  shard_paths = {s: os.path.join(job.output_dir, shard_name(s, opts.num_shards)) for s in mine}
+  writers = {s: ArrayRecordWriter(shard_paths[s] + PARTIAL, WRITER_OPTIONS) for s in mine}
   counts = dict.fromkeys(mine, 0)
   stats = {"num_documents": 0, "num_tokens": 0, "num_single_segment": 0}
   try:
@@ -183,7 +184,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
     for w in writers.values():
       w.close()
   for s in mine:
-    os.replace(paths[s] + PARTIAL, paths[s])
+    os.replace(shard_paths[s] + PARTIAL, shard_paths[s])
   return {"shards": counts, **stats}
 
 
@@ -197,18 +198,9 @@ def _clear_dataset_files(output_dir: str) -> None:
       os.remove(os.path.join(output_dir, name))
 
 
-def _write_json_atomically(path: str, obj: Any) -> None:
-  with open(path + PARTIAL, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + PARTIAL, path)
-
-
 def _build(plan: _Plan, output_dir: str, num_processes: int) -> dict[str, Any]:
   if num_processes < 1:
-    raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+    raise CorpusError(f"num_processes must be at least 1, got {num_processes}")
   opts = plan.opts
   os.makedirs(output_dir, exist_ok=True)
   _clear_dataset_files(output_dir)
@@ -250,7 +242,7 @@ def _build(plan: _Plan, output_dir: str, num_processes: int) -> dict[str, Any]:
       "request_key": plan.request_key,
       "fingerprint": _digest(content),
   }
-  _write_json_atomically(os.path.join(output_dir, MANIFEST), manifest)
+  paths.write_json_atomically(os.path.join(output_dir, MANIFEST), manifest, tmp_suffix=PARTIAL)
   log.info("wrote %d examples from %d documents in %d shards to %s", total, manifest["num_documents"],
            opts.num_shards, output_dir)
   return manifest
@@ -300,10 +292,10 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     try:
       manifest = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+      raise RecordError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
   if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, "
-                     f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    raise RecordError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, "
+                      f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
   return manifest
 
 

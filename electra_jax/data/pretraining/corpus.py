@@ -179,7 +179,7 @@ class ExampleBuilder:
 
   def __init__(self, max_seq_length: int, cls_id: int, sep_id: int):
     if max_seq_length < 5:
-      raise ValueError(f"max_seq_length must be at least 5, got {max_seq_length}")
+      raise CorpusError(f"max_seq_length must be at least 5, got {max_seq_length}")
     self.max_seq_length = max_seq_length
     self.cls_id = cls_id
     self.sep_id = sep_id

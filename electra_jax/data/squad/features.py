@@ -142,8 +142,8 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_length:
       summary.truncated_questions += 1
     max_tokens = max_seq_length - len(q_ids) - 3
     if max_tokens <= 0:
-      raise ValueError(f"max_seq_length {max_seq_length} leaves no room for context after a {len(q_ids)}-token "
-                       f"question (question {ex.qid}); raise max_seq_length or lower max_query_length")
+      raise SquadFormatError(f"max_seq_length {max_seq_length} leaves no room for context after a {len(q_ids)}-token "
+                             f"question (question {ex.qid}); raise max_seq_length or lower max_query_length")
     c_ids, c_offs = ctx_tokens[ctx_index[ex.context]]
     tok_start = tok_end = -1
     if is_training and not ex.is_impossible:

@@ -173,7 +173,7 @@ def read_squad_tfds(version: str = "v1.1", split: str = "validation", data_dir: 
   from electra_jax.data.glue import tfds_records  # pylint: disable=import-outside-toplevel
   v = version.lower().lstrip("v")
   if v not in ("1.1", "2.0"):
-    raise ValueError(f"SQuAD version must be v1.1 or v2.0, got {version!r}")
+    raise SquadFormatError(f"SQuAD version must be v1.1 or v2.0, got {version!r}")
   split = {"dev": "validation"}.get(split, split)
   name = f"squad/v{v}"
   source = f"TFDS {name} {split}"
