@@ -47,7 +47,7 @@ class ShardSource:
         raise FileNotFoundError(f"{dataset_dir}: shard {entry['file']} listed in the manifest is missing")
       reader = ArrayRecordReader(path, _READER_OPTIONS)
       if reader.num_records() != entry["num_examples"]:
-        raise ValueError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
+        raise RecordError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
       self._readers.append(reader)
       self.files.append(path)
       counts.append(entry["num_examples"])
@@ -124,7 +124,7 @@ class PretrainingLoader:
     except RecordError as e:
       s = int(self.source.locate(indices[e.index:e.index + 1])[0])
       position = int(indices[e.index] - self.source.offsets[s])
-      raise ValueError(f"{self.source.files[s]}: record {position}: {e.detail}") from None
+      raise RecordError(f"{self.source.files[s]}: record {position}: {e.detail}") from None
 
   def local_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of batch `step`, as numpy int32 arrays [rows, L]."""

@@ -112,7 +112,7 @@ class BatchStream:
   def __init__(self, num_examples: int, read: Callable[[np.ndarray], Mapping[str, np.ndarray]], layout: Layout, *,
                seed: int = 0, identity: Mapping[str, Any] | None = None, prefetch: int = 2, start_step: int = 0):
     if num_examples <= 0:
-      raise ValueError("the dataset has no examples")
+      raise LayoutError("the dataset has no examples")
     self.num_examples = int(num_examples)
     self.layout = layout
     self.seed = int(seed)
@@ -224,10 +224,10 @@ def array_stream(arrays: Mapping[str, np.ndarray], global_batch_size: int, *, se
   arrays = {k: np.asarray(v) for k, v in arrays.items()}
   sizes = {k: v.shape[0] for k, v in arrays.items()}
   if len(set(sizes.values())) != 1:
-    raise ValueError(f"arrays of different lengths: {sizes}")
+    raise LayoutError(f"arrays of different lengths: {sizes}")
   n = next(iter(sizes.values()))
   if n == 0:
-    raise ValueError("no training examples")
+    raise LayoutError("no training examples")
   layout = Layout.of(global_batch_size, mesh, batch_axes)
   return BatchStream(n, lambda idx: {k: v[idx] for k, v in arrays.items()}, layout, seed=seed,
                      identity={"num_examples": n}, prefetch=prefetch, start_step=start_step)

@@ -43,6 +43,10 @@ _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+class SquadFileError(errors.Error, ValueError):
+  """A predictions, no-answer-probability or dataset file the scorer cannot use; the message names it."""
+
+
 class MissingPredictionsError(errors.Error, ValueError):
   """Questions of a v2.0 file without a prediction (the official v2.0 script cannot score such a file)."""
 
@@ -181,7 +185,7 @@ def evaluate_v2(dataset: Sequence[Mapping[str, Any]], predictions: Mapping[str, 
     na_probs = {k: 0.0 for k in predictions}
   lacking = [qid for qid in raw["exact"] if qid not in na_probs]
   if lacking:
-    raise ValueError(f"no-answer probabilities lack {len(lacking)} questions (e.g. {', '.join(lacking[:5])})")
+    raise SquadFileError(f"no-answer probabilities lack {len(lacking)} questions (e.g. {', '.join(lacking[:5])})")
   thresholded = {key: _apply_threshold(raw[key], na_probs, has_ans, na_prob_thresh) for key in raw}
   out: dict[str, Any] = _score_map(thresholded, list(thresholded["exact"]))
   for prefix, want in (("HasAns", True), ("NoAns", False)):
@@ -203,7 +207,7 @@ def evaluate(dataset_json: Mapping[str, Any], predictions: Mapping[str, str],
   version = version or detect_version(dataset_json)
   if version.lstrip("v") == "1.1":
     if na_probs is not None:
-      raise ValueError("no-answer probabilities only apply to SQuAD v2.0 data")
+      raise SquadFileError("no-answer probabilities only apply to SQuAD v2.0 data")
     return evaluate_v1(dataset_json["data"], predictions, source, stderr=stderr)
   return evaluate_v2(dataset_json["data"], predictions, na_probs, na_prob_thresh, source)
 
@@ -215,18 +219,18 @@ def _load_json(path: str, what: str) -> Any:
   except FileNotFoundError:
     raise FileNotFoundError(f"{what} file {path} does not exist") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: {what} file is not valid JSON ({e})") from None
+    raise SquadFileError(f"{path}: {what} file is not valid JSON ({e})") from None
   except UnicodeDecodeError as e:
-    raise ValueError(errors.utf8_location(path, e)) from None
+    raise SquadFileError(errors.utf8_location(path, e)) from None
 
 
 def _check_mapping(obj: Any, path: str, what: str, value_type: type | tuple[type, ...], type_name: str
                    ) -> dict[str, Any]:
   if not isinstance(obj, dict):
-    raise ValueError(f"{path}: {what} must be a JSON object {{question id: value}}")
+    raise SquadFileError(f"{path}: {what} must be a JSON object {{question id: value}}")
   for qid, value in obj.items():
     if not isinstance(value, value_type) or isinstance(value, bool):
-      raise ValueError(f"{path}: {what} for question {qid} is {value!r}, not a {type_name}")
+      raise SquadFileError(f"{path}: {what} for question {qid} is {value!r}, not a {type_name}")
   return obj
 
 
