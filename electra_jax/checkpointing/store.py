@@ -62,7 +62,7 @@ class CorruptCheckpointError(CheckpointError):
 
 
 class NonFiniteParamsError(CheckpointError, FloatingPointError):
-  """Parameters holding NaN or Inf: never saved (a diverged run stops at the save instead)."""
+  """Parameters holding NaN or Inf, which a training run never saves (`check_finite`): it stops at the save."""
 
 
 class SaveError(CheckpointError, OSError):
@@ -278,12 +278,7 @@ class Checkpointer:
     """
     if step in self._manager.all_steps():
       return False
-    bad = integrity.non_finite(params, "params")
-    if bad:
-      more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-      raise NonFiniteParamsError(f"non-finite parameters at step {step} ({bad[0]}{more}): not saved (last checkpoint: "
-                                 f"{self._last_good()}); lower learning_rate or check the data")
-    self.check_saves()
+    self.check_saves(wait=True)   # the previous save's failure names its own step
     self._write_model_config()
     items: dict[str, Any] = {
         "params": ocp.args.PyTreeSave(params),
@@ -301,13 +296,25 @@ class Checkpointer:
     self._saving = step if started else self._saving
     return started
 
+  def check_finite(self, step: int, params: Any) -> None:
+    """NonFiniteParamsError naming `step` when a parameter holds NaN or Inf (a training run calls it before a save,
+    so that a diverged state is never checkpointed and then trusted by the restart)."""
+    bad = integrity.non_finite(params, "params")
+    if bad:
+      self.check_saves(wait=True)   # the save in flight is the last checkpoint once committed
+      more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+      raise NonFiniteParamsError(f"non-finite parameters at step {step} ({bad[0]}{more}): not saved (last checkpoint: "
+                                 f"{self._last_good()}); lower learning_rate or check the data")
+
   def _last_good(self) -> int | None:
     steps = [s for s in self._manager.all_steps() if s != self._saving]
     return max(steps) if steps else None
 
   def _save_error(self, step: int, exc: BaseException) -> SaveError:
+    last = self._last_good()
+    then = f"it resumes from step {last}" if last is not None else "no earlier checkpoint: it starts from step 0"
     return SaveError(f"saving checkpoint step {step} in {self.directory} failed: {_describe(exc)}; free space or fix "
-                     f"the storage, then rerun (it resumes from step {self._last_good()})")
+                     f"the storage, then rerun ({then})")
 
   def check_saves(self, wait: bool = False) -> None:
     """Raises SaveError, naming its step, if the last save failed in the background (e.g. the disk is full); cheap

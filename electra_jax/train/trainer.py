@@ -228,10 +228,12 @@ class Trainer:
   # -------------------------------------------------------------- the save policy
   def saver(self, ckpt: checkpointing.Checkpointer, train_meta: Callable[[], Mapping[str, Any]],
             host_copies: bool = False) -> Callable[[int, State], None]:
-    """save(step, state) for loop.Loop. Fingerprints are taken on device; with host_copies (one process, small
-    models) Orbax gets numpy copies, which spares it compiling a slice per replicated array shape."""
+    """save(step, state) for loop.Loop: refuses non-finite parameters (NonFiniteParamsError naming the step);
+    fingerprints are taken on device; with host_copies (one process, small models) Orbax gets numpy copies, which
+    spares it compiling a slice per replicated array shape."""
     def save(at: int, state: State) -> None:
       params, opt_state = state["params"], state["opt_state"]
+      ckpt.check_finite(at, params)   # never a non-finite step: the restart would trust it
       fingerprints = checkpointing.state_fingerprints(params, opt_state)
       if host_copies and jax.process_count() == 1:
         params, opt_state = jax.device_get((params, opt_state))
