@@ -152,3 +152,25 @@ def test_a_full_disk_fails_at_the_save_that_failed_in_one_line(tmp_path, monkeyp
   assert "it starts from step 0" in message and max(ran) <= 4
   orbax_errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "orbax" in r.pathname]
   assert not orbax_errors, [r.getMessage() for r in orbax_errors]
+
+
+# ------------------------------------------------------------------------------------------------ pretraining resume
+@pytest.mark.slow
+def test_a_refused_pretraining_resume_names_the_length_and_changes_nothing(tmp_path):
+  """A rerun with another max_seq_length (or batch size, or seed) exits 1 with "max_seq_length changed 64 -> 32",
+  before the dataset of the new length is built, and leaves config.json and the checkpoints as they were."""
+  from tests import test_reliability as rel  # pylint: disable=import-outside-toplevel
+  pre = {"root": tmp_path, "jax_cache": str(tmp_path / "jax_cache"), "data": str(tmp_path / "data")}
+  work = tmp_path / "work"
+  first = rel._pretrain(pre, work)   # pylint: disable=protected-access
+  assert first.returncode == 0, first.stderr[-3000:]
+  before, data_before = rel._files(work), sorted(os.listdir(pre["data"]))   # pylint: disable=protected-access
+  length = int(__import__("json").loads((work / "config.json").read_text())["max_seq_length"])
+  refused = rel._pretrain(pre, work, f"--config.max_seq_length={length // 2}")   # pylint: disable=protected-access
+  assert refused.returncode == 1
+  assert f"max_seq_length changed {length} -> {length // 2}" in refused.stderr, refused.stderr[-2000:]
+  assert "Traceback" not in refused.stderr and "fingerprint" not in refused.stderr
+  assert rel._files(work) == before                                          # pylint: disable=protected-access
+  assert sorted(os.listdir(pre["data"])) == data_before                      # no dataset built for the new length
+  seed = rel._pretrain(pre, work, "--config.seed=3")   # pylint: disable=protected-access
+  assert seed.returncode == 1 and "seed changed 0 -> 3" in seed.stderr and rel._files(work) == before

@@ -70,8 +70,7 @@ class SaveError(CheckpointError, OSError):
 
 
 class _OrbaxSaveFailures(logging.Filter):
-  """Drops Orbax's own reports (with tracebacks) of a failed background save while a Checkpointer is open: the
-  Checkpointer raises the failure itself as one line (SaveError), at the save that failed."""
+  """Orbax's error reports (tracebacks) kept to debug level while a Checkpointer is open: it raises them as SaveError."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
@@ -219,8 +218,11 @@ class Checkpointer:
                             f"{detail}); use a new workdir")
 
   def _write_model_config(self) -> None:
+    """DIR/model_config.json, unless it already says the same (a resumed run leaves the file as it was)."""
     if self.model_meta is not None and not self._meta_written and jax.process_index() == 0:
-      _write_json(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
+      path = epath.Path(self.directory) / MODEL_CONFIG_FILE
+      if not path.exists() or json.loads(path.read_text()) != json.loads(json.dumps(self.model_meta)):
+        _write_json(path, self.model_meta)
     self._meta_written = True
 
   def set_aside_steps(self) -> list[str]:
@@ -321,14 +323,12 @@ class Checkpointer:
     while it is still running (call it every step). wait: wait for it first."""
     if self._saving is None or (not wait and self._manager.is_saving_in_progress()):
       return
-    step, self._saving = self._saving, None
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      self._saving = step
-      error = self._save_error(step, e)
+      raise self._save_error(self._saving, e) from None
+    finally:
       self._saving = None
-      raise error from None
 
   def restore(self, abstract_params: Any, abstract_opt_state: Any) -> Restored | None:
     """Restores the latest readable step into the targets' shapes, dtypes and shardings; None if there is none.
