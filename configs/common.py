@@ -71,14 +71,17 @@ def parse_arg(arg: str | None, lazy: bool = False, **defaults: Any) -> ml_collec
 
 
 def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """AdamW as ELECTRA uses it; read by `electra_jax.train.optim.create`. The peak rate is `config.learning_rate`."""
+  """AdamW as ELECTRA uses it (or LAMB); read by `electra_jax.train.optim.create`. The peak rate is
+  `config.learning_rate`."""
   c = ml_collections.ConfigDict()
+  c.name = "adamw"                   # "adamw" (the original's) or "lamb" (NVIDIA's recipe; configs/pretrain_nvidia.py)
   c.b1 = 0.9
   c.b2 = 0.999
   c.eps = 1e-6
   c.weight_decay = 0.01
   c.clip_norm = 1.0                  # global-norm clipping before Adam; 0 or None turns it off
   c.bias_correction = False          # the original's AdamWeightDecayOptimizer has none; True = optax.adamw
+  c.lamb_skip_adaptive = True        # LAMB: no trust ratio for LayerNorm parameters and biases (NVIDIA --skip_adaptive)
   c.warmup_steps = 10_000
   c.warmup_proportion = -1.0         # >= 0: warmup = round(proportion * num_train_steps), overriding warmup_steps
   c.lr_decay_power = 1.0             # polynomial decay to end_learning_rate; 1 = linear

@@ -92,6 +92,7 @@ def base_config(size: str = "small", head: str = "hf", recipe: str = "original",
       layerwise_lr_decay=LAYERWISE_DECAY[size],
       layerwise_lr_decay_mode=recipe)
   c.batch_size = 32
+  c.gradient_accumulation_steps = 1  # K > 1: each step runs the batch as K micro-batches (less memory, same update)
   c.eval_batch_size = 32
   c.num_train_epochs = 3.0
   c.num_train_steps = -1            # > 0 overrides epochs

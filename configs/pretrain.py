@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_train_steps = steps
   c.batch_size = batch               # global, over all devices and hosts
+  c.gradient_accumulation_steps = 1  # K > 1: each step runs the global batch as K micro-batches (less memory, same update)
   c.max_seq_length = seq
   c.phases = ""                      # e.g. "0.9:128:256,0.1:512:64": STEPS:SEQ_LEN[:BATCH] phases of sequence length
                                      # (train/phases.py); "": all steps at max_seq_length x batch_size

@@ -197,3 +197,73 @@ def test_zero_warmup_proportion_means_no_warmup():
   assert optim.resolve_warmup({"warmup_proportion": 0.0, "warmup_steps": 10_000}, 1000) == 0
   assert optim.resolve_warmup({"warmup_proportion": 0.1, "warmup_steps": 10_000}, 1000) == 100
   assert optim.resolve_warmup({"warmup_proportion": -1.0, "warmup_steps": 50}, 1000) == 50
+
+
+def _numpy_tfa_lamb(params, grads_seq, lrs, wd, decay_mask, adapt_mask, b1=0.9, b2=0.999, eps=1e-6, clip=1.0):
+  """TensorFlow Addons' LAMB (what NVIDIA's ELECTRA recipe runs) after tf.clip_by_global_norm, in numpy."""
+  p = {k: v.astype(np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  for t, (grads, lr) in enumerate(zip(grads_seq, lrs), start=1):
+    norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
+    scale = clip / max(norm, clip)
+    for k in p:
+      g = grads[k].astype(np.float64) * scale
+      m[k] = b1 * m[k] + (1 - b1) * g
+      v[k] = b2 * v[k] + (1 - b2) * g * g
+      update = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+      if decay_mask[k]:
+        update = update + wd * p[k]
+      ratio = 1.0
+      if adapt_mask[k]:
+        w_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(update)
+        ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+      p[k] = p[k] - lr * ratio * update
+  return p
+
+
+@pytest.mark.parametrize("skip_adaptive", [True, False])
+def test_lamb_matches_the_tensorflow_addons_reference(skip_adaptive):
+  rng = np.random.default_rng(0)
+  params = {"dense/kernel": rng.normal(size=(4, 3)).astype(np.float32),
+            "dense/bias": rng.normal(size=(3,)).astype(np.float32),
+            "layer_norm/scale": (1 + 0.1 * rng.normal(size=(3,))).astype(np.float32)}
+  grads_seq = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(4)]
+  decay_mask = {"dense/kernel": True, "dense/bias": False, "layer_norm/scale": False}
+  adapt_mask = decay_mask if skip_adaptive else {k: True for k in params}
+  cfg = {"name": "lamb", "b1": 0.878, "b2": 0.974, "eps": 1e-6, "weight_decay": 0.01, "clip_norm": 1.0,
+         "lamb_skip_adaptive": skip_adaptive, "warmup_steps": 2, "schedule": "sequential", "lr_decay_power": 0.5}
+  schedule = optim.schedule_from_config(cfg, 6e-3, 10)
+  tree = {"dense": {"kernel": params["dense/kernel"], "bias": params["dense/bias"]},
+          "layer_norm": {"scale": params["layer_norm/scale"]}}
+  tx = optim.create(cfg, tree, schedule)
+  state, p = tx.init(tree), jax.tree.map(jnp.asarray, tree)
+  for grads in grads_seq:
+    g = {"dense": {"kernel": grads["dense/kernel"], "bias": grads["dense/bias"]},
+         "layer_norm": {"scale": grads["layer_norm/scale"]}}
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+  want = _numpy_tfa_lamb(params, grads_seq, [float(schedule(t)) for t in range(4)], 0.01, decay_mask, adapt_mask,
+                         b1=0.878, b2=0.974)
+  np.testing.assert_allclose(p["dense"]["kernel"], want["dense/kernel"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p["dense"]["bias"], want["dense/bias"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p["layer_norm"]["scale"], want["layer_norm/scale"], rtol=1e-5, atol=1e-7)
+  # NVIDIA's schedule: linear warmup to the peak, then polynomial decay (power 0.5) over the remaining steps.
+  assert float(schedule(1)) == pytest.approx(3e-3) and float(schedule(2)) == pytest.approx(6e-3)
+  assert float(schedule(6)) == pytest.approx(6e-3 * 0.5 ** 0.5, rel=1e-6)
+
+
+def test_nvidia_preset_is_lamb_with_their_published_hyperparameters():
+  from configs import pretrain_nvidia
+  c = pretrain_nvidia.get_config()
+  o = c.optimizer
+  assert (o.name, o.b1, o.b2, o.eps, o.weight_decay, o.lr_decay_power, o.schedule) == \
+      ("lamb", 0.878, 0.974, 1e-6, 0.01, 0.5, "sequential")
+  assert o.lamb_skip_adaptive and o.warmup_steps == 2000 and o.clip_norm == 1.0
+  assert (c.learning_rate, c.num_train_steps, c.max_seq_length) == (6e-3, 10_000, 128)
+  assert c.batch_size == 176 * 8 * 48 and c.gradient_accumulation_steps == 48
+  assert (c.model.hidden_size, c.model.num_hidden_layers, c.disc_weight) == (768, 12, 50.0)
+  tx = optim.create(o, {"w": jnp.zeros((2, 2))}, optim.schedule_from_config(o, c.learning_rate, c.num_train_steps))
+  assert isinstance(tx, optax.GradientTransformation)
+  with pytest.raises(ValueError, match="optimizer.name='sgd'"):
+    optim.create({"name": "sgd"}, {"w": jnp.zeros(2)}, optax.constant_schedule(1.0))

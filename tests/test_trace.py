@@ -91,7 +91,7 @@ def test_recording_changes_nothing_in_the_step(tmp_path):
   import dataclasses
   import jax
   from electra_jax import sharding
-  from electra_jax.train import objectives, pretrain_lib
+  from electra_jax.train import objectives, pretrain_lib, trainer
 
   config = small_config(tmp_path=tmp_path)
   tok, ids = pretrain_lib.load_tokenizer(config)
@@ -99,7 +99,7 @@ def test_recording_changes_nothing_in_the_step(tmp_path):
   setup = pretrain_lib.build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
   loss_fn = objectives.make_loss_fn(setup.graphdef, setup.rest,
                                     dataclasses.replace(setup.step_config, record_corruption=True))
-  recording = jax.jit(pretrain_lib.make_train_step(loss_fn, setup.tx, setup.schedule))
+  recording = jax.jit(trainer.make_train_step(loss_fn, setup.tx, setup.schedule, pass_step=True))
   dataset_dir, _, _ = pretrain_lib.prepare_data(config, str(tmp_path))
   loader = pretrain_lib.make_loader(config, dataset_dir, setup)
   batch = dict(loader.batch(0))

@@ -20,8 +20,8 @@ import jax
 from flax import nnx
 
 from electra_jax import modeling
-from electra_jax.checkpointing.store import (MODEL_CONFIG_FILE, CheckpointError, _shape_mismatches, load_params,
-                                             resolve_checkpoint_dir)
+from electra_jax.checkpointing.store import MODEL_CONFIG_FILE, CheckpointError, _shape_mismatches
+from electra_jax.checkpointing.tools import load_params, resolve_checkpoint_dir
 
 
 def _as_dict(config: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run, and params-only checkpoints for tools (the only module importing Orbax).
+"""Orbax checkpoints of a training run (params-only checkpoints for tools: tools.py, on the helpers here).
 
     ckpt = Checkpointer(workdir + "/checkpoints", keep=5, model_meta=pretraining_meta(disc_cfg, gen_cfg))
     restored = ckpt.restore(abstract_params, abstract_opt_state)   # ShapeDtypeStructs with shardings, or None
@@ -9,8 +9,6 @@
       ckpt.save(step, params, opt_state, {"loader": loader.state(), "seed": seed})   # async
     ckpt.close()                                                   # waits for the last save
 
-    meta, params = load_params("workdir")    # latest complete step; params: nested dict of numpy arrays
-    save_params("out_dir", {"kind": "ElectraForPreTraining", "config": cfg.to_hf_dict()}, params)
 
 Layout: DIR/<step>/{params, opt_state, train_meta, model_config, integrity} (Orbax items; params and opt_state are
 PyTrees, the others JSON) and DIR/model_config.json.
@@ -34,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +58,32 @@ class CorruptCheckpointError(CheckpointError):
 
   def __init__(self, where: str, detail: str):
     super().__init__(f"checkpoint {where} is corrupt: {detail}")
+    self.detail = detail
+
+
+class NonFiniteParamsError(CheckpointError, FloatingPointError):
+  """Parameters holding NaN or Inf, which a training run never saves (`check_finite`): it stops at the save."""
+
+
+class SaveError(CheckpointError, OSError):
+  """A checkpoint save that failed (e.g. the disk is full), reported at the save that failed."""
+
+
+class _OrbaxSaveFailures(logging.Filter):
+  """Orbax's error reports (tracebacks) kept to debug level while a Checkpointer is open: it raises them as SaveError."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+      logging.getLogger(__name__).debug("orbax: %s", record.getMessage())
+      return False
+    return True
+
+
+class NonFiniteCheckpoint(CorruptCheckpointError):
+  """A step whose parameters read back exactly as saved, but hold NaN or Inf (saved before saves were checked)."""
+
+  def __init__(self, where: str, detail: str):
+    CheckpointError.__init__(self, f"checkpoint {where} holds non-finite parameters: {detail}")
     self.detail = detail
 
 
@@ -170,25 +194,49 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int | None = 5, model_meta: Mapping[str, Any] | None = None,
-               async_save: bool = True, handle_sigterm: bool = True, restart_from_scratch: bool = False):
+               async_save: bool = True, handle_sigterm: bool = True, restart_from_scratch: bool = False,
+               identity: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None):
     self.directory = _abspath(directory)
     self.model_meta = dict(model_meta) if model_meta is not None else None
     self.restart_from_scratch = restart_from_scratch
+    if identity is not None and self.model_meta is not None:
+      self._check_identity(identity)
     self._manager = _manager(self.directory, keep=keep, async_save=async_save)
+    self._saving: int | None = None     # the step of the save in flight
+    self._filter = _OrbaxSaveFailures()
+    logging.getLogger("absl").addFilter(self._filter)
     self._sigterm = threading.Event()
     self._previous_handler = None
     self._meta_written = False
     if handle_sigterm:
       self._install_sigterm_handler()
 
+  def _check_identity(self, identity: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> None:
+    """A directory that already holds a model_config.json (a run being resumed) must describe the same model:
+    `identity(meta)` of both equal (a field the saved one lacks is not compared), else a one-line CheckpointError."""
+    meta_file = epath.Path(self.directory) / MODEL_CONFIG_FILE
+    if not meta_file.exists():
+      return
+    old = dict(identity(json.loads(meta_file.read_text())))
+    new = dict(identity(json.loads(json.dumps(self.model_meta))))
+    changed = sorted(k for k in new if k in old and old[k] != new[k])
+    if changed:
+      detail = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" if k == "task" else k for k in changed)
+      raise CheckpointError(f"{self.directory} holds checkpoints of another model (model_config differs in "
+                            f"{detail}); use a new workdir")
+
   def _write_model_config(self) -> None:
+    """DIR/model_config.json, unless it already says the same (a resumed run leaves the file as it was)."""
     if self.model_meta is not None and not self._meta_written and jax.process_index() == 0:
-      paths.write_json_atomically(epath.Path(self.directory) / MODEL_CONFIG_FILE, self.model_meta)
+      path = epath.Path(self.directory) / MODEL_CONFIG_FILE
+      if not path.exists() or json.loads(path.read_text()) != json.loads(json.dumps(self.model_meta)):
+        paths.write_json_atomically(path, self.model_meta)
     self._meta_written = True
 
   def set_aside_steps(self) -> list[str]:
-    """The `<step>.unreadable-*` folders of steps that a restore found unreadable or corrupt."""
-    return sorted(p.name for p in epath.Path(self.directory).glob("*.unreadable-*"))
+    """The `<step>.unreadable-*` / `<step>.non-finite-*` folders of steps that a restore could not use."""
+    d = epath.Path(self.directory)
+    return sorted(p.name for pattern in ("*.unreadable-*", "*.non-finite-*") for p in d.glob(pattern))
 
   # -------------------------------------------------------------- preemption
   def _install_sigterm_handler(self) -> None:
@@ -207,8 +255,10 @@ class Checkpointer:
     """True when the run should save now and stop (call every step, on every process, with the same steps).
 
     On one process this is the SIGTERM flag. With jax.distributed, JAX's preemption sync manager receives the SIGTERM
-    of any host and makes every host return True at the same step (`reached_preemption_sync_point`).
+    of any host and makes every host return True at the same step (`reached_preemption_sync_point`). Being called
+    every step, it also raises SaveError when the last save failed in the background (`check_saves`).
     """
+    self.check_saves()
     if self._sigterm.is_set():
       return True
     if jax.process_count() > 1:
@@ -238,6 +288,7 @@ class Checkpointer:
     """
     if step in self._manager.all_steps():
       return False
+    self.check_saves(wait=True)   # the previous save's failure names its own step
     self._write_model_config()
     items: dict[str, Any] = {
         "params": ocp.args.PyTreeSave(params),
@@ -248,7 +299,44 @@ class Checkpointer:
     }
     if self.model_meta is not None:
       items["model_config"] = ocp.args.JsonSave(self.model_meta)
-    return bool(self._manager.save(step, args=ocp.args.Composite(**items)))
+    try:
+      started = bool(self._manager.save(step, args=ocp.args.Composite(**items)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from None
+    self._saving = step if started else self._saving
+    return started
+
+  def check_finite(self, step: int, params: Any) -> None:
+    """NonFiniteParamsError naming `step` when a parameter holds NaN or Inf (a training run calls it before a save,
+    so that a diverged state is never checkpointed and then trusted by the restart)."""
+    bad = integrity.non_finite(params, "params")
+    if bad:
+      self.check_saves(wait=True)   # the save in flight is the last checkpoint once committed
+      more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+      raise NonFiniteParamsError(f"non-finite parameters at step {step} ({bad[0]}{more}): not saved (last checkpoint: "
+                                 f"{self._last_good()}); lower learning_rate or check the data")
+
+  def _last_good(self) -> int | None:
+    steps = [s for s in self._manager.all_steps() if s != self._saving]
+    return max(steps) if steps else None
+
+  def _save_error(self, step: int, exc: BaseException) -> SaveError:
+    last = self._last_good()
+    then = f"it resumes from step {last}" if last is not None else "no earlier checkpoint: it starts from step 0"
+    return SaveError(f"saving checkpoint step {step} in {self.directory} failed: {_describe(exc)}; free space or fix "
+                     f"the storage, then rerun ({then})")
+
+  def check_saves(self, wait: bool = False) -> None:
+    """Raises SaveError, naming its step, if the last save failed in the background (e.g. the disk is full); cheap
+    while it is still running (call it every step). wait: wait for it first."""
+    if self._saving is None or (not wait and self._manager.is_saving_in_progress()):
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(self._saving, e) from None
+    finally:
+      self._saving = None
 
   def restore(self, abstract_params: Any, abstract_opt_state: Any) -> Restored | None:
     """Restores the latest readable step into the targets' shapes, dtypes and shardings; None if there is none.
@@ -291,6 +379,10 @@ class Checkpointer:
             try:
               _check_integrity(f"{self.directory}/{step}", restored["integrity"] if has_record else None,
                                {"params": restored["params"], "opt_state": restored["opt_state"]})
+              bad = integrity.non_finite(restored["params"], "params") if has_record else []
+              if bad:
+                raise NonFiniteCheckpoint(f"{self.directory}/{step}", f"{bad[0]}" + (
+                    f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
               result = Restored(step, restored["params"], restored["opt_state"], dict(restored["train_meta"] or {}))
             except CorruptCheckpointError as e:
               error = e
@@ -299,12 +391,17 @@ class Checkpointer:
           self._write_model_config()
           return result
         tried.append(step)
+        if isinstance(error, NonFiniteCheckpoint):
+          logging.warning("checkpoint %s/%d holds non-finite parameters (%s); falling back to the previous step",
+                          self.directory, step, error.detail)
+          self._set_aside(step, "non-finite")
+          continue
         logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
                         self.directory, step, _describe(error) if error else "unreadable on another process")
         self._set_aside(step)
     if tried:
-      raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete or corrupt "
-                            f"(set aside as <step>.unreadable-*); to start again from step 0 rerun with "
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete, corrupt or "
+                            f"non-finite (set aside as <step>.unreadable-* / .non-finite-*); to start again from step 0 rerun with "
                             f"--config.restart_from_scratch=true, or use a new workdir")
     aside = self.set_aside_steps()
     if aside and not self.restart_from_scratch:
@@ -315,10 +412,10 @@ class Checkpointer:
     self._write_model_config()
     return None
 
-  def _set_aside(self, step: int) -> None:
+  def _set_aside(self, step: int, why: str = "unreadable") -> None:
     if jax.process_index() == 0:
       src = epath.Path(self.directory) / str(step)
-      dst = epath.Path(self.directory) / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+      dst = epath.Path(self.directory) / f"{step}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
       try:
         src.rename(dst)
         logging.warning("moved %s to %s", src, dst)
@@ -332,12 +429,19 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for the last save, closes the manager, restores the previous SIGTERM handler."""
-    self._manager.wait_until_finished()
-    self._manager.close()
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    """Waits for the last save (SaveError if it failed), closes the manager, restores the SIGTERM handler."""
+    try:
+      self.check_saves(wait=True)
+      self._manager.wait_until_finished()
+    finally:
+      try:
+        self._manager.close()
+      except Exception as e:  # pylint: disable=broad-except   # a failed save already reported above
+        logging.debug("closing the checkpoint manager: %s", _describe(e))
+      logging.getLogger("absl").removeFilter(self._filter)
+      if self._previous_handler is not None:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
 
   def __enter__(self) -> "Checkpointer":
     return self
@@ -349,93 +453,3 @@ class Checkpointer:
 def state_fingerprints(params: Any, opt_state: Any) -> dict[str, Any]:
   """What `Checkpointer.save` records about a state (to compute on device before handing it host copies)."""
   return _integrity_record(params, opt_state)
-
-
-# ------------------------------------------------------------------------------------------------ tools
-def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[str, int | None]:
-  """A workdir, a checkpoint directory or one step's directory -> (checkpoint directory, step or None)."""
-  path = _abspath(path)
-  p = epath.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  if (p / CHECKPOINTS_SUBDIR).is_dir():
-    return os.fspath(p / CHECKPOINTS_SUBDIR), None
-  if p.name.isdigit() and (p / "params").is_dir():
-    return os.fspath(p.parent), int(p.name)
-  return path, None
-
-
-def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(model_meta, params) of a checkpoint: params only, as a nested dict of numpy arrays (no devices involved).
-
-  `path`: a workdir (with checkpoints/), a checkpoint directory, or one step's directory. step=None: the latest step
-  that reads back completely and matches its fingerprints (a bad one is skipped with a warning naming its step and
-  path, and left in place); an explicit step that is bad raises CheckpointError.
-  """
-  directory, path_step = resolve_checkpoint_dir(path)
-  step = path_step if step is None else step
-  manager = _manager(directory, read_only=True, async_save=False)
-  try:
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
-      raise CheckpointError(f"no checkpoint in {directory} (expected a workdir with checkpoints/, a checkpoint "
-                            f"folder with numbered steps, or one step's folder)")
-    if step is not None:
-      if step not in steps:
-        raise CheckpointError(f"no checkpoint step {step} in {directory} (steps: {sorted(steps)})")
-      steps = [step]
-    errors = []
-    with abandoned_reads_silenced():
-      for s in steps:
-        try:
-          return _read_params(manager, directory, s)
-        except Exception as e:  # pylint: disable=broad-except
-          if step is not None:
-            raise CheckpointError(f"checkpoint {directory}/{s} cannot be used: {_describe(e)}") from e
-          logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); trying the previous one", directory, s,
-                          _describe(e))
-          errors.append(s)
-    raise CheckpointError(f"no readable checkpoint in {directory}: steps {errors} are all incomplete or corrupt")
-  finally:
-    manager.close()
-
-
-def _read_params(manager: ocp.CheckpointManager, directory: str, step: int) -> tuple[dict, dict]:
-  metadata = manager.item_metadata(step)
-  if metadata["params"] is None:
-    raise CheckpointError(f"checkpoint {directory}/{step} has no params item")
-  tree = getattr(metadata["params"], "tree", metadata["params"])
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  items = {"params": ocp.args.PyTreeRestore(restore_args=restore_args)}
-  has_config = (epath.Path(directory) / str(step) / "model_config").exists()
-  if has_config:
-    items["model_config"] = ocp.args.JsonRestore()
-  has_record = (epath.Path(directory) / str(step) / "integrity").exists()
-  if has_record:
-    items["integrity"] = ocp.args.JsonRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  _check_integrity(f"{directory}/{step}", restored["integrity"] if has_record else None,
-                   {"params": restored["params"]})
-  meta = dict(restored["model_config"]) if has_config and restored["model_config"] else None
-  if meta is None:
-    root_file = epath.Path(directory) / MODEL_CONFIG_FILE
-    meta = json.loads(root_file.read_text()) if root_file.exists() else {}
-  return meta, restored["params"]
-
-
-def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: Any, step: int = 0) -> str:
-  """Writes a params-only checkpoint (e.g. an HF model converted for fine-tuning) that `load_params` reads."""
-  directory = _abspath(path)
-  manager = _manager(directory, async_save=False)
-  try:
-    if step in manager.all_steps():
-      raise CheckpointError(f"{directory}/{step} already exists: write to a new folder, or remove it first")
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params),
-                                               model_config=ocp.args.JsonSave(dict(model_meta)),
-                                               integrity=ocp.args.JsonSave(_integrity_record(params))))
-    manager.wait_until_finished()
-  finally:
-    manager.close()
-  if jax.process_index() == 0:
-    paths.write_json_atomically(epath.Path(directory) / MODEL_CONFIG_FILE, dict(model_meta))
-  return directory

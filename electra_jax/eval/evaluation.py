@@ -153,10 +153,25 @@ def _spec_of_checkpoint(config: ml_collections.ConfigDict, adapter, checkpoint: 
   if kind not in (adapter.hf_head, adapter.original_kind):
     raise TaskError(f"{checkpoint}: a {kind!r} checkpoint cannot be scored on {adapter.name} (needs "
                     f"{adapter.hf_head} or {adapter.original_kind})")
+  _check_task(meta, adapter, checkpoint)
   options = dict(meta.get("head_options") or {})
   if kind == adapter.original_kind and adapter.family == "squad":  # inference-time options follow the config
     options["beam_size"] = int(config.beam_size)
   return ModelSpec(kind, checkpointing.electra_config_from_meta(meta, checkpoint, runtime), options)
+
+
+def _check_task(meta: Mapping[str, Any], adapter, checkpoint: str) -> None:
+  """A checkpoint fine-tuned on another task (its recorded task, or its label names) is refused: its head would
+  score the wrong labels without an error."""
+  task = dict(meta.get("task") or {})
+  if task.get("name") and task["name"] != adapter.name:
+    raise TaskError(f"{checkpoint} was fine-tuned on {task['name']} (labels {task.get('labels')}), not "
+                    f"{adapter.name}: evaluate it with task={task['name']}")
+  wanted = list(getattr(getattr(adapter, "task", None), "label_names", None) or [])
+  saved = [str(v) for _, v in sorted((int(k), v) for k, v in ((meta.get("config") or {}).get("id2label") or {}).items())]
+  if wanted and saved and not all(v.startswith("LABEL_") for v in saved) and saved != [str(w) for w in wanted]:
+    raise TaskError(f"{checkpoint} has the labels {saved}, but {adapter.name} has {wanted}: it was fine-tuned on "
+                    f"another task")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdir: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ docs/trace-format.md): the HF folders before and after, and every random choice 
         --config.generator.weight_sharing=none
     python -m electra_jax.experiments.replay /tmp/t          # the independent PyTorch replay: OK or what differed
 
-The steps are pretrain_lib.make_train_step over objectives.make_loss_fn, the optimizer and schedule pretrain_lib builds,
+The steps are trainer.make_train_step over objectives.make_loss_fn, the optimizer and schedule pretrain_lib builds,
 the binary's batches (the loader's batches 0..N-1) and its base key (config.seed): the first N steps of
 `python -m electra_jax.train.pretrain` with the same config. The loss function is built with
 StepConfig.record_corruption, which adds the step's own corruption (the masked input, the targets, the sampled
@@ -204,7 +204,8 @@ def trace_meta(config: Any, setup: Any, shared: list[str], ids: Mapping[str, int
       "recorded_by": {"program": "electra_jax.experiments.trace", "seed": int(config.seed),
                       "learning_rate": float(config.learning_rate), "num_train_steps": int(config.num_train_steps),
                       "warmup_steps": int(o.get("warmup_steps", 0)), "masking": str(config.masking),
-                      "mask_prob": float(config.mask_prob), "temperature": str(config.generator.get("temperature", "1.0"))},
+                      "mask_prob": float(config.mask_prob),
+                      "temperature": str(config.generator.get("temperature", "1.0"))},
   }
 
 
@@ -250,15 +251,15 @@ def record(config: Any, steps: int, out_dir: str, *, overwrite: bool = False) ->
     shutil.rmtree(out_dir)
   import jax  # pylint: disable=import-outside-toplevel
   from electra_jax import sharding  # pylint: disable=import-outside-toplevel
-  from electra_jax.train import objectives, pretrain_lib  # pylint: disable=import-outside-toplevel
+  from electra_jax.train import objectives, pretrain_lib, trainer  # pylint: disable=import-outside-toplevel
   tok, ids = pretrain_lib.load_tokenizer(config)
   mesh = pretrain_lib.build_mesh(config)
   setup = pretrain_lib.build_setup(config, mesh, vocab_size=tok.get_vocab_size(), ids=ids)
   # the binary's step over a loss function that also returns the step's corruption
   loss_fn = objectives.make_loss_fn(setup.graphdef, setup.rest,
                                     dataclasses.replace(setup.step_config, record_corruption=True))
-  step_fn = jax.jit(pretrain_lib.make_train_step(loss_fn, setup.tx, setup.schedule), donate_argnums=(0,),
-                    out_shardings=(setup.state_shardings, sharding.replicated(mesh)))
+  step_fn = jax.jit(trainer.make_train_step(loss_fn, setup.tx, setup.schedule, pass_step=True),
+                    donate_argnums=(0,), out_shardings=(setup.state_shardings, sharding.replicated(mesh)))
   cache = config.data.get("cache_dir") or os.path.join(tempfile.gettempdir(), "electra_jax_trace_data")
   with config.unlocked():
     config.data.cache_dir = cache
@@ -269,7 +270,7 @@ def record(config: Any, steps: int, out_dir: str, *, overwrite: bool = False) ->
   records = []
   try:
     with jax.default_matmul_precision("highest"), jax.set_mesh(mesh), sharding.use_rules(setup.rules):
-      state = setup.init_fn()
+      state = pretrain_lib.init_state(setup)
       initial = jax.device_get(state["params"])
       for s in range(steps):
         batch = loader.batch(s)

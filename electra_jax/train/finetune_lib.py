@@ -32,148 +32,58 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from electra_jax import checkpointing, convert, sharding
 from electra_jax.checkpointing import ModelSpec
-from electra_jax.convert import flatten, params_from_hf, read_hf_weights
 from electra_jax.data import stream as data_stream
 from electra_jax.eval import baselines
 from electra_jax.eval.evaluation import (Predictor, check_batch, check_vocab, evaluate_sets, format_summary,
-                                         runtime_options, summarize, with_baselines)
-from electra_jax.eval.tasks import EvalSet, TaskError, load_task, resolve_vocab, write_json
-from electra_jax.modeling import ElectraConfig, effective_params, original_heads
+                                         summarize, with_baselines)
+from electra_jax.eval.tasks import EvalSet, load_task, resolve_vocab, write_json
+from electra_jax.modeling import original_heads
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, loop, metrics, optim
-
-ARCH_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "intermediate_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-class FinetuneError(TaskError):
-  """A fine-tuning configuration or checkpoint that cannot be used; the message says which and why."""
-
-
-# ================================================================================================ model and init
-def _base_electra_config(config: ml_collections.ConfigDict) -> tuple[ElectraConfig, str, dict[str, Any] | None]:
-  """(encoder config, init kind "scratch" | "hf" | "orbax", the Orbax checkpoint's model_config or None)."""
-  runtime = runtime_options(config)
-  path = config.init_checkpoint
-  if not path:
-    arch = {k: config.model[k] for k in ARCH_FIELDS if k in config.model}
-    return ElectraConfig(**arch, **runtime), "scratch", None
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config.init_checkpoint={path} does not exist")
-  if convert.is_hf_folder(path):
-    return ElectraConfig.from_json_file(os.path.join(path, "config.json"), **runtime), "hf", None
-  meta = checkpointing.read_model_config(path)
-  return checkpointing.electra_config_from_meta(meta, path, runtime), "orbax", meta
-
-
-def model_spec(config: ml_collections.ConfigDict, adapter) -> tuple[ModelSpec, str, dict[str, Any] | None]:
-  """The model to fine-tune, the init kind and (Orbax) the init checkpoint's model_config."""
-  base, init_kind, meta = _base_electra_config(config)
-  if config.head == "hf":
-    kind, options = adapter.hf_head, {}
-  elif config.head == "original":
-    kind, options = adapter.original_kind, adapter.original_options()
-  else:
-    raise FinetuneError(f"config.head={config.head!r}: must be 'original' or 'hf'")
-  electra_config = base.replace(architectures=(kind,), **adapter.head_overrides())
-  return ModelSpec(kind, electra_config, options), init_kind, meta
-
-
-def init_values(spec: ModelSpec, config: ml_collections.ConfigDict, init_kind: str,
-                meta: Mapping[str, Any] | None, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-  """Flat {param path: array} from the init checkpoint: the encoder, and with an HF head its head when present.
-
-  `shapes` are the model's flat parameter shapes; every encoder parameter must be found, with the same shape.
-  """
-  path = config.init_checkpoint
-  if init_kind == "scratch":
-    return {}
-  body_shapes = {k[len("electra/"):]: v for k, v in shapes.items() if k.startswith("electra/")}
-  if init_kind == "hf":
-    tensors = read_hf_weights(path)
-    if spec.kind in original_heads.ORIGINAL_HEADS:
-      body, _ = params_from_hf("ElectraModel", body_shapes, tensors, source=path)
-      values = {f"electra/{k}": v for k, v in body.items()}
-    else:
-      values, missing = params_from_hf(spec.kind, dict(shapes), tensors, source=path, new_head_ok=True)
-      if missing:
-        logging.info("%s has no %s head weights; the head starts fresh: %s", path, spec.kind, missing)
-  else:
-    _, params = checkpointing.load_params(path)
-    if meta and meta.get("kind") == "pretraining":   # the discriminator's effective weights (gdes: E_G + E_delta)
-      params = effective_params(params, meta.get("options"))
-    tree = params.get("discriminator", params) if meta and meta.get("kind") == "pretraining" else params
-    if "electra" not in tree:
-      raise FinetuneError(f"{path}: checkpoint params have no 'electra' encoder (top-level keys {sorted(tree)})")
-    values = {f"electra/{k}": np.asarray(v) for k, v in flatten(tree["electra"]).items()}
-  missing = sorted(k for k in shapes if k.startswith("electra/") and k not in values)
-  unknown = sorted(k for k in values if k not in shapes)
-  if missing or unknown:
-    raise FinetuneError(f"{path}: encoder parameters do not match the model: missing {missing[:5]}, "
-                        f"unexpected {unknown[:5]}")
-  for k, v in values.items():
-    if tuple(v.shape) != tuple(shapes[k]):
-      raise FinetuneError(f"{path}: parameter {k} has shape {tuple(v.shape)} but the model expects {shapes[k]}")
-  return values
+from electra_jax.train.finetune_init import ARCH_FIELDS, FinetuneError, init_values, model_spec  # noqa: F401
+from electra_jax.train.trainer import Trainer, check_accumulation, check_run
 
 
 
 # ================================================================================================ steps
 class Steps(Predictor):
-  """A Predictor plus the jitted train step `(state, batch, rng) -> (state, metrics)` with state = {"step", "params",
-  "opt_state"} (donated; rng folded with state["step"]), compiled once and shared by every trial of a run."""
+  """A Predictor plus the trainer (train/trainer.py) of its model: the jitted train step `(state, batch, rng) ->
+  (state, metrics)` over state = {"step", "params", "opt_state"} (donated; rng folded with state["step"]), compiled once
+  and shared by every trial of a run; config.gradient_accumulation_steps splits each batch into micro-batches."""
 
   def __init__(self, spec: ModelSpec, adapter, mesh, rules, *, config: ml_collections.ConfigDict | None = None,
                num_train_steps: int | None = None):
     super().__init__(spec, adapter, mesh, rules)
-    self.tx = self.schedule = self.train_step = None
-    # The pure train step before jit: what `train_step` compiles, for tools that trace it (benchmarks/product_bound.py).
-    self.train_step_fn = None
+    self.tx = self.schedule = self.train_step = self.train_step_fn = self.trainer = None
     if config is None:
       return
-    self.tx, self.schedule = optim.create(config.optimizer, self.abstract_params,
-                                          learning_rate=float(config.learning_rate),
-                                          num_train_steps=int(num_train_steps))
-    tx, schedule, graphdef = self.tx, self.schedule, self.graphdef
+    accumulation = int(config.get("gradient_accumulation_steps", 1))
+    check_accumulation(int(config.batch_size), accumulation, mesh, rules)
+    schedule = optim.schedule_from_config(config.optimizer, float(config.learning_rate), int(num_train_steps))
+    graphdef = self.graphdef
 
-    def train_step(state, batch, rng):
-      rng = jax.random.fold_in(rng, state["step"])
+    def loss_fn(params, batch, rng):
+      loss = adapter.loss(nnx.merge(graphdef, params), batch, rng)
+      return loss, {"loss": loss}
 
-      def loss_fn(p):
-        return adapter.loss(nnx.merge(graphdef, p), batch, rng)
-
-      loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      params = optax.apply_updates(state["params"], updates)
-      metrics_out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"])}
-      return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics_out
-
-    self.train_step_fn = train_step
-    replicated = sharding.replicated(mesh)
-    abstract_opt = jax.eval_shape(tx.init, self.abstract_params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, self.param_shardings,
-                                          transform_non_params=lambda _: replicated,
-                                          is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    self.state_shardings = {"step": replicated, "params": self.param_shardings, "opt_state": opt_shardings}
-    self.train_step = self.in_mesh(LazyStep(
-        jax.jit(train_step, donate_argnums=(0,), out_shardings=(self.state_shardings, replicated)),
-        name="fine-tuning step"))
+    self.trainer = Trainer.build(mesh, rules, self.abstract_params, self.param_shardings,
+                                 tx=optim.create(config.optimizer, self.abstract_params, schedule), schedule=schedule,
+                                 loss_fn=loss_fn, accumulation_steps=accumulation)
+    self.tx, self.schedule, self.state_shardings = self.trainer.tx, schedule, self.trainer.state_shardings
+    # The pure train step before jit: what `train_step` compiles, for tools that trace it (benchmarks/product_bound.py).
+    self.train_step_fn = self.trainer.train_step_fn
+    self.train_step = self.in_mesh(LazyStep(self.trainer.train_step, name="fine-tuning step"))
 
   def init_state(self, params) -> dict[str, Any]:
     """{"step": 0, "params", "opt_state"} around `params`, placed like the train step's outputs."""
-    with jax.set_mesh(self.mesh):
-      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
-    return {"step": step, "params": params, "opt_state": opt_state}
+    return self.trainer.state_from(params)
 
 
 # ================================================================================================ one trial
@@ -188,10 +98,6 @@ def num_train_steps(config: ml_collections.ConfigDict, train_rows: int) -> int:
   return steps
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, steps: Steps,
               train: Mapping[str, np.ndarray], eval_sets: Sequence[EvalSet], total_steps: int,
               init: Callable[[], dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -202,23 +108,17 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
   """
   ckpt = _checkpointer(os.path.join(trial_dir, checkpointing.CHECKPOINTS_SUBDIR), steps.spec,
                       int(config.keep_checkpoints), tokenizer_meta(config),
-                      bool(config.get("restart_from_scratch", False)))
+                      bool(config.get("restart_from_scratch", False)), task_meta(steps.adapter))
+  run = {"batch_size": int(config.batch_size), "seed": seed}
   try:
-    state = steps.init_state(steps.init_params(seed))
-    restored = ckpt.restore(_abstract(state["params"]), _abstract(state["opt_state"]))
+    trainer = steps.trainer
+    restored = trainer.restore(ckpt)
     if restored is not None:
-      step = restored.step
-      state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), steps.state_shardings["step"]),
-               "params": restored.params, "opt_state": restored.opt_state}
+      check_run(restored, run, ckpt.directory)
+    state, step = trainer.start(ckpt, restored, trial_dir, lambda: steps.init_state(
+        steps.overwrite(steps.init_params(seed), init())), label=f"seed {seed}")
+    if restored is not None:
       logging.info("seed %d: resuming at step %d of %d", seed, step, total_steps)
-    else:
-      step = 0
-      state["params"] = steps.overwrite(state["params"], init())
-      if ckpt.set_aside_steps():   # config.restart_from_scratch: keep the old run's metrics
-        kept = metrics.archive(trial_dir, "before-restart")
-        if kept:
-          logging.warning("seed %d: starting over from step 0 (restart_from_scratch); earlier metrics in %s", seed,
-                          kept)
     finished_before = restored is not None and restored.step >= total_steps
     writer = metrics.MetricWriter(trial_dir, resume_step=step if restored is not None else None)
     if not len(next(iter(train.values()))):
@@ -241,14 +141,7 @@ def run_trial(config: ml_collections.ConfigDict, trial_dir: str, seed: int, step
       dev, _ = evaluate_sets(steps, state["params"], eval_sets, eval_batch, None, labelled_only=True)
       return {f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()}
 
-    def save(at: int, state) -> None:
-      # One process: host copies (Orbax would otherwise compile a slice per replicated array shape, seconds of XLA
-      # compilation for a small model); several processes: the sharded arrays themselves.
-      params, opt_state = state["params"], state["opt_state"]
-      fingerprints = checkpointing.state_fingerprints(params, opt_state)   # on device: fast
-      if jax.process_count() == 1:
-        params, opt_state = jax.device_get((params, opt_state))
-      ckpt.save(at, params, opt_state, {"seed": seed, "loader": stream.state()}, fingerprints=fingerprints)
+    save = trainer.saver(ckpt, lambda: {"seed": seed, "run": run, "loader": stream.state()}, host_copies=True)
 
     try:
       trained = loop.run(
@@ -287,8 +180,15 @@ def tokenizer_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "strip_accents": None}
 
 
-def _architecture(meta: Mapping[str, Any]) -> dict[str, Any]:
-  """model_config without what does not change the parameters (the tokenizer, label names)."""
+def task_meta(adapter) -> dict[str, Any]:
+  """What a fine-tuned checkpoint records of its task: the name and the label names (a run of another task into the
+  same workdir, or an evaluation with another task, is refused)."""
+  labels = getattr(getattr(adapter, "task", None), "label_names", None)
+  return {"name": adapter.name, "labels": list(labels) if labels else None}
+
+
+def model_identity(meta: Mapping[str, Any]) -> dict[str, Any]:
+  """model_config without what does not change the model (the tokenizer, label names), plus the task."""
   out = {k: v for k, v in meta.items() if k != "tokenizer"}
   if isinstance(out.get("config"), Mapping):
     out["config"] = {k: v for k, v in out["config"].items() if k not in ("id2label", "label2id")}
@@ -296,20 +196,14 @@ def _architecture(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _checkpointer(directory: str, spec: ModelSpec, keep: int, tokenizer: Mapping[str, Any] | None = None,
-                  restart_from_scratch: bool = False) -> checkpointing.Checkpointer:
-  """The trial's Checkpointer. A directory that already holds a model_config.json (a run being resumed) must describe
-  the same model, so that a changed config is refused with a clear message instead of a shape error."""
-  meta = json.loads(json.dumps({**spec.meta(), **({"tokenizer": dict(tokenizer)} if tokenizer else {})}))
-  meta_file = os.path.join(directory, checkpointing.MODEL_CONFIG_FILE)
-  if os.path.isfile(meta_file):
-    with open(meta_file, encoding="utf-8") as f:
-      existing = json.load(f)
-    if _architecture(existing) != _architecture(meta):
-      old, new = _architecture(existing), _architecture(meta)
-      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-      raise FinetuneError(f"{directory} holds checkpoints of another model (model_config differs in {changed}); "
-                          f"use a new workdir")
-  return checkpointing.Checkpointer(directory, keep=keep, model_meta=meta, restart_from_scratch=restart_from_scratch)
+                  restart_from_scratch: bool = False, task: Mapping[str, Any] | None = None
+                  ) -> checkpointing.Checkpointer:
+  """The trial's Checkpointer; a directory that already holds checkpoints of another model or task refuses the run
+  (before anything in it changes) with a one-line CheckpointError instead of a shape error or a silent resume."""
+  meta = {**spec.meta(), **({"tokenizer": dict(tokenizer)} if tokenizer else {}), **({"task": dict(task)} if task
+                                                                                        else {})}
+  return checkpointing.Checkpointer(directory, keep=keep, model_meta=json.loads(json.dumps(meta)),
+                                    restart_from_scratch=restart_from_scratch, identity=model_identity)
 
 
 # ================================================================================================ runs

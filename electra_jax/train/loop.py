@@ -15,7 +15,9 @@ run draws what an uninterrupted one draws. Around it the loop does what every tr
   * evaluation every `eval_every` steps through `evaluate(step, state) -> {name: value}` (not at the last step: the
     trainer evaluates the final state itself);
   * checkpoints every `checkpoint_every` steps (0: none on the way), at the last step, and when a preemption notice
-    arrives (SIGTERM, or JAX's sync point on pods), after which the loop stops early with `preempted=True`.
+    arrives (SIGTERM, or JAX's sync point on pods), after which the loop stops early with `preempted=True`; a save
+    that fails in the background stops the run at the next step with one line naming the failed save's step, and
+    non-finite parameters are never saved (checkpointing.NonFiniteParamsError names the step).
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def _last_positive(a: jax.Array) -> jax.Array:
   return jnp.max(jnp.where(a > 0, jnp.arange(a.shape[-1]), 0), -1)
 
 
-def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1.0, block: int = 128) -> jax.Array:
+def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1.0, block: int = 128,
+                       uniforms: jax.Array | None = None) -> jax.Array:
   """One sample per row of softmax(logits / temperature) [..., V] by inverting its CDF with one uniform per row.
 
   The same distribution as Gumbel-max (argmax(logits / T + Gumbel noise)), for a fraction of its cost: Gumbel-max needs
@@ -114,7 +115,8 @@ def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1
   ELECTRA-Small step on XLA's CPU backend; this needs one exponential per logit and one random number per row. The CDF
   is searched in two levels: over the block masses of `softmax_stats` (blocks of `block` logits), then inside the
   chosen block, whose `block` exponentials are recomputed from its logits. Logits of probability 0 (-inf, or
-  underflowed) are never chosen.
+  underflowed) are never chosen. `uniforms` ([...] in [0, 1)): the per-row draws, when made beforehand (the draws of
+  `rng` for the whole batch, sliced for a micro-batch).
   """
   lead, v = logits.shape[:-1], logits.shape[-1]
   x = jax.lax.stop_gradient(logits).reshape(-1, v).astype(jnp.float32)
@@ -122,7 +124,8 @@ def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float = 1
     x = x / temperature
   m, mass = softmax_stats(x, block)
   cum = jnp.cumsum(mass, -1)                                                 # [R, nb]
-  target = jax.random.uniform(rng, (x.shape[0],)) * cum[:, -1]              # in [0, total)
+  u = jax.random.uniform(rng, (x.shape[0],)) if uniforms is None else uniforms.reshape(-1)
+  target = u * cum[:, -1]                                                    # in [0, total)
   b = jnp.minimum(jnp.sum(cum <= target[:, None], -1), _last_positive(mass))
   before = jnp.take_along_axis(cum, b[:, None], 1)[:, 0] - jnp.take_along_axis(mass, b[:, None], 1)[:, 0]
   idx = b[:, None] * block + jnp.arange(block)                               # the chosen block's vocabulary ids
@@ -145,9 +148,10 @@ def safe_div(a, b):
   return a / jnp.maximum(b, 1e-6)
 
 
-def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kernels: str = "auto"
-                   ) -> tuple[jax.Array, jax.Array]:
-  """(mean cross-entropy over the weighted positions, accuracy of the top prediction there).
+def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kernels: str = "auto",
+                   denominator: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy over the weighted positions, accuracy of the top prediction there); `denominator`: the
+  weights' sum over the whole batch when `weights` are one micro-batch's (then the two add up over micro-batches).
 
   The cross-entropy is `ops.cross_entropy_rows` in the forms `kernels` names, its logsumexp from `softmax_stats`,
   which it shares with `sample_categorical`. A prediction counts as correct when the target's logit is the row
@@ -160,7 +164,8 @@ def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, ke
   m, mass = softmax_stats(x)
   losses = ops.cross_entropy_rows(x, t, lse=m + jnp.log(jnp.sum(mass, -1)), kernels=kernels)
   top = jnp.take_along_axis(jax.lax.stop_gradient(x), t[:, None], 1)[:, 0] >= m
-  return safe_div(jnp.sum(losses * w), jnp.sum(w)), safe_div(jnp.sum(top * w), jnp.sum(w))
+  den = jnp.sum(w) if denominator is None else denominator
+  return safe_div(jnp.sum(losses * w), den), safe_div(jnp.sum(top * w), den)
 
 
 def histogram_auc(logits: jax.Array, labels: jax.Array, weights: jax.Array, num_bins: int = 4096,

@@ -83,17 +83,19 @@ def sample_uniform(rng: jax.Array, targets: jax.Array, vocab_size: int, disallow
 
 
 def sample_replacements(rng: jax.Array, masked: mk.Masked, logits: jax.Array | None, *, sampling: str,
-                        temperature: float | jax.Array, vocab_size: int, disallow_correct: bool) -> jax.Array:
+                        temperature: float | jax.Array, vocab_size: int, disallow_correct: bool,
+                        noise: jax.Array | None = None) -> jax.Array:
   """[B, P] replacement tokens for the masked positions: from softmax(logits / T) ([B, P, V]) or uniform; T a
-  Python number or a scalar array (a scheduled temperature)."""
+  Python number or a scalar array (a scheduled temperature). `noise`: the draws made beforehand for the whole batch
+  (`prepare_batch`): the uniform tokens, or one uniform per position."""
   if sampling == "uniform":
-    return sample_uniform(rng, masked.targets, vocab_size, disallow_correct)
+    return noise if noise is not None else sample_uniform(rng, masked.targets, vocab_size, disallow_correct)
   x = jax.lax.stop_gradient(logits)
   if disallow_correct:
     x = disallow_targets(x, masked.targets)
   if not isinstance(temperature, (int, float)):   # a scheduled (traced) temperature
     x, temperature = x.astype(jnp.float32) / temperature, 1.0
-  return mk.sample_categorical(rng, x, temperature).astype(jnp.int32)
+  return mk.sample_categorical(rng, x, temperature, uniforms=noise).astype(jnp.int32)
 
 
 def positions_mask(masked: mk.Masked, length: int) -> jax.Array:
@@ -136,11 +138,12 @@ def candidates_mask(input_ids: jax.Array, input_mask: jax.Array, ignore_ids: tup
 
 
 # ------------------------------------------------------------------------------------------------ losses
-def rtd_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-  """Sigmoid BCE averaged over the weighted positions (the discriminator's loss)."""
+def rtd_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array, denominator: jax.Array | None = None
+             ) -> jax.Array:
+  """Sigmoid BCE averaged over the weighted positions (the discriminator's loss); `denominator` as masked_lm_loss."""
   bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
   w = weights.astype(jnp.float32)
-  return mk.safe_div(jnp.sum(bce * w), jnp.sum(w))
+  return mk.safe_div(jnp.sum(bce * w), jnp.sum(w) if denominator is None else denominator)
 
 
 def log_softmax_at(logits: jax.Array, ids: jax.Array) -> jax.Array:
@@ -157,7 +160,8 @@ def electric_logits(disc_logits: jax.Array, log_q: jax.Array, mask_prob: float) 
 
 
 def copy_mixture_nll(lm_logits: jax.Array, copy_logits: jax.Array, input_ids: jax.Array, targets: jax.Array,
-                     weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                     weights: jax.Array, denominator: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """All-Tokens MLM with the copy mechanism: (mean -log p(target), accuracy, mean copy probability D).
 
   p(v) = D * 1[v = input] + (1 - D) * softmax(lm_logits)(v), D = sigmoid(copy_logits); lm_logits [B, L, V],
@@ -168,7 +172,8 @@ def copy_mixture_nll(lm_logits: jax.Array, copy_logits: jax.Array, input_ids: ja
   same = input_ids == targets
   log_p = jnp.where(same, jnp.logaddexp(log_d, log_not_d + log_s), log_not_d + log_s)
   w = weights.astype(jnp.float32)
-  nll = mk.safe_div(-jnp.sum(log_p * w), jnp.sum(w))
+  den = jnp.sum(w) if denominator is None else denominator
+  nll = mk.safe_div(-jnp.sum(log_p * w), den)
   # accuracy: p(target) against the largest p(v) (at the input token, or the softmax's top token elsewhere)
   x = jax.lax.stop_gradient(lm_logits).astype(jnp.float32)
   d = jax.nn.sigmoid(jax.lax.stop_gradient(copy_logits))
@@ -176,8 +181,8 @@ def copy_mixture_nll(lm_logits: jax.Array, copy_logits: jax.Array, input_ids: ja
   p_input = d + (1 - d) * jnp.exp(log_softmax_at(x, input_ids))
   p_best = jnp.maximum(p_input, (1 - d) * probs_top)
   correct = jnp.exp(jax.lax.stop_gradient(log_p)) >= p_best * (1 - 1e-6)
-  accuracy = mk.safe_div(jnp.sum(correct * w), jnp.sum(w))
-  return nll, accuracy, mk.safe_div(jnp.sum(d * w), jnp.sum(w))
+  accuracy = mk.safe_div(jnp.sum(correct * w), den)
+  return nll, accuracy, mk.safe_div(jnp.sum(d * w), den)
 
 
 # ------------------------------------------------------------------------------------------------ two-stage training
@@ -214,6 +219,38 @@ def copy_generator_into_discriminator(params: Mapping[str, Any], now: jax.Array)
 
 
 # ------------------------------------------------------------------------------------------------ the loss function
+# Metrics that add up over micro-batches of a prepared batch (their denominators are the whole batch's); the others
+# are averaged (trainer.make_train_step).
+SUMMED_METRICS = frozenset({"loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "main_mlm_loss", "main_mlm_accuracy",
+                            "copy_probability", "real_tokens"})
+
+
+def make_prepare_fn(cfg: Any) -> Callable:
+  """prepare(batch, rng) -> batch plus the draws loss_fn(params, batch, rng) would make for it that do not depend on
+  the parameters (the masking, the sampling noise) and each loss's denominator over the whole batch, as per-row
+  copies ([B]); loss_fn on any slice of rows of the result gives that slice's exact share of the whole batch's loss
+  (gradient accumulation: the micro-batches see what the full batch would)."""
+  ignore = (cfg.pad_id, cfg.cls_id, cfg.sep_id, cfg.mask_id)
+
+  def prepare(batch, rng):
+    ids, mask = batch["input_ids"], batch["input_mask"]
+    k_mask, _, k_sample, _ = jax.random.split(rng, 4)   # as loss_fn splits it
+    m = mk.mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+                       mask_id=cfg.mask_id, ignore_ids=ignore, vocab_size=cfg.vocab_size, masking=cfg.masking)
+    b, p = m.positions.shape
+    if cfg.sampling == "uniform":
+      noise = sample_uniform(k_sample, m.targets, cfg.vocab_size, cfg.disallow_correct)
+    else:   # sample_categorical's one uniform per row of the [B, P, V] logits
+      noise = jax.random.uniform(k_sample, (b * p,)).reshape(b, p)
+    rows = lambda v: jnp.full((b,), v, jnp.float32)  # noqa: E731
+    return {**batch, "masked_input_ids": m.input_ids, "masked_positions": m.positions, "masked_targets": m.targets,
+            "masked_weights": m.weights, "sample_noise": noise, "norm_masked": rows(jnp.sum(m.weights)),
+            "norm_real": rows(jnp.sum(mask.astype(jnp.float32))),
+            "norm_candidates": rows(jnp.sum(candidates_mask(ids, mask, ignore)))}
+
+  return prepare
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
   """loss_fn(params, batch, rng, step=None) -> (loss, metrics), pure; cfg a masking.StepConfig."""
   if cfg.objective not in OBJECTIVES:
@@ -226,13 +263,19 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       model = nnx.merge(graphdef, modeling.gdes_params(params), rest)   # discriminator: sg(E_G) + E_delta
     ids, mask, segments = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
     k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
-    m = mk.mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
-                       mask_id=cfg.mask_id, ignore_ids=ignore, vocab_size=cfg.vocab_size, masking=cfg.masking)
+    if "masked_positions" in batch:   # prepared (make_prepare_fn): draws and denominators of the whole batch
+      m = mk.Masked(input_ids=batch["masked_input_ids"], positions=batch["masked_positions"],
+                    targets=batch["masked_targets"], weights=batch["masked_weights"])
+      noise, den = batch["sample_noise"], lambda name: batch[name][0]  # noqa: E731
+    else:
+      m = mk.mask_tokens(k_mask, ids, mask, mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+                         mask_id=cfg.mask_id, ignore_ids=ignore, vocab_size=cfg.vocab_size, masking=cfg.masking)
+      noise, den = None, lambda name: None  # noqa: E731
     real = mask.astype(jnp.float32)
     out = {"masked_per_seq": jnp.mean(jnp.sum(m.weights, -1)), "real_tokens": jnp.sum(real)}
     if cfg.objective == "mlm":   # BERT: the model is the masked LM
       gen = model(m.input_ids, mask, segments, masked_positions=m.positions, dropout_rng=k_gen)
-      mlm_loss, mlm_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights)
+      mlm_loss, mlm_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights, denominator=den("norm_masked"))
       out.update(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
                  **corruption_metrics(m.input_ids, ids, mask))
       if cfg.record_corruption:
@@ -245,7 +288,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       sample_logits = None
     elif cfg.objective == "electric":                   # the two-tower cloze model on the unmasked input
       cloze = model.generator(ids, mask, segments, dropout_rng=k_gen)                          # [B, L, V]
-      gen_loss, gen_accuracy = mk.masked_lm_loss(cloze, ids, candidates_mask(ids, mask, ignore))
+      gen_loss, gen_accuracy = mk.masked_lm_loss(cloze, ids, candidates_mask(ids, mask, ignore),
+                                                 denominator=den("norm_candidates"))
       sample_logits = jnp.take_along_axis(cloze, m.positions[..., None], axis=1)             # [B, P, V]
       out["masked_cloze_accuracy"] = mk.masked_lm_loss(jax.lax.stop_gradient(sample_logits), m.targets,
                                                        m.weights)[1]
@@ -254,7 +298,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
     else:
       gen = model.generator(m.input_ids, mask, segments, masked_positions=m.positions,
                             dropout_rng=None if cfg.frozen_generator else k_gen)
-      gen_loss, gen_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights)
+      gen_loss, gen_accuracy = mk.masked_lm_loss(gen.logits, m.targets, m.weights, denominator=den("norm_masked"))
       sample_logits = gen.logits
       out.update(mlm_loss=gen_loss, mlm_accuracy=gen_accuracy)
       if cfg.frozen_generator:   # reported, not trained
@@ -263,7 +307,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
     if callable(temperature):
       temperature = out["temperature"] = temperature(0 if step is None else step)
     sampled = sample_replacements(k_sample, m, sample_logits, sampling=cfg.sampling, temperature=temperature,
-                                  vocab_size=cfg.vocab_size, disallow_correct=cfg.disallow_correct)
+                                  vocab_size=cfg.vocab_size, disallow_correct=cfg.disallow_correct, noise=noise)
     corrupted, labels = mk.corrupt(m, sampled, ids, mask)
     out.update(corruption_metrics(corrupted, ids, mask, sampled, m))
     out["sampled_mlm_accuracy"] = out["sampled_equals_original"]
@@ -272,11 +316,13 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
     if cfg.objective in MLM_MAIN_OBJECTIVES:
       if cfg.objective == "replace_mlm":
         main = model.discriminator(corrupted, mask, segments, masked_positions=m.positions, dropout_rng=k_disc)
-        main_loss, main_accuracy = mk.masked_lm_loss(main.logits, m.targets, m.weights)
+        main_loss, main_accuracy = mk.masked_lm_loss(main.logits, m.targets, m.weights,
+                                                     denominator=den("norm_masked"))
       else:
         main = model.discriminator(corrupted, mask, segments, dropout_rng=k_disc)             # [B, L, V]
         copy_logits = model.copy_predictions(main.last_hidden_state)
-        main_loss, main_accuracy, copy_prob = copy_mixture_nll(main.logits, copy_logits, corrupted, ids, real)
+        main_loss, main_accuracy, copy_prob = copy_mixture_nll(main.logits, copy_logits, corrupted, ids, real,
+                                                                 den("norm_real"))
         out["copy_probability"] = copy_prob
       loss = cfg.gen_weight * gen_loss + main_loss
       out.update(loss=loss, main_mlm_loss=main_loss, main_mlm_accuracy=main_accuracy)
@@ -288,8 +334,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, cfg: Any) -> Callable:
       x = jax.lax.stop_gradient(log_q_full).reshape(-1, log_q_full.shape[-1])
       log_q = log_softmax_at(x, corrupted.reshape(-1)).reshape(ids.shape)
       disc_logits = electric_logits(disc_logits, log_q, cfg.mask_prob)
-    weights = positions_mask(m, ids.shape[1]) if cfg.objective == "electra_15" else real
-    rtd = rtd_loss(disc_logits, labels, weights)
+    electra_15 = cfg.objective == "electra_15"
+    weights = positions_mask(m, ids.shape[1]) if electra_15 else real
+    rtd = rtd_loss(disc_logits, labels, weights, den("norm_masked" if electra_15 else "norm_real"))
     if step is not None and cfg.two_stage > 0:
       first = (step < cfg.two_stage).astype(jnp.float32)
       loss = first * cfg.gen_weight * gen_loss + (1.0 - first) * cfg.disc_weight * rtd

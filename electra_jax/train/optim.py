@@ -1,7 +1,7 @@
-"""AdamW, learning-rate schedules and layer-wise LR decay as ELECTRA uses them (pretraining and fine-tuning).
+"""AdamW and LAMB, learning-rate schedules and layer-wise LR decay as ELECTRA uses them (pretraining and fine-tuning).
 
-    tx, schedule = optim.create(config.optimizer, params, learning_rate=config.learning_rate,
-                                num_train_steps=config.num_train_steps)
+    schedule = optim.schedule_from_config(config.optimizer, config.learning_rate, config.num_train_steps)
+    tx = optim.create(config.optimizer, params, schedule)        # config.optimizer.name: "adamw" (default) or "lamb"
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     tx, schedules = optim.create_groups(config.optimizer, params, learning_rates={"generator": 1e-4,
@@ -13,6 +13,10 @@ The pieces, in the order the chain applies them (as the original's `model/optimi
   3. decoupled weight decay, `update += wd * param`, skipped for LayerNorm parameters and biases;
   4. layer-wise LR multipliers (fine-tuning), per slice of the stacked [num_layers, ...] encoder parameters;
   5. the learning rate: min(1, t/warmup) * (lr - end) * (1 - t/T)^power + end, i.e. warmup MULTIPLIED by the decay.
+LAMB (`name="lamb"`, You et al. 2019, as NVIDIA's ELECTRA recipe runs TensorFlow Addons' LAMB): clipping, Adam moments
+with bias correction, the same decoupled weight decay and exclusions, then the layer-wise trust ratio
+||param|| / ||update|| (1 where either norm is 0), which `lamb_skip_adaptive` leaves out for LayerNorm parameters and
+biases (NVIDIA's --skip_adaptive), then the learning rate.
 
 Parameter trees are nested dicts (or nnx.State) whose keys are the NNX attribute names of electra_jax.modeling:
 LayerNorms are `.../layer_norm|attention_norm|output_norm/{scale,bias}`, the encoder's per-layer parameters live
@@ -121,7 +125,7 @@ def num_stacked_layers(params: PyTree) -> int:
     if _is_stacked(path_names(path)):
       sizes.add(int(np.shape(leaf)[0]))
   if len(sizes) != 1:
-    raise ValueError(f"layer-wise LR decay needs one stack of encoder layers (params under .../encoder/layers/...); "
+    raise OptimError(f"layer-wise LR decay needs one stack of encoder layers (params under .../encoder/layers/...); "
                      f"found leading sizes {sorted(sizes)}")
   return sizes.pop()
 
@@ -251,21 +255,61 @@ def resolve_warmup(opt_cfg: Mapping[str, Any], num_train_steps: int) -> int:
   return int(opt_cfg.get("warmup_steps", 0))
 
 
-def create(opt_cfg: Mapping[str, Any], params: PyTree, *, learning_rate: float, num_train_steps: int
-           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer and schedule a config describes (see configs/common.py `optimizer_config` for the fields)."""
-  schedule = warmup_decay_schedule(
-      learning_rate, num_train_steps, resolve_warmup(opt_cfg, num_train_steps),
+OPTIMIZERS = ("adamw", "lamb")
+
+
+def lamb(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+         weight_decay: float = 0.01, mask: PyTree | Callable[[PyTree], PyTree] | None = weight_decay_mask,
+         clip_norm: float | None = 1.0, skip_adaptive: bool = True,
+         lr_multipliers: PyTree | None = None) -> optax.GradientTransformation:
+  """clip -> Adam (bias-corrected) -> decoupled weight decay (masked) -> trust ratio (all parameters, or those weight
+  decay applies to with skip_adaptive) -> layer-wise multipliers -> -learning_rate."""
+  parts = []
+  if clip_norm:
+    parts.append(clip_by_global_norm(float(clip_norm)))
+  parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(float(weight_decay), mask=mask))
+  trust = optax.scale_by_trust_ratio()
+  parts.append(optax.masked(trust, weight_decay_mask) if skip_adaptive else trust)
+  if lr_multipliers is not None:
+    parts.append(scale_by_tree(lr_multipliers))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
+
+
+def schedule_from_config(opt_cfg: Mapping[str, Any], learning_rate: float, num_train_steps: int) -> optax.Schedule:
+  """The warmup-and-decay schedule a config's optimizer fields describe (peak `learning_rate`)."""
+  return warmup_decay_schedule(
+      float(learning_rate), int(num_train_steps), resolve_warmup(opt_cfg, int(num_train_steps)),
       power=float(opt_cfg.get("lr_decay_power", 1.0)), end_learning_rate=float(opt_cfg.get("end_learning_rate", 0.0)),
       kind=str(opt_cfg.get("schedule", "multiply")))
+
+
+def create(opt_cfg: Mapping[str, Any], params: PyTree, schedule: optax.Schedule | None = None, *,
+           learning_rate: float | None = None, num_train_steps: int | None = None):
+  """The optimizer a config describes (configs/common.py `optimizer_config` lists the fields), stepping at
+  `schedule`. Without a schedule (the older form): (optimizer, schedule_from_config(...)) from learning_rate and
+  num_train_steps."""
+  pair = schedule is None
+  if pair:
+    if learning_rate is None or num_train_steps is None:
+      raise OptimError("optim.create needs a schedule, or learning_rate and num_train_steps")
+    schedule = schedule_from_config(opt_cfg, learning_rate, num_train_steps)
+  name = str(opt_cfg.get("name", "adamw") or "adamw").lower()
+  if name not in OPTIMIZERS:
+    raise OptimError(f"config.optimizer.name={name!r}: must be one of {OPTIMIZERS}")
   llrd = float(opt_cfg.get("layerwise_lr_decay", 0.0) or 0.0)
   multipliers = (layerwise_lr_multipliers(params, llrd, str(opt_cfg.get("layerwise_lr_decay_mode", "original")))
                  if llrd > 0 else None)
-  tx = adamw(schedule, b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
-             eps=float(opt_cfg.get("eps", 1e-6)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
-             mask=weight_decay_mask, clip_norm=opt_cfg.get("clip_norm", 1.0),
-             bias_correction=bool(opt_cfg.get("bias_correction", False)), lr_multipliers=multipliers)
-  return tx, schedule
+  common = dict(b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
+                eps=float(opt_cfg.get("eps", 1e-6)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
+                mask=weight_decay_mask, clip_norm=opt_cfg.get("clip_norm", 1.0), lr_multipliers=multipliers)
+  if name == "lamb":
+    tx = lamb(schedule, skip_adaptive=bool(opt_cfg.get("lamb_skip_adaptive", True)), **common)
+  else:
+    tx = adamw(schedule, bias_correction=bool(opt_cfg.get("bias_correction", False)), **common)
+  return (tx, schedule) if pair else tx
 
 
 # ------------------------------------------------------------------------------------------------ parameter groups
@@ -283,7 +327,7 @@ def create_groups(opt_cfg: Mapping[str, Any], params: PyTree, *, learning_rates:
   labels = path_labels(params, label_of)
   unknown = sorted(set(jax.tree.leaves(labels)) - set(learning_rates))
   if unknown:
-    raise ValueError(f"parameter groups {unknown} have no learning rate (known: {sorted(learning_rates)})")
+    raise OptimError(f"parameter groups {unknown} have no learning rate (known: {sorted(learning_rates)})")
   transforms, schedules = {}, {}
   for label, lr in learning_rates.items():
     if lr is None:

@@ -117,3 +117,11 @@ def make_loader(config: Any, dataset_dir: str, setup: Any, *, batch_size: int | 
   return PretrainingLoader(dataset_dir, int(batch_size or config.batch_size), setup.mesh, seed=int(config.seed),
                            batch_axes=sharding.batch_axes(setup.mesh, setup.rules),
                            prefetch=int(config.data.get("prefetch", 2)), start_step=start_step)
+
+
+def prepare_data(config: Any, workdir: str, tokenizer: tuple[Any, Any] | None = None):
+  """(dataset folder of config.max_seq_length, tok, ids); `tokenizer`: the (tok, ids) the run already loaded (else
+  loaded and checked here)."""
+  tok, ids = tokenizer if tokenizer is not None else load_tokenizer(config)
+  length = int(config.max_seq_length)
+  return prepare_datasets(config, workdir, [length])[length], tok, ids

@@ -7,27 +7,14 @@
 
     setup = pretrain_lib.build_setup(config, mesh, vocab_size=30522, ids=special_ids(tok))   # pieces, for tests
     state = pretrain_lib.init_state(setup)                          # {"step", "params", "opt_state"}, born sharded
-    state, metrics = setup.train_step(state, batch, jax.random.fold_in(base_key, step))
+    state, metrics = pretrain_lib.run_step(setup, state, batch, base_key)   # folds base_key with state["step"]
 
-One step (objective "electra", as google-research/electra run_pretraining.py):
-  1. dynamic masking: per sequence, n = min(P, max(1, round(mask_prob * #real tokens))) positions ([CLS]/[SEP] count
-     as real tokens but are never chosen, nor [MASK] or padding), P = max_predictions_per_seq = int((mask_prob + 0.005)
-     * max_seq_length); 85% of them become [MASK], 15% keep their token (masking="bert": 80% [MASK], 10% a random
-     token, 10% kept). Positions are drawn without replacement (Gumbel top-k); the original draws with replacement
-     (tf.random.categorical), so it occasionally masks fewer distinct tokens. Positions are a fixed [B, P] array with
-     weights 0 on the unused slots;
-  2. the generator predicts the masked tokens (vocabulary logits only at those P positions): MLM loss = mean CE over
-     the weighted positions;
-  3. replacements are sampled from softmax(generator logits / temperature) under stop_gradient (by inverting the
-     CDF with one uniform per position: the distribution of the original's Gumbel-max, at a fraction of its cost);
-  4. the discriminator sees the corrupted sequence; label 1 where the token was replaced AND differs from the original;
-     RTD loss = sigmoid BCE averaged over the real tokens;
-  5. loss = gen_weight * MLM + disc_weight * RTD (1 and 50). Objective "mlm": BERT-style masked LM of a
-     discriminator-size ElectraForMaskedLM (steps 1-2 only).
-The other objectives (electra_15, replace_mlm, all_tokens_mlm, electric) and the generator switches (sampling,
-disallow_correct, weight_sharing, two_stage) are composed in electra_jax/train/objectives.py.
-Discriminator AUC is computed on device from a fixed-bin histogram of the step's logits (4096 bins over [-16, 16]):
-pairs in the same bin count 1/2, so it is the exact AUC of logits rounded to 1/128.
+One step (objective "electra", as google-research/electra run_pretraining.py): dynamic masking of ~15% of the real
+tokens (masking.py), the generator's MLM loss at the masked positions, replacements sampled from its softmax, the
+discriminator's sigmoid BCE at every real token (label 1 where the token changed); loss = 1 * MLM + 50 * RTD. The
+objectives and generator switches are composed in electra_jax/train/objectives.py; the step, the state layout,
+restore-or-init and saves are electra_jax/train/trainer.py's (gradient accumulation: config.gradient_accumulation_steps
+micro-batches per step, the same update as the whole batch).
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -45,121 +32,20 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from electra_jax import checkpointing, convert, errors, modeling, sharding
+from electra_jax import checkpointing, convert, modeling, sharding
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim, phases, pretrain_data
-from electra_jax.train.masking import MASKINGS, OBJECTIVES, SAMPLINGS, StepConfig, max_predictions_per_seq
+from electra_jax.train.masking import MASKINGS, OBJECTIVES, StepConfig, max_predictions_per_seq
+from electra_jax.train.pretrain_data import load_tokenizer, make_loader, prepare_data, strip_accents  # noqa: F401
+from electra_jax.train.pretrain_model import SetupError, generator_options, model_configs  # noqa: F401
+from electra_jax.train.trainer import Trainer, check_accumulation, check_run, count_params
 
-
-
-
-class SetupError(errors.Error, ValueError):
-  """A pretraining config that cannot be set up (a field out of range, settings that do not go together)."""
-
-
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    two_stage: tuple[int, Any, Any] | None = None) -> Callable:
-  """train_step(state, batch, rng) -> (state, metrics); state = {"step", "params", "opt_state"}; the step's
-  randomness is fold_in(rng, state["step"]), so the loop passes one base key.
-
-  two_stage = (N, frozen_in_stage_1, frozen_in_stage_2) (objectives.two_stage_frozen): at step N the discriminator's
-  encoder is initialised from the generator's; the frozen parameters of the current stage keep their values (no
-  update, no weight decay). loss_fn gets the step (params, batch, rng, step). The loop needs nothing else."""
-
-  def train_step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state["step"])
-    params = state["params"]
-    extra = (state["step"],)   # two_stage and a scheduled temperature read it
-    if two_stage is not None:
-      params = objectives.copy_generator_into_discriminator(params, state["step"] == two_stage[0])
-    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, *extra)
-    with jax.named_scope("optimizer"):   # names the update's ops in profiles (benchmarks/profile_step.py)
-      updates, opt_state = tx.update(grads, state["opt_state"], params)
-      new_params = optax.apply_updates(params, updates)
-    if two_stage is not None:
-      first = state["step"] < two_stage[0]
-      new_params = jax.tree.map(lambda f1, f2, old, new: jnp.where(jnp.where(first, f1, f2), old, new),
-                                two_stage[1], two_stage[2], params, new_params)
-    params = new_params
-    # The parameters' norm is measured where metrics are logged (loop.Loop.log_extras), not in every step: nobody
-    # reads it in between (benchmarks/README.md).
-    out.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
-
-  return train_step
+# What a resumed run must share with the run that saved the checkpoint (recorded in each step's train_meta).
+RUN_FIELDS = ("batch_size", "seed", "max_seq_length")
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-def model_configs(config: Any, vocab_size: int) -> tuple[modeling.ElectraConfig, modeling.ElectraConfig | None]:
-  """(discriminator or MLM config, generator config or None) from config.model / config.generator."""
-  m = config.model
-  if int(m.get("vocab_size", 0) or 0) not in (0, vocab_size):
-    raise SetupError(f"config.model.vocab_size={m.vocab_size} but the vocab file has {vocab_size} tokens")
-  heads = int(m.get("num_attention_heads", 0) or 0) or max(1, m.hidden_size // 64)
-  objective = config.objective
-  disc = modeling.ElectraConfig(
-      vocab_size=vocab_size, embedding_size=int(m.embedding_size or m.hidden_size), hidden_size=int(m.hidden_size),
-      num_hidden_layers=int(m.num_hidden_layers), num_attention_heads=heads,
-      intermediate_size=int(m.get("intermediate_size", 0) or 4 * m.hidden_size),
-      hidden_dropout_prob=float(m.hidden_dropout_prob),
-      attention_probs_dropout_prob=float(m.attention_probs_dropout_prob),
-      max_position_embeddings=int(m.max_position_embeddings), dtype=m.dtype, param_dtype=m.param_dtype,
-      scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy, kernels=m.get("kernels", "auto"),
-      architectures=(("ElectraForMaskedLM",) if objective in ("mlm", "replace_mlm", "all_tokens_mlm") else
-                     ("ElectraForPreTraining",)))
-  if disc.max_position_embeddings < config.max_seq_length:
-    raise SetupError(f"max_seq_length={config.max_seq_length} exceeds config.model.max_position_embeddings="
-                     f"{disc.max_position_embeddings}")
-  g = generator_options(config)
-  if objective == "mlm" or g["sampling"] == "uniform":
-    return disc, None
-  fractions = (float(config.generator.hidden_fraction), float(config.generator.layers_fraction))
-  if g["weight_sharing"] == "all" or g["two_stage"] > 0:
-    what = "generator.weight_sharing='all'" if g["weight_sharing"] == "all" else "two_stage"
-    if fractions != (1.0, 1.0):
-      raise SetupError(f"{what} needs the generator the discriminator's size: set generator.hidden_fraction=1 and "
-                       f"generator.layers_fraction=1 (they are {fractions[0]} and {fractions[1]})")
-    gen = disc.replace(architectures=("ElectraForMaskedLM",))
-  else:
-    gen = modeling.generator_config(disc, *fractions)
-  if g["weight_sharing"] == "none" and g["two_stage"] == 0:
-    # the original's untied generator (untied_generator_embeddings=True) builds its own embeddings at its own width
-    # (embedding_size=None -> hidden size), without a projection; two_stage keeps the discriminator's width so that
-    # the generator's encoder can be copied into it
-    gen = gen.replace(embedding_size=gen.hidden_size)
-  return disc, gen
-
-
-def generator_options(config: Any) -> dict[str, Any]:
-  """config.generator's sampling / disallow_correct / weight_sharing and config.two_stage, validated."""
-  gen = config.generator
-  out = {"sampling": str(gen.get("sampling", "model")), "disallow_correct": bool(gen.get("disallow_correct", False)),
-         "weight_sharing": str(gen.get("weight_sharing", "embeddings")), "two_stage": int(config.get("two_stage", 0))}
-  if out["sampling"] not in SAMPLINGS:
-    raise SetupError(f"config.generator.sampling={out['sampling']!r}: must be one of {SAMPLINGS}")
-  if out["weight_sharing"] not in modeling.WEIGHT_SHARING:
-    raise SetupError(f"config.generator.weight_sharing={out['weight_sharing']!r}: must be one of "
-                     f"{modeling.WEIGHT_SHARING}")
-  objective = config.objective
-  if out["sampling"] == "uniform" and objective not in ("electra", "electra_15", "replace_mlm", "all_tokens_mlm"):
-    raise SetupError(f"config.generator.sampling='uniform' with objective {objective!r}: uniform replacements need an "
-                     f"objective that samples (electra, electra_15, replace_mlm, all_tokens_mlm)")
-  if out["weight_sharing"] in ("all", "gdes") and objective == "electric":
-    raise SetupError(f"config.generator.weight_sharing={out['weight_sharing']!r} with objective 'electric': the "
-                     f"two-tower generator shares only by 'embeddings' or not at all ('none')")
-  if out["two_stage"] < 0:
-    raise SetupError(f"config.two_stage={out['two_stage']}: must be >= 0 (0 = off)")
-  if out["two_stage"] > 0:
-    if objective != "electra" or out["sampling"] != "model" or out["weight_sharing"] not in ("embeddings", "none"):
-      raise SetupError("config.two_stage needs objective 'electra', generator.sampling='model' and "
-                       "generator.weight_sharing 'embeddings' or 'none'")
-    if out["two_stage"] >= int(config.num_train_steps):
-      raise SetupError(f"config.two_stage={out['two_stage']} leaves no discriminator steps "
-                       f"(num_train_steps={config.num_train_steps})")
-  return out
-
-
 @dataclasses.dataclass
 class Setup:
   """Everything a training step needs, built once from the config."""
@@ -171,15 +57,17 @@ class Setup:
   step_config: StepConfig
   graphdef: nnx.GraphDef
   rest: nnx.State
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  abstract_state: dict[str, Any]
-  state_shardings: dict[str, Any]
+  trainer: Trainer
   batch_sharding: jax.sharding.NamedSharding
-  train_step: Callable
-  init_fn: Callable
   model_options: dict[str, str] | None = None    # ElectraPretrainingModel's options; None: a plain masked LM
   generator_source: Any = None                    # generator.Source: a frozen generator's weights, set at init
+
+  tx = property(lambda self: self.trainer.tx)
+  schedule = property(lambda self: self.trainer.schedule)
+  abstract_state = property(lambda self: self.trainer.abstract_state)
+  state_shardings = property(lambda self: self.trainer.state_shardings)
+  train_step = property(lambda self: self.trainer.train_step)      # jitted, state donated
+  init_fn = property(lambda self: self.trainer.init_fn)
 
   @property
   def model_meta(self) -> dict[str, Any]:
@@ -192,6 +80,18 @@ def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
   return sharding.make_mesh({k: int(config.mesh[k]) for k in ("data", "fsdp", "tensor")}, devices)
 
 
+def _optimizer(config: Any, abstract_params: Any, two_stage: int, frozen_generator: bool):
+  """(tx, schedule): with two_stage N the warmup-and-decay schedule restarted for each stage (each a training run of
+  its own: N generator steps, then num_train_steps - N discriminator steps); else train/generator.py's optimizer (one
+  for every parameter, or a group per network when the generator has its own rate or is frozen)."""
+  o, total, lr = config.optimizer, int(config.num_train_steps), float(config.learning_rate)
+  if two_stage <= 0:
+    return generator.optimizer(config, abstract_params, frozen_generator=frozen_generator)
+  schedule = optax.join_schedules([optim.schedule_from_config(o, lr, two_stage),
+                                   optim.schedule_from_config(o, lr, total - two_stage)], [two_stage])
+  return optim.create(o, abstract_params, schedule), schedule
+
+
 def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: Mapping[str, int]) -> Setup:
   """Model configs, abstract sharded state, optimizer and the jitted train step for `mesh`."""
   if config.objective not in OBJECTIVES:
@@ -202,6 +102,8 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
     raise SetupError(f"config.mask_prob={config.mask_prob}: must be in (0, 1)")
   temperature = generator.temperature_schedule(config.generator.get("temperature", 1.0), int(config.num_train_steps))
   rules = sharding.rules_from_config(config.get("sharding_rules"))
+  accumulation = int(config.get("gradient_accumulation_steps", 1))
+  check_accumulation(int(config.batch_size), accumulation, mesh, rules)
   disc, gen = model_configs(config, vocab_size)
   g = generator_options(config)
   source = _generator_source(config, disc, vocab_size)
@@ -220,20 +122,7 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
   param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
   abstract_params = nnx.to_pure_dict(abstract_vars)
-  if g["two_stage"] > 0:
-    tx, schedule = _two_stage_optimizer(config, g["two_stage"])
-  else:
-    tx, schedule = generator.optimizer(config, abstract_params, frozen_generator=source is not None)
-  replicated = sharding.replicated(mesh)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  # a MaskedNode stands where a parameter group's optimizer (optim.create_groups) holds nothing: kept as it is
-  opt_shardings = optax.tree_map_params(tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abstract_opt,
-                                        param_shardings, transform_non_params=lambda _: replicated,
-                                        is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, optax.MaskedNode)))
-  state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
-                                 "opt_state": abstract_opt}, state_shardings)
+  tx, schedule = _optimizer(config, abstract_params, g["two_stage"], frozen_generator=source is not None)
   step_cfg = StepConfig(
       objective=config.objective, mask_prob=float(config.mask_prob),
       max_predictions=int(config.max_predictions_per_seq) if int(config.max_predictions_per_seq) > 0 else
@@ -242,23 +131,18 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
       temperature=temperature, vocab_size=disc.vocab_size, pad_id=ids["pad"], cls_id=ids["cls"],
       sep_id=ids["sep"], mask_id=ids["mask"], sampling=g["sampling"], disallow_correct=g["disallow_correct"],
       two_stage=g["two_stage"], frozen_generator=source is not None)
-  loss_fn = objectives.make_loss_fn(graphdef, rest, step_cfg)
   two_stage = None
   if g["two_stage"] > 0:
     two_stage = (g["two_stage"], *objectives.two_stage_frozen(abstract_params, g["weight_sharing"]))
-  train_step = jax.jit(make_train_step(loss_fn, tx, schedule, two_stage), donate_argnums=(0,),
-                       out_shardings=(state_shardings, replicated))
-
-  def init():
-    model = make_model()
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-  init_fn = jax.jit(init, out_shardings=state_shardings)
+  trainer = Trainer.build(
+      mesh, rules, abstract_params, param_shardings, tx=tx, schedule=schedule,
+      loss_fn=objectives.make_loss_fn(graphdef, rest, step_cfg),
+      init_params=lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)), accumulation_steps=accumulation,
+      prepare=objectives.make_prepare_fn(step_cfg), summed=objectives.SUMMED_METRICS, two_stage=two_stage,
+      pass_step=True)
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
-               graphdef=graphdef, rest=rest, tx=tx, schedule=schedule, abstract_state=abstract_state,
-               state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh, rules),
-               train_step=train_step, init_fn=init_fn, model_options=options, generator_source=source)
+               graphdef=graphdef, rest=rest, trainer=trainer, batch_sharding=sharding.batch_sharding(mesh, rules),
+               model_options=options, generator_source=source)
 
 
 def _generator_source(config: Any, disc: modeling.ElectraConfig, vocab_size: int):
@@ -276,29 +160,10 @@ def _generator_source(config: Any, disc: modeling.ElectraConfig, vocab_size: int
   return source
 
 
-def _two_stage_optimizer(config: Any, first: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW as optim.create builds it, with the warmup-and-decay schedule restarted for each stage (each stage is a
-  training run of its own: N generator steps, then num_train_steps - N discriminator steps)."""
-  o, total, lr = config.optimizer, int(config.num_train_steps), float(config.learning_rate)
-
-  def stage(steps):
-    return optim.warmup_decay_schedule(lr, steps, optim.resolve_warmup(o, steps),
-                                       power=float(o.get("lr_decay_power", 1.0)),
-                                       end_learning_rate=float(o.get("end_learning_rate", 0.0)),
-                                       kind=str(o.get("schedule", "multiply")))
-
-  schedule = optax.join_schedules([stage(first), stage(total - first)], [first])
-  tx = optim.adamw(schedule, b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-6)),
-                   weight_decay=float(o.get("weight_decay", 0.01)), mask=optim.weight_decay_mask,
-                   clip_norm=o.get("clip_norm", 1.0), bias_correction=bool(o.get("bias_correction", False)))
-  return tx, schedule
-
-
 def init_state(setup: Setup) -> dict[str, Any]:
-  """A fresh train state, created directly in its sharded layout."""
-  with jax.set_mesh(setup.mesh), sharding.use_rules(setup.rules):
-    state = setup.init_fn()
-  if setup.generator_source is not None:   # the frozen generator's own weights
+  """A fresh train state, created directly in its sharded layout (a frozen generator holds its source's weights)."""
+  state = setup.trainer.init_state()
+  if setup.generator_source is not None:
     abstract = setup.abstract_state["params"]["generator"]
     host = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract, setup.generator_source.params)
     state["params"]["generator"] = jax.device_put(host, setup.state_shardings["params"]["generator"])
@@ -324,13 +189,6 @@ class TrainResult:
   export_dirs: dict[str, str]
 
 
-def _host_params(params: Any) -> Any:
-  """Params as numpy on every process (gathers shards across hosts when needed)."""
-  if jax.process_count() > 1:
-    return multihost_utils.process_allgather(params, tiled=True)
-  return jax.device_get(params)
-
-
 def _peak_flops(config: Any) -> float | None:
   peak = float(config.get("peak_flops_per_device", 0.0) or 0.0)
   if peak > 0:
@@ -342,34 +200,13 @@ def _peak_flops(config: Any) -> float | None:
   return peak
 
 
-def _strip_accents(value: Any) -> bool | None:
-  return pretrain_data.strip_accents(value)
-
-
-def load_tokenizer(config: Any):
-  """(tokenizer, special ids) of config.data, checked (the vocab exists and has the special tokens)."""
-  return pretrain_data.load_tokenizer(config)
-
-
-def prepare_data(config: Any, workdir: str):
-  """Tokenizer check and the dataset of config.max_seq_length (train/pretrain_data.py). Returns (dir, tok, ids)."""
-  tok, ids = load_tokenizer(config)
-  length = int(config.max_seq_length)
-  return pretrain_data.prepare_datasets(config, workdir, [length])[length], tok, ids
-
-
-def make_loader(config: Any, dataset_dir: str, setup: Setup, **kwargs):
-  """The batches of `dataset_dir`, split over the mesh axes that the rules map activation_batch to."""
-  return pretrain_data.make_loader(config, dataset_dir, setup, **kwargs)
-
-
 def train_and_evaluate(config: Any, workdir: str) -> TrainResult:
   """Pretrains from config, resuming from `workdir` when it holds a checkpoint; exports HF folders at the end.
 
   One run per workdir (checkpointing.WorkdirLock). Nothing in the workdir changes until the run is accepted: the
-  checkpoint to resume from fits the model (else CheckpointError, with config.json and checkpoints/model_config.json
-  as they were), or there is none and the workdir never had one that became unreadable (else CheckpointError unless
-  config.restart_from_scratch).
+  checkpoint to resume from fits the model and the run's batch size, seed and length (else CheckpointError /
+  trainer.ResumeError, with config.json and checkpoints/model_config.json as they were), or there is none and the workdir
+  never had one that became unreadable (else CheckpointError unless config.restart_from_scratch).
   """
   workdir = os.path.abspath(workdir)
   total_steps = int(config.num_train_steps)
@@ -388,26 +225,28 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
                                 vocab_size=tok.get_vocab_size(), ids=ids)
             for length in phases.lengths(plan)}
   setup = setups[plan[0].seq_len]
+  trainer = setup.trainer
   tokenizer_meta = {"vocab_file": os.path.abspath(pretrain_data.vocab_file(config)),
                     "lowercase": bool(config.data.lower_case),
-                    "strip_accents": _strip_accents(config.data.get("strip_accents", ""))}
-  model_meta = {**setup.model_meta, "tokenizer": tokenizer_meta}
-  total_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
-  logging.info("mesh %s; %s parameters", dict(mesh.shape), f"{total_params:,}")
+                    "strip_accents": strip_accents(config.data.get("strip_accents", ""))}
+  logging.info("mesh %s; %s parameters", dict(mesh.shape), f"{count_params(setup.abstract_state['params']):,}")
   logging.debug("parameters and shardings:\n%s", sharding.describe(setup.abstract_state["params"]))
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_SUBDIR),
-                                    keep=int(config.keep_checkpoints), model_meta=model_meta,
+                                    keep=int(config.keep_checkpoints),
+                                    model_meta={**setup.model_meta, "tokenizer": tokenizer_meta},
                                     restart_from_scratch=bool(config.get("restart_from_scratch", False)))
   try:
-    # Before anything in the workdir changes: a checkpoint of another model, or a workdir whose checkpoints were all
-    # set aside as unreadable, refuses the run here.
-    restored = ckpt.restore(setup.abstract_state["params"], setup.abstract_state["opt_state"])
+    # Before anything in the workdir changes: a checkpoint of another model or of other run settings, or a workdir
+    # whose checkpoints were all set aside as unreadable, refuses the run here.
+    restored = trainer.restore(ckpt)
+    if restored is not None:
+      check_run(restored, {k: int(config[k]) for k in RUN_FIELDS}, ckpt.directory)
     dataset_dirs = pretrain_data.prepare_datasets(config, workdir, phases.lengths(plan))
     meter = metrics_lib.Throughput(tokens_per_step=0, flops_per_step=0.0, num_devices=jax.device_count(),
                                    peak_flops_per_device=_peak_flops(config), total_steps=total_steps)
 
-    def on_phase(p: phases.Phase) -> None:
+    def on_phase(p: phases.Phase) -> None:   # the global batch, all micro-batches
       s = setups[p.seq_len]
       meter.tokens_per_step = p.batch_size * p.seq_len
       meter.flops_per_step = flops.train_flops_per_step(
@@ -421,41 +260,30 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
         {(p.batch_size, p.seq_len): LazyStep(setups[p.seq_len].train_step, name="pretraining step") for p in plan},
         on_phase)
     data.open(restored.step if restored is not None else 0, restored.train_meta if restored is not None else None)
+    base_key = jax.random.key(int(config.seed))
+    if restored is not None:
+      if "rng_key" in restored.train_meta:
+        base_key = jax.random.wrap_key_data(np.asarray(restored.train_meta["rng_key"], np.uint32))
   except BaseException:
     ckpt.close()
     raise
   if distributed.is_primary():
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  base_key = jax.random.key(int(config.seed))
-  if restored is None and ckpt.set_aside_steps():   # config.restart_from_scratch: keep the old run's metrics
-    kept = metrics_lib.archive(workdir, "before-restart")
-    if kept:
-      logging.warning("starting over from step 0 (restart_from_scratch); the earlier metrics are in %s", kept)
-  if restored is not None:
-    step = restored.step
-    state = {"step": jax.device_put(jnp.asarray(step, jnp.int32), setup.state_shardings["step"]),
-             "params": restored.params, "opt_state": restored.opt_state}
-    if "rng_key" in restored.train_meta:
-      base_key = jax.random.wrap_key_data(np.asarray(restored.train_meta["rng_key"], np.uint32))
-    logging.info("resuming at step %d", step)
-  else:
-    step = 0
-    state = init_state(setup)
-    logging.info("starting from scratch (seed %d)", int(config.seed))
+  state, step = trainer.start(ckpt, restored, workdir, lambda: init_state(setup))
+  logging.info("resuming at step %d" if restored is not None else "starting from scratch (seed %d)",
+               step if restored is not None else int(config.seed))
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   if step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   key_data = np.asarray(jax.random.key_data(base_key)).tolist()
   param_norm = jax.jit(optax.tree.norm)
-
-  def save(at: int, state) -> None:
-    ckpt.save(at, state["params"], state["opt_state"],
-              {**data.train_meta(), "rng_key": key_data, "seed": int(config.seed)})
-
-  logging.info("training steps %d..%d: batch %d x %d tokens, %.3g model FLOPs per step", step + 1, total_steps,
-               data.phase.batch_size, data.phase.seq_len, meter.flops_per_step)
+  save = trainer.saver(ckpt, lambda: {**data.train_meta(), "rng_key": key_data, "seed": int(config.seed),
+                                      "run": {k: int(config[k]) for k in RUN_FIELDS}})
+  logging.info("training steps %d..%d: batch %d x %d tokens (%d micro-batches), %.3g model FLOPs per step", step + 1,
+               total_steps, data.phase.batch_size, data.phase.seq_len,
+               int(config.get("gradient_accumulation_steps", 1)), meter.flops_per_step)
   try:
     trained = loop.run(
         loop.Loop(step_fn=data.step_fn, total_steps=total_steps, mesh=mesh,
@@ -478,7 +306,7 @@ def _train_and_evaluate(config: Any, workdir: str, total_steps: int) -> TrainRes
 
 def export_hf(setup: Setup, params: Any, out_dir: str, tokenizer_meta: Mapping[str, Any]) -> dict[str, str]:
   """Writes the discriminator and generator (or the MLM model) as HF folders with tokenizer files (process 0)."""
-  host = _host_params(params)
+  host = multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1 else jax.device_get(params)
   dirs: dict[str, str] = {}
   if not distributed.is_primary():
     return dirs
