@@ -45,7 +45,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from electra_jax import checkpointing, convert, modeling, sharding
+from electra_jax import checkpointing, convert, modeling, ops, sharding
 from electra_jax.data import pretraining, tokenization
 from electra_jax.data.loader import PretrainingLoader
 from electra_jax.runtime import distributed
@@ -241,8 +241,10 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   two_stage = None
   if g["two_stage"] > 0:
     two_stage = (g["two_stage"], *objectives.two_stage_frozen(abstract_params, g["weight_sharing"]))
+  # XLA options of the kernel forms for this mesh's platform ({} on CPU and TPU; electra_jax/ops).
+  options = ops.compiler_options(disc.kernels, mesh.devices.flat[0].platform)
   train_step = jax.jit(make_train_step(loss_fn, tx, schedule, two_stage), donate_argnums=(0,),
-                       out_shardings=(state_shardings, replicated))
+                       out_shardings=(state_shardings, replicated), compiler_options=options or None)
 
   def init():
     model = make_model()
