@@ -91,8 +91,8 @@ def column_sums(x: jax.Array) -> jax.Array:
 def dense_group(x: jax.Array, kernels: tuple[jax.Array, ...], biases: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
   """(x @ kernel_i + bias_i for each i): x [N, in], kernels [in, out_i], biases [out_i] (the attention's query, key and
   value of one input). Forward a product per kernel, each with its bias (a cuBLAS epilogue, outputs where their
-  consumers want them); backward the output gradients side by side: one product for the input's gradient, one for the
-  kernels' and one reduction over the tokens for the biases', where autodiff made a product and a reduction each."""
+  consumers want them); backward the output gradients side by side: one product for the input's gradient and one for
+  the kernels' and the biases' together, where autodiff made a product for each and a reduction for each bias."""
   return _dense_group_fwd(x, kernels, biases)[0]
 
 
@@ -105,8 +105,12 @@ def _dense_group_bwd(res, dys):
   dy = jnp.concatenate(dys, axis=-1)
   kernel = jnp.concatenate(kernels, axis=-1)
   dx = jnp.dot(dy, kernel.T).astype(x.dtype)
-  dkernel = jnp.dot(x.T, dy).astype(kernel.dtype)
-  dbias = column_sums(dy)
+  # The kernels' and the biases' gradients as one product: [x, 1]^T dy (the ones column's row is the sum over the
+  # tokens; seven zero columns keep the operand's width a multiple of 8).
+  n, width = x.shape
+  ones = jnp.zeros((n, 8), x.dtype).at[:, 0].set(1)
+  both = jnp.dot(jnp.concatenate([x, ones], axis=-1).T, dy, preferred_element_type=jnp.float32)
+  dkernel, dbias = both[:width].astype(kernel.dtype), both[width].astype(dy.dtype)
   edges = list(itertools.accumulate(k.shape[-1] for k in kernels))[:-1]
   return dx, tuple(jnp.split(dkernel, edges, axis=-1)), tuple(jnp.split(dbias, edges, axis=-1))
 
