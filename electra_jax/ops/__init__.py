@@ -75,11 +75,12 @@ def dense_group(x: jax.Array, weights: Sequence[jax.Array], biases: Sequence[jax
                 kernels: str = "auto") -> tuple[jax.Array, ...]:
   """(x [..., in] @ weights_i [in, out_i] + biases_i [out_i] for each i): several Dense layers of one input (the
   attention's query, key and value), each a 2-D product as `dense`."""
-  x2d = x.reshape(-1, x.shape[-1])
   if resolve(kernels) == "cudnn":
-    ys = gpu.dense_group(x2d, tuple(weights), tuple(biases))
+    ys = gpu.dense_group(x.reshape(-1, x.shape[-1]), tuple(weights), tuple(biases))
     return tuple(y.reshape(*x.shape[:-1], y.shape[-1]) for y in ys)
-  return tuple(dense(x2d, w, kernels=kernels).reshape(*x.shape[:-1], w.shape[-1]) + b for w, b in zip(weights, biases))
+  # each its own reshape, as separate Dense layers run (the same program as before the group existed)
+  return tuple(dense(x.reshape(-1, x.shape[-1]), w, kernels=kernels).reshape(*x.shape[:-1], w.shape[-1]) + b
+               for w, b in zip(weights, biases))
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, *, kernels: str = "auto") -> jax.Array:
