@@ -127,7 +127,10 @@ def device_memory_gib(config_text: str) -> float:
 
 def cuda_plugin_available() -> bool:
   import importlib.util  # pylint: disable=import-outside-toplevel
-  return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  try:
+    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  except ModuleNotFoundError:   # no jax_plugins package at all
+    return False
 
 
 def gpu_device(card: Card) -> Any:

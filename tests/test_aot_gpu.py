@@ -33,8 +33,11 @@ def _tool_module():
 
 
 def _python_with_extra():
-  if importlib.util.find_spec("jax_plugins.xla_cuda12") is not None:
-    return sys.executable
+  try:
+    if importlib.util.find_spec("jax_plugins.xla_cuda12") is not None:
+      return sys.executable
+  except ModuleNotFoundError:   # no jax_plugins package at all
+    pass
   python = os.environ.get("ELECTRA_GPU_AOT_PYTHON", "")
   if python and shutil.which(python):
     return python
@@ -94,3 +97,14 @@ def test_compiles_the_step_for_an_h200_and_counts_its_launches(tmp_path):
   assert report["memory_per_device"]["peak_gib"] > 0
   assert list(dump.glob("*.thunk_sequence.txt")), "the user's dump folder holds the thunk sequence"
   assert "launches per step:" in r.stdout
+
+
+def test_without_the_extra_one_line_error_naming_it():
+  try:
+    has_plugin = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  except ModuleNotFoundError:
+    has_plugin = False
+  if has_plugin:
+    pytest.skip("this interpreter has the gpu-aot extra")
+  r = _run(sys.executable, ["--config=configs/pretrain.py:size=tiny", "--target=gpu:h200"], timeout=300)
+  assert r.returncode == 1 and "gpu-aot" in r.stderr and "Traceback" not in r.stderr
