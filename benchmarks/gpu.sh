@@ -12,13 +12,17 @@
 #   2. pretraining, ELECTRA-Base, batch 32 x 512, bfloat16: ours with kernels=auto (cuDNN fused attention) and
 #      kernels=reference (XLA's own attention), HF PyTorch (SDPA attention) eager and torch.compile'd;
 #   3. pretraining, ELECTRA-Small, batch 128 x 128, bfloat16: kernels=auto and the two peers;
-#   4. one profile of our Small step (benchmarks/profile_step.py): kernels per step, time by category.
+#   4. one profile of our Small step (benchmarks/profile_step.py): kernels per step, time by category; its compile
+#      dumps XLA's thunk sequence, counted as launch/gpu_aot.py counts it (launches_real.json);
+#   5. launch/gpu_aot.py on the same step without using the GPU (aot_small.json): the deviceless launch count, to
+#      compare with the real one (autotuning may choose other GEMMs and fusions).
 # Every model runs with attention-probability dropout ATTENTION_DROPOUT (default 0: the fused kernel has none; 0.1 is
 # ELECTRA's and runs XLA's attention).
 # Ends with a table of the figures against the issue's targets (ours >= 45% MFU on Base, >= 30% on Small, >= 2x HF
 # PyTorch eager and >= 1.3x torch.compile, device memory no higher than PyTorch's).
 # MFU of each implementation is against the run's measured bf16 8192^3 matmul rate and the datasheet's dense peak.
-# Writes at most 6 files into OUT_DIR: base_bf16.json, small_bf16.json, profile_small.json (figures and raw results;
+# Writes at most 8 files into OUT_DIR: base_bf16.json, small_bf16.json, profile_small.json, aot_small.json,
+# launches_real.json (figures and raw results;
 # a benchmark stopped by its limit leaves the workers it finished), tests.txt, logs.txt (every step's full log) and
 # summary.txt (this script's own output, also on stdout). JAX's compilation cache (/tmp/electra_jax_cache) is shared by
 # the steps, so the profile reuses the benchmark's compiled Small step and XLA's GEMM autotuning results carry over.
@@ -78,11 +82,43 @@ run small_bf16 200 "$py" "${bench[@]}" --size=small --batch_size=128 --seq_len=1
   --steps=20 --warmup=5 --json_out="$out/small_bf16.json"
 grep -v '^{' "$logs/small_bf16.log" | grep -v -i "warning" | tail -n 12
 
+# The profile's compile also dumps XLA's thunk sequence: the launches of the step as compiled here (autotuned),
+# counted below as launch/gpu_aot.py counts them, next to the deviceless count of step 5.
+dump=/tmp/electra_xla_dump
+rm -rf "$dump"
+XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=$dump --xla_gpu_dump_llvmir=false" \
 run profile_small 90 "$py" benchmarks/profile_step.py --size=small --dtype=bfloat16 --batch_size=128 --seq_len=128 \
   --variants=base --rounds=5 --kernels=auto --attention_dropout="${ATTENTION_DROPOUT:-0}" --trace_dir=/tmp/electra_trace \
   --trace_steps=2 --top_ops=15 \
   --json_out="$out/profile_small.json"
 grep -v '^{' "$logs/profile_small.log" | grep -v -i "warning" | tail -n 40
+# 5. The same step compiled without the GPU (compile-only H200 target, no autotuning): launches per step.
+run aot_small 240 "$py" launch/gpu_aot.py --config=configs/pretrain.py:size=small --target=gpu:h200 \
+  --config.batch_size=128 --config.scan_layers=false \
+  --config.model.attention_probs_dropout_prob="${ATTENTION_DROPOUT:-0}" --json_out="$out/aot_small.json"
+grep -v '^{' "$logs/aot_small.log" | grep "launches per step" | tail -n 1
+"$py" - "$dump" "$out" <<'PY'
+import glob, json, os, sys
+sys.path.insert(0, "launch")
+import gpu_aot   # count_launches: the same count as the deviceless tool
+dump, out = sys.argv[1:]
+seqs = [p for p in glob.glob(os.path.join(dump, "*.thunk_sequence.txt")) if "train_step" in p or "step" in p]
+if not seqs:
+  print("real launch count: no thunk sequence dumped")
+  sys.exit(0)
+path = max(seqs, key=os.path.getsize)   # the training step is the largest module
+hlo = "".join(open(p).read() for p in glob.glob(path.replace(".thunk_sequence.txt", ".*gpu_after_optimizations.txt")))
+got = gpu_aot.count_launches(open(path).read(), hlo)
+got["module"] = os.path.basename(path)
+with open(os.path.join(out, "launches_real.json"), "w") as f:
+  json.dump(got, f, indent=1)
+try:
+  aot = json.load(open(os.path.join(out, "aot_small.json")))["launches_per_step"]
+except (OSError, ValueError, KeyError):
+  aot = None
+print(f"launches per step of the Small step compiled on this GPU: {got['launches_per_step']:,} ({got['by_kind']}); "
+      f"compiled without it (launch/gpu_aot.py): {aot if aot is None else f'{aot:,}'}")
+PY
 
 say "done in ${SECONDS}s; files in $out: $(ls "$out" | tr '\n' ' ')"
 "$py" - "$out" <<'PY'

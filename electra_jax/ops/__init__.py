@@ -7,7 +7,9 @@
 `kernels` names the forms:
   "reference"  plain jax.numpy with autodiff (reference.py), on any platform;
   "xla_cpu"    the forms tuned for XLA's CPU backend (xla_cpu.py);
-  "cudnn"      the reference forms, attention through cuDNN's fused kernel (gpu.py);
+  "cudnn"      the forms for NVIDIA GPUs (gpu.py): attention through cuDNN's fused kernel, LayerNorm and the query/key/
+               value products with backwards that launch fewer kernels, products through cuBLAS
+               (`compiler_options`); the reference forms for the rest;
   "splash"     the reference forms, attention through JAX's splash attention kernel for TPU (tpu.py; off a TPU it runs
                in Pallas' interpret mode, for tests);
   "auto"       chosen at trace time by the platform being compiled for (`platform()`), among the forms that have run
@@ -24,7 +26,10 @@ gradients (tests/test_ops.py); that is the contract for adding one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
+import jax.numpy as jnp
 
 from electra_jax import errors
 from electra_jax.ops import gpu, reference, xla_cpu
@@ -74,9 +79,51 @@ def tied_logits(x: jax.Array, table: jax.Array, bias: jax.Array, *, kernels: str
   return _tuned(kernels).tied_logits(x, table, bias)
 
 
+def dense_group(x: jax.Array, weights: Sequence[jax.Array], biases: Sequence[jax.Array], *,
+                kernels: str = "auto") -> tuple[jax.Array, ...]:
+  """(x [..., in] @ weights_i [in, out_i] + biases_i [out_i] for each i): several Dense layers of one input (the
+  attention's query, key and value), each a 2-D product as `dense`."""
+  if resolve(kernels) == "cudnn":
+    ys = gpu.dense_group(x.reshape(-1, x.shape[-1]), tuple(weights), tuple(biases))
+    return tuple(y.reshape(*x.shape[:-1], y.shape[-1]) for y in ys)
+  # each its own reshape, as separate Dense layers run (the same program as before the group existed)
+  return tuple(dense(x.reshape(-1, x.shape[-1]), w, kernels=kernels).reshape(*x.shape[:-1], w.shape[-1]) + b
+               for w, b in zip(weights, biases))
+
+
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, *, kernels: str = "auto") -> jax.Array:
   """(x - mean) / sqrt(var + eps) * scale + bias over the last axis."""
+  if resolve(kernels) == "cudnn":
+    return gpu.layer_norm(x, scale, bias, eps)
   return _tuned(kernels).layer_norm(x, scale, bias, eps)
+
+
+def add_layer_norm(y: jax.Array, bias: jax.Array, residual: jax.Array, scale: jax.Array, ln_bias: jax.Array,
+                   eps: float, *, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                   kernels: str = "auto") -> jax.Array:
+  """layer_norm(dropout(y + bias) + residual) computed in float32 and cast back to y's dtype: the end of a post-LN
+  sublayer (the bias of its output Dense, dropout, the residual, LayerNorm). y, bias and residual in the compute
+  dtype; scale and ln_bias float32."""
+  if resolve(kernels) == "cudnn":
+    return gpu.add_layer_norm(y, bias, residual, scale, ln_bias, eps, dropout_rate, dropout_rng)
+  x = dropout(y + bias, dropout_rate, dropout_rng, kernels=kernels) + residual
+  with jax.named_scope("layer_norm"):
+    return layer_norm(x.astype(jnp.float32), scale, ln_bias, eps, kernels=kernels).astype(y.dtype)
+
+
+def compiler_options(kernels: str, platform_: str) -> dict[str, bool]:
+  """XLA options that go with the forms `kernels` names when compiling for `platform_` (a device's .platform). The
+  GPU forms take cuBLAS for every product (one launch each, its bias added in the product's epilogue; XLA's Triton
+  GEMMs without autotuning split long contractions in two launches), and keep products of one input apart (XLA's
+  dot-merger would join the query/key/value products into one whose outputs then need a copy each for cuDNN).
+  {} elsewhere: the CPU and TPU programs are untouched."""
+  forms = _AUTO.get(platform_, "reference") if kernels == "auto" else kernels
+  if forms == "cudnn" and platform_ in ("gpu", "cuda"):
+    return dict(GPU_COMPILER_OPTIONS)
+  return {}
+
+
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False, "xla_disable_hlo_passes": "dot-merger"}
 
 
 def gelu(x: jax.Array, *, kernels: str = "auto") -> jax.Array:
@@ -115,7 +162,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
     explicit = kernels != "auto"
     if dropout_rng is not None and dropout_rate > 0.0:
       if explicit:
-        raise ValueError(f"attention_probs_dropout_prob must be 0 for kernels={kernels!r} (its fused attention has "
+        raise KernelError(f"attention_probs_dropout_prob must be 0 for kernels={kernels!r} (its fused attention has "
                          f"no dropout); set --config.model.attention_probs_dropout_prob=0 or kernels=auto")
     elif forms == "cudnn" and (explicit or gpu.supports(q)):
       return gpu.attention(q, k, v, key_mask, causal)

@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from electra_jax import checkpointing, convert, modeling, sharding
+from electra_jax import checkpointing, convert, modeling, ops, sharding
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
 from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim, phases, pretrain_data
@@ -139,7 +139,7 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
       loss_fn=objectives.make_loss_fn(graphdef, rest, step_cfg),
       init_params=lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)), accumulation_steps=accumulation,
       prepare=objectives.make_prepare_fn(step_cfg), summed=objectives.SUMMED_METRICS, two_stage=two_stage,
-      pass_step=True)
+      pass_step=True, compiler_options=ops.compiler_options(disc.kernels, mesh.devices.flat[0].platform))
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
                graphdef=graphdef, rest=rest, trainer=trainer, batch_sharding=sharding.batch_sharding(mesh, rules),
                model_options=options, generator_source=source)

@@ -172,11 +172,14 @@ class Trainer:
   def build(cls, mesh, rules, abstract_params: Any, param_shardings: Any, *, tx: optax.GradientTransformation,
             schedule: optax.Schedule, loss_fn: Callable, init_params: Callable[[], Any] | None = None,
             accumulation_steps: int = 1, prepare: Callable | None = None, summed: Collection[str] = (),
-            two_stage: tuple[int, Any, Any] | None = None, pass_step: bool = False) -> "Trainer":
+            two_stage: tuple[int, Any, Any] | None = None, pass_step: bool = False,
+            compiler_options: Mapping[str, Any] | None = None) -> "Trainer":
     abstract, shardings = state_layout(tx, abstract_params, param_shardings, mesh)
     step_fn = make_train_step(loss_fn, tx, schedule, accumulation_steps=accumulation_steps, prepare=prepare,
                               summed=summed, two_stage=two_stage, pass_step=pass_step)
-    jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, sharding.replicated(mesh)))
+    # compiler_options: the XLA options of the kernel forms for the mesh's platform (ops.compiler_options)
+    jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, sharding.replicated(mesh)),
+                     compiler_options=dict(compiler_options) if compiler_options else None)
     init_fn = None
     if init_params is not None:
       def init():
