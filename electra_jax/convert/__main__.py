@@ -46,33 +46,39 @@ from electra_jax.modeling import ElectraPretrainingModel
 from electra_jax.runtime import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", None, "hf_to_orbax: the HF folder or Hub model id (the discriminator, for a "
-                    "pretraining checkpoint).")
-flags.DEFINE_string("hf_generator_dir", None, "hf_to_orbax: the HF generator folder; with it, --out is a joint "
-                    "pretraining checkpoint (generator + discriminator with shared embeddings).")
-flags.DEFINE_string("head", None, "hf_to_orbax: head class (default: config.json architectures).")
-flags.DEFINE_string("checkpoint", None, "orbax_to_hf: workdir, checkpoint directory or one step's directory.")
-flags.DEFINE_integer("step", None, "orbax_to_hf: the step to export (default: the latest complete one).")
-flags.DEFINE_enum("part", None, ["discriminator", "generator"], "orbax_to_hf: which network of a pretraining "
-                  "checkpoint to export (default: the discriminator); refused for other checkpoints.")
-flags.DEFINE_string("vocab_file", None, "orbax_to_hf / tf_*: write tokenizer files from this vocab.txt (default: the "
-                    "vocab the checkpoint records, if any).")
-flags.DEFINE_bool("lowercase", None, "orbax_to_hf: the tokenizer lower-cases (default: as recorded, else true).")
-flags.DEFINE_enum("strip_accents", None, ["true", "false"], "tf_*: the original's strip_accents (default true; it "
-                  "applies only when lower-casing).")
-flags.DEFINE_string("tf_checkpoint", None, "tf_to_orbax / tf_to_hf: an original TF checkpoint: its folder (latest "
-                    "in its `checkpoint` file), its prefix (model.ckpt-N) or its .index file.")
-flags.DEFINE_bool("continue_pretraining", False, "tf_to_orbax: carry over global_step and the Adam slots.")
-flags.DEFINE_integer("num_attention_heads", None, "tf_*: discriminator heads (default: hidden_size // 64, at least 1).")
-flags.DEFINE_integer("generator_num_attention_heads", None, "tf_*: generator heads (default: its hidden_size // 64).")
-flags.DEFINE_string("task", None, "tf_*: the task_specific/<task> head of a multi-task fine-tuned checkpoint.")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "orbax_to_hf: cast the exported tensors.")
-flags.DEFINE_string("revision", None, "hf_to_orbax: the Hub revision (branch, tag or commit) of Hub model ids.")
-flags.DEFINE_string("push_to_hub", None, "orbax_to_hf: also upload the written folder to this Hub repository "
-                    "(owner/name; created if missing; token from HF_TOKEN or `hf auth login`).")
-flags.DEFINE_string("out", None, "Output folder.")
-flags.DEFINE_bool("overwrite", False, "orbax_to_hf: replace an existing non-empty --out folder whole (refused "
-                  "otherwise).")
+
+
+def define_flags() -> None:
+  """The binary's flags, defined when it runs (importing this module for its functions defines none, so other
+  binaries' flags of the same names can live in the same process)."""
+  flags.DEFINE_string("hf_dir", None, "hf_to_orbax: the HF folder or Hub model id (the discriminator, for a "
+                      "pretraining checkpoint).")
+  flags.DEFINE_string("hf_generator_dir", None, "hf_to_orbax: the HF generator folder; with it, --out is a joint "
+                      "pretraining checkpoint (generator + discriminator with shared embeddings).")
+  flags.DEFINE_string("head", None, "hf_to_orbax: head class (default: config.json architectures).")
+  flags.DEFINE_string("checkpoint", None, "orbax_to_hf: workdir, checkpoint directory or one step's directory.")
+  flags.DEFINE_integer("step", None, "orbax_to_hf: the step to export (default: the latest complete one).")
+  flags.DEFINE_enum("part", None, ["discriminator", "generator"], "orbax_to_hf: which network of a pretraining "
+                    "checkpoint to export (default: the discriminator); refused for other checkpoints.")
+  flags.DEFINE_string("vocab_file", None, "orbax_to_hf / tf_*: write tokenizer files from this vocab.txt (default: the "
+                      "vocab the checkpoint records, if any).")
+  flags.DEFINE_bool("lowercase", None, "orbax_to_hf: the tokenizer lower-cases (default: as recorded, else true).")
+  flags.DEFINE_enum("strip_accents", None, ["true", "false"], "tf_*: the original's strip_accents (default true; it "
+                    "applies only when lower-casing).")
+  flags.DEFINE_string("tf_checkpoint", None, "tf_to_orbax / tf_to_hf: an original TF checkpoint: its folder (latest "
+                      "in its `checkpoint` file), its prefix (model.ckpt-N) or its .index file.")
+  flags.DEFINE_bool("continue_pretraining", False, "tf_to_orbax: carry over global_step and the Adam slots.")
+  flags.DEFINE_integer("num_attention_heads", None,
+                       "tf_*: discriminator heads (default: hidden_size // 64, at least 1).")
+  flags.DEFINE_integer("generator_num_attention_heads", None, "tf_*: generator heads (default: its hidden_size // 64).")
+  flags.DEFINE_string("task", None, "tf_*: the task_specific/<task> head of a multi-task fine-tuned checkpoint.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "orbax_to_hf: cast the exported tensors.")
+  flags.DEFINE_string("revision", None, "hf_to_orbax: the Hub revision (branch, tag or commit) of Hub model ids.")
+  flags.DEFINE_string("push_to_hub", None, "orbax_to_hf: also upload the written folder to this Hub repository "
+                      "(owner/name; created if missing; token from HF_TOKEN or `hf auth login`).")
+  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_bool("overwrite", False, "orbax_to_hf: replace an existing non-empty --out folder whole (refused "
+                    "otherwise).")
 
 
 def hf_to_orbax(hf_dir: str, out: str, head: str | None = None, hf_generator_dir: str | None = None,
@@ -232,4 +238,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
