@@ -109,7 +109,7 @@ def test_layer_attention_with_grouped_products_equals_reference_forms(monkeypatc
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, kernels="auto")
   layer = layers.ElectraLayer(cfg, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(2), (2, 6, 32))
-  mask = jnp.ones((2, 1, 1, 6), bool).at[1, ..., 4:].set(False)
+  mask = jnp.ones((2, 6), bool).at[1, 4:].set(False)   # the key mask
   graphdef, state = nnx.split(layer)
 
   def loss(state, x):

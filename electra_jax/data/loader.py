@@ -28,11 +28,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from electra_jax import errors
 from electra_jax.data.pretraining import RecordError, decode_records, read_manifest
 from electra_jax.data.stream import BatchStream, Layout, StreamStateError
 
 LoaderStateError = StreamStateError   # the name callers catch
 _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"  # tuned for random access
+
+
+class DatasetError(errors.Error, ValueError):
+  """A built dataset whose shards do not match its manifest, or hold a malformed record; the message names the file."""
 
 
 class ShardSource:
@@ -47,7 +52,7 @@ class ShardSource:
         raise FileNotFoundError(f"{dataset_dir}: shard {entry['file']} listed in the manifest is missing")
       reader = ArrayRecordReader(path, _READER_OPTIONS)
       if reader.num_records() != entry["num_examples"]:
-        raise RecordError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
+        raise DatasetError(f"{path}: {reader.num_records()} records, the manifest says {entry['num_examples']}")
       self._readers.append(reader)
       self.files.append(path)
       counts.append(entry["num_examples"])
@@ -97,7 +102,7 @@ class PretrainingLoader:
     self.source = ShardSource(self.dataset_dir, self.manifest)
     self.num_examples = len(self.source)
     if self.num_examples == 0:
-      raise RecordError(f"{self.dataset_dir}: the dataset has no examples")
+      raise DatasetError(f"{self.dataset_dir}: the dataset has no examples")
     self.layout = Layout.of(self.global_batch_size, mesh, batch_axes, process_index=process_index,
                             process_count=process_count)
     self.mesh, self.sharding, self.rows = mesh, self.layout.sharding, self.layout.rows
@@ -124,7 +129,7 @@ class PretrainingLoader:
     except RecordError as e:
       s = int(self.source.locate(indices[e.index:e.index + 1])[0])
       position = int(indices[e.index] - self.source.offsets[s])
-      raise RecordError(f"{self.source.files[s]}: record {position}: {e.detail}") from None
+      raise DatasetError(f"{self.source.files[s]}: record {position}: {e.detail}") from None
 
   def local_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of batch `step`, as numpy int32 arrays [rows, L]."""
