@@ -38,6 +38,7 @@ def _batch(b=4, length=16, seed=0):
   return {"input_ids": ids, "input_mask": ones, "segment_ids": 0 * ones}
 
 
+@pytest.mark.slow
 def test_gdes_model_starts_with_zero_delta_and_exports_the_sum():
   disc = ElectraConfig(vocab_size=60, embedding_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=64, max_position_embeddings=32)

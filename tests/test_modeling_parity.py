@@ -284,6 +284,7 @@ def test_sequence_classification_gradients_equal_transformers(tmp_path):
       (layers["intermediate"]["kernel"][0], hf.electra.encoder.layer[0].intermediate.dense.weight.grad.T)])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close():
   cfg = ElectraConfig(**CONFIGS["factorized"])
   ids, types, mask = _inputs("x", cfg.vocab_size)

@@ -50,7 +50,7 @@ def test_layer_norm_nan_row_stays_in_its_row():
   np.testing.assert_allclose(np.asarray(got)[[0, 2]], np.asarray(want)[[0, 2]], atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), pytest.param(jnp.bfloat16, 3e-2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("widths", [(16, 16, 16), (8, 24)])
 def test_dense_group_equals_separate_dense_layers(dtype, tol, widths):
   k = jax.random.split(jax.random.key(1), 3 + 2 * len(widths))
@@ -102,6 +102,7 @@ def test_compiler_options_only_for_gpu_forms_on_a_gpu():
     assert ops.compiler_options(kernels, platform) == {}
 
 
+@pytest.mark.slow
 def test_layer_attention_with_grouped_products_equals_reference_forms(monkeypatch):
   # The layer hands q, k, v to ops.dense_group when they read one input; under a GPU mesh that is the GPU form.
   # (float32: cuDNN's attention does not take it, so "auto" under a GPU mesh runs the reference attention here.)
@@ -125,7 +126,7 @@ def test_layer_attention_with_grouped_products_equals_reference_forms(monkeypatc
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.25])
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 3e-5), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 3e-5), pytest.param(jnp.bfloat16, 3e-2, marks=pytest.mark.slow)])
 def test_add_layer_norm_equals_reference(rate, dtype, tol):
   k = jax.random.split(jax.random.key(3), 7)
   y, residual = (jax.random.normal(k[i], (3, 5, 16)).astype(dtype) for i in (0, 1))

@@ -110,6 +110,7 @@ def test_qa_training_outputs_and_loss(qa_model):
   np.testing.assert_allclose(out.loss, span + 0.5 * bce, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_answerability_loss_weight(qa_model):
   ids, mask, types = _qa_inputs()
   kw = dict(start_positions=jnp.asarray([6, 0, 9]), end_positions=jnp.asarray([8, 0, 12]),

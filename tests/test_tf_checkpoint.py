@@ -228,6 +228,7 @@ def test_varint_reader_rejects_overlong_input():
   assert _varint(struct.pack("B", 5), 0) == (5, 1)
 
 
+@pytest.mark.slow
 def test_generator_with_embeddings_of_its_own(tmp_path):
   """untied_generator_embeddings=True: generator/embeddings/ is the generator's (here a copy, so the outputs stay)."""
   folder = copy("separate", tmp_path)

@@ -132,6 +132,7 @@ def workdir(tmp_path_factory):
   return os.fspath(out)
 
 
+@pytest.mark.slow
 def test_workdir_holds_the_networks_and_fine_tuning_initialises_from_it(workdir):
   ref = np.load(os.path.join(fixture("separate"), "reference.npz"))
   model = checkpointing.load_model(workdir)
@@ -277,6 +278,7 @@ def test_pretrain_binary_resumes_the_converted_workdir(layout, workdir, tmp_path
   assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit()) == [start, start + 2]
 
 
+@pytest.mark.slow
 def test_shared_layout_becomes_a_shared_encoder_pretraining_workdir(tmp_path):
   """untied_generator=False: one encoder under discriminator/electra serves both heads, and the trainer built with
   config.generator.weight_sharing=all restores the workdir."""
