@@ -163,3 +163,24 @@ def _non_finite_keys(leaves: Mapping[str, Any]) -> list[str]:
 @jax.jit
 def _jnp_all_finite(x: jax.Array) -> jax.Array:
   return jnp.all(jnp.isfinite(x))
+
+
+def record(params: Any, opt_state: Any | None = None) -> dict[str, Any]:
+  """The record a checkpoint step keeps: fingerprints of its parameters (and optimizer state)."""
+  record = {"version": VERSION, "params": fingerprints(params)}
+  if opt_state is not None:
+    record["opt_state"] = fingerprints(opt_state)
+  return record
+
+
+def shape_mismatches(abstract: Any, metadata: Any, item: str) -> list[str]:
+  """Paths whose saved shape differs from the target's, or that exist on one side only."""
+  tree = getattr(metadata, "tree", metadata)
+  saved = {jax.tree_util.keystr(p): tuple(getattr(m, "shape", ()) or ())
+           for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  wanted = {jax.tree_util.keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  problems = [f"{item}{k}: saved {saved[k]} vs model {wanted[k]}" for k in sorted(set(saved) & set(wanted))
+              if saved[k] != wanted[k]]
+  problems += [f"{item}{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+  problems += [f"{item}{k}: only in the model" for k in sorted(set(wanted) - set(saved))]
+  return problems

@@ -20,7 +20,8 @@ import jax
 from flax import nnx
 
 from electra_jax import modeling
-from electra_jax.checkpointing.store import MODEL_CONFIG_FILE, CheckpointError, _shape_mismatches
+from electra_jax.checkpointing.integrity import shape_mismatches
+from electra_jax.checkpointing.store import MODEL_CONFIG_FILE, CheckpointError
 from electra_jax.checkpointing.tools import load_params, resolve_checkpoint_dir
 
 
@@ -78,7 +79,7 @@ def load_model(path: str | os.PathLike, step: int | None = None, **runtime):
   model = build_model(meta, abstract=True, **runtime)
   graphdef, state = nnx.split(model)
   wanted = nnx.to_pure_dict(state)
-  problems = _shape_mismatches(wanted, params, "params")
+  problems = shape_mismatches(wanted, params, "params")
   if problems:
     raise CheckpointError(f"checkpoint {path} does not match its model_config: " + "; ".join(problems[:5]))
   nnx.replace_by_pure_dict(state, jax.tree.map(lambda a, x: jax.numpy.asarray(x, a.dtype), wanted, params))

@@ -143,13 +143,6 @@ def _describe(exc: BaseException) -> str:
   return line(exc) if root is exc else f"{line(exc)} (cause: {line(root)})"
 
 
-def _integrity_record(params: Any, opt_state: Any | None = None) -> dict[str, Any]:
-  record = {"version": integrity.VERSION, "params": integrity.fingerprints(params)}
-  if opt_state is not None:
-    record["opt_state"] = integrity.fingerprints(opt_state)
-  return record
-
-
 def _check_integrity(where: str, record: Mapping[str, Any] | None, trees: Mapping[str, Any]) -> None:
   """Raises CorruptCheckpointError naming `where` and the first differing arrays."""
   problems = []
@@ -168,19 +161,6 @@ def _all_agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
-
-
-def _shape_mismatches(abstract: Any, metadata: Any, item: str) -> list[str]:
-  """Paths whose saved shape differs from the target's, or that exist on one side only."""
-  tree = getattr(metadata, "tree", metadata)
-  saved = {jax.tree_util.keystr(p): tuple(getattr(m, "shape", ()) or ())
-           for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  wanted = {jax.tree_util.keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  problems = [f"{item}{k}: saved {saved[k]} vs model {wanted[k]}" for k in sorted(set(saved) & set(wanted))
-              if saved[k] != wanted[k]]
-  problems += [f"{item}{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
-  problems += [f"{item}{k}: only in the model" for k in sorted(set(wanted) - set(saved))]
-  return problems
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -295,7 +275,7 @@ class Checkpointer:
         "opt_state": ocp.args.PyTreeSave(opt_state),
         "train_meta": ocp.args.JsonSave({"step": int(step), **dict(train_meta)}),
         "integrity": ocp.args.JsonSave(dict(fingerprints) if fingerprints is not None
-                                       else _integrity_record(params, opt_state)),
+                                       else integrity.record(params, opt_state)),
     }
     if self.model_meta is not None:
       items["model_config"] = ocp.args.JsonSave(self.model_meta)
@@ -351,7 +331,7 @@ class Checkpointer:
       for step in sorted(self._manager.all_steps(), reverse=True):
         try:
           metadata = self._manager.item_metadata(step)
-          mismatches = (_shape_mismatches(abstract_params, metadata["params"], "params")
+          mismatches = (integrity.shape_mismatches(abstract_params, metadata["params"], "params")
                         if metadata["params"] is not None else [])
         except Exception as e:  # pylint: disable=broad-except
           mismatches, error = None, e
@@ -452,4 +432,4 @@ class Checkpointer:
 
 def state_fingerprints(params: Any, opt_state: Any) -> dict[str, Any]:
   """What `Checkpointer.save` records about a state (to compute on device before handing it host copies)."""
-  return _integrity_record(params, opt_state)
+  return integrity.record(params, opt_state)

@@ -19,10 +19,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from electra_jax import paths
+from electra_jax.checkpointing import integrity
 from electra_jax.checkpointing.quiet import abandoned_reads_silenced
-from electra_jax.checkpointing.store import (CHECKPOINTS_SUBDIR, MODEL_CONFIG_FILE, CheckpointError,
-                                             _abspath, _check_integrity, _describe, _manager,
-                                             _integrity_record)
+from electra_jax.checkpointing.store import (CHECKPOINTS_SUBDIR, MODEL_CONFIG_FILE, CheckpointError, _abspath,
+                                             _check_integrity, _describe, _manager)
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[str, int | None]:
@@ -105,7 +105,7 @@ def save_params(path: str | os.PathLike, model_meta: Mapping[str, Any], params: 
       raise CheckpointError(f"{directory}/{step} already exists: write to a new folder, or remove it first")
     manager.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params),
                                                model_config=ocp.args.JsonSave(dict(model_meta)),
-                                               integrity=ocp.args.JsonSave(_integrity_record(params))))
+                                               integrity=ocp.args.JsonSave(integrity.record(params))))
     manager.wait_until_finished()
   finally:
     manager.close()

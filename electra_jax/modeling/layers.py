@@ -87,7 +87,7 @@ class Dense(nnx.Module):
 
   def product(self, x: jax.Array) -> jax.Array:
     """x @ kernel without the bias."""
-    # as one 2-D [tokens, in] x [in, out] product (benchmarks/README.md, change 1)
+    # as one 2-D [tokens, in] x [in, out] product (benchmarks/README.md)
     kernel = self.kernel[...].astype(self.dtype)
     y = ops.dense(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel, kernels=self.kernels)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])

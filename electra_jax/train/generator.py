@@ -167,12 +167,17 @@ def owner(names: tuple[str, ...]) -> str:
   return "generator" if names and names[0] == "generator" else "discriminator"
 
 
-def optimizer(config: Any, params: Any, *, frozen_generator: bool = False
+def optimizer(config: Any, params: Any, *, frozen_generator: bool = False, two_stage: int = 0
               ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The pretraining optimizer: optim.create's AdamW, or, with generator.learning_rate > 0 or a frozen generator,
-  one AdamW per group (optim.create_groups), the generator's at its own rate or frozen. Returns (tx, the
-  discriminator's schedule)."""
+  """The pretraining optimizer: optim.create's (AdamW or LAMB), or, with generator.learning_rate > 0 or a frozen
+  generator, one per group (optim.create_groups), the generator's at its own rate or frozen. Returns (tx, the
+  discriminator's schedule). With two_stage N (Section 3.2) the warmup-and-decay schedule restarts for each stage,
+  each a training run of its own: N generator steps, then num_train_steps - N discriminator steps."""
   lr, total = float(config.learning_rate), int(config.num_train_steps)
+  if two_stage > 0:
+    schedule = optax.join_schedules([optim.schedule_from_config(config.optimizer, lr, two_stage),
+                                     optim.schedule_from_config(config.optimizer, lr, total - two_stage)], [two_stage])
+    return optim.create(config.optimizer, params, schedule), schedule
   gen_lr = float(config.generator.get("learning_rate", 0.0) or 0.0)
   if not frozen_generator and gen_lr <= 0:
     return optim.create(config.optimizer, params, learning_rate=lr, num_train_steps=total)
@@ -182,3 +187,17 @@ def optimizer(config: Any, params: Any, *, frozen_generator: bool = False
       config.optimizer, params, learning_rates={"discriminator": lr, "generator": None if frozen_generator else gen_lr},
       label_of=owner, num_train_steps=total)
   return tx, schedules["discriminator"]
+
+
+def frozen_source(config: Any, disc: Any, vocab_size: int) -> Source | None:
+  """The frozen external generator config.generator.source names, loaded with the discriminator's runtime fields
+  (disc: its ElectraConfig), or None."""
+  name = options(config)["source"]
+  if not name:
+    return None
+  runtime = {f: getattr(disc, f) for f in ("dtype", "param_dtype", "scan_layers", "remat_policy", "kernels")}
+  source = load_source(name, vocab_size=vocab_size, vocab_file=config.data.get("vocab_file"), runtime=runtime)
+  if source.config.max_position_embeddings < int(config.max_seq_length):
+    raise GeneratorConfigError(f"config.generator.source={name}: max_position_embeddings="
+                               f"{source.config.max_position_embeddings} < max_seq_length={config.max_seq_length}")
+  return source

@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from electra_jax import checkpointing, convert, modeling, ops, sharding
 from electra_jax.runtime import distributed
 from electra_jax.runtime.compile import LazyStep
-from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, optim, phases, pretrain_data
+from electra_jax.train import flops, generator, loop, metrics as metrics_lib, objectives, phases, pretrain_data
 from electra_jax.train.masking import MASKINGS, OBJECTIVES, StepConfig, max_predictions_per_seq
 from electra_jax.train.pretrain_data import load_tokenizer, make_loader, prepare_data, strip_accents  # noqa: F401
 from electra_jax.train.pretrain_model import SetupError, generator_options, model_configs  # noqa: F401
@@ -80,18 +80,6 @@ def build_mesh(config: Any, devices=None) -> jax.sharding.Mesh:
   return sharding.make_mesh({k: int(config.mesh[k]) for k in ("data", "fsdp", "tensor")}, devices)
 
 
-def _optimizer(config: Any, abstract_params: Any, two_stage: int, frozen_generator: bool):
-  """(tx, schedule): with two_stage N the warmup-and-decay schedule restarted for each stage (each a training run of
-  its own: N generator steps, then num_train_steps - N discriminator steps); else train/generator.py's optimizer (one
-  for every parameter, or a group per network when the generator has its own rate or is frozen)."""
-  o, total, lr = config.optimizer, int(config.num_train_steps), float(config.learning_rate)
-  if two_stage <= 0:
-    return generator.optimizer(config, abstract_params, frozen_generator=frozen_generator)
-  schedule = optax.join_schedules([optim.schedule_from_config(o, lr, two_stage),
-                                   optim.schedule_from_config(o, lr, total - two_stage)], [two_stage])
-  return optim.create(o, abstract_params, schedule), schedule
-
-
 def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: Mapping[str, int]) -> Setup:
   """Model configs, abstract sharded state, optimizer and the jitted train step for `mesh`."""
   if config.objective not in OBJECTIVES:
@@ -106,7 +94,7 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   check_accumulation(int(config.batch_size), accumulation, mesh, rules)
   disc, gen = model_configs(config, vocab_size)
   g = generator_options(config)
-  source = _generator_source(config, disc, vocab_size)
+  source = generator.frozen_source(config, disc, vocab_size)
   if source is not None:
     gen = source.config
   seed = int(config.seed)
@@ -122,7 +110,8 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   graphdef, abstract_vars, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
   param_shardings = nnx.to_pure_dict(sharding.logical_to_sharding(abstract_vars, mesh, rules))
   abstract_params = nnx.to_pure_dict(abstract_vars)
-  tx, schedule = _optimizer(config, abstract_params, g["two_stage"], frozen_generator=source is not None)
+  tx, schedule = generator.optimizer(config, abstract_params, frozen_generator=source is not None,
+                                     two_stage=g["two_stage"])
   step_cfg = StepConfig(
       objective=config.objective, mask_prob=float(config.mask_prob),
       max_predictions=int(config.max_predictions_per_seq) if int(config.max_predictions_per_seq) > 0 else
@@ -143,21 +132,6 @@ def build_setup(config: Any, mesh: jax.sharding.Mesh, *, vocab_size: int, ids: M
   return Setup(config=config, mesh=mesh, rules=rules, disc_config=disc, gen_config=gen, step_config=step_cfg,
                graphdef=graphdef, rest=rest, trainer=trainer, batch_sharding=sharding.batch_sharding(mesh, rules),
                model_options=options, generator_source=source)
-
-
-def _generator_source(config: Any, disc: modeling.ElectraConfig, vocab_size: int):
-  """The frozen external generator config.generator.source names (train/generator.py), or None."""
-  name = generator.options(config)["source"]
-  if not name:
-    return None
-  runtime = {f: getattr(disc, f) for f in ("dtype", "param_dtype", "scan_layers", "remat_policy", "kernels")}
-  source = generator.load_source(name, vocab_size=vocab_size, vocab_file=config.data.get("vocab_file"),
-                                 runtime=runtime)
-  if source.config.max_position_embeddings < int(config.max_seq_length):
-    raise generator.GeneratorConfigError(f"config.generator.source={name}: max_position_embeddings="
-                                         f"{source.config.max_position_embeddings} < max_seq_length="
-                                         f"{config.max_seq_length}")
-  return source
 
 
 def init_state(setup: Setup) -> dict[str, Any]:
