@@ -2,9 +2,9 @@ r"""What does the pretraining step launch on an NVIDIA GPU, and does it fit? Com
 
     python -m venv --system-site-packages V && V/bin/pip install -c third_party/constraints.txt -e ".[gpu-aot]"
     V/bin/python launch/gpu_aot.py --config=configs/pretrain.py:size=small --target=gpu:h200 \
-        --config.batch_size=128 --config.scan_layers=false --config.model.attention_probs_dropout_prob=0
+        --config.batch_size=128 --config.model.scan_layers=false --config.model.attention_probs_dropout_prob=0
     V/bin/python launch/gpu_aot.py --config=configs/pretrain.py:size=base --target=gpu:h100 --config.batch_size=32 \
-        --config.max_seq_length=512 --config.scan_layers=false
+        --config.max_seq_length=512 --config.model.scan_layers=false
     XLA_FLAGS=--xla_dump_to=/tmp/dump V/bin/python launch/gpu_aot.py ...     # keeps the dump; reads it from there
 
 (The `gpu-aot` extra is the compile-only set: JAX's CUDA plugin and PJRT library, ptxas and libdevice from the nvcc
@@ -245,7 +245,7 @@ def run(config: Any, target: str, *, hbm_gib: float = 0.0, vocab_size: int = 305
   }
   if not report["fits"]:
     err = DoesNotFitError(f"does not fit: the step needs {memory['peak_gib']:.2f} GiB but a {card.name} has "
-                          f"{hbm:g} GiB. Rematerialise (--config.remat_policy=dots or full) or lower the batch.")
+                          f"{hbm:g} GiB. Rematerialise (--config.model.remat_policy=dots or full) or lower the batch.")
     err.report = report
     raise err
   return report
