@@ -94,7 +94,7 @@ run profile_small 90 "$py" benchmarks/profile_step.py --size=small --dtype=bfloa
 grep -v '^{' "$logs/profile_small.log" | grep -v -i "warning" | tail -n 40
 # 5. The same step compiled without the GPU (compile-only H200 target, no autotuning): launches per step.
 run aot_small 240 "$py" launch/gpu_aot.py --config=configs/pretrain.py:size=small --target=gpu:h200 \
-  --config.batch_size=128 --config.scan_layers=false \
+  --config.batch_size=128 --config.model.scan_layers=false \
   --config.model.attention_probs_dropout_prob="${ATTENTION_DROPOUT:-0}" --json_out="$out/aot_small.json"
 grep -v '^{' "$logs/aot_small.log" | grep "launches per step" | tail -n 1
 "$py" - "$dump" "$out" <<'PY'

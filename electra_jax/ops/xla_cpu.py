@@ -71,7 +71,7 @@ def _random_halfwords(rng: jax.Array, shape: tuple[int, ...], parts: int) -> lis
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  """reference.dropout with masks from 16 random bits, four per threefry hash (benchmarks/README.md, changes 3, 13).
+  """reference.dropout with masks from 16 random bits, four per threefry hash (benchmarks/README.md).
 
   Each element is dropped when its 16 bits fall below round(rate * 2^16) (rate 0.1: drop probability 0.1000061).
   One hash (`threefry_words`: two 32-bit words) gives the masks of four elements, one in each quarter of the last
@@ -169,7 +169,7 @@ tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
   """reference.layer_norm (two-pass variance) with its backward written out from the saved xhat and rstd:
   dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)), gs = g * scale, two row reductions and one elementwise pass
-  where autodiff's chain made several (benchmarks/README.md, changes 8, 10)."""
+  where autodiff's chain made several (benchmarks/README.md)."""
   return _layer_norm_fwd(x, scale, bias, eps)[0]
 
 
@@ -239,7 +239,7 @@ def attention_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   heads-major order first (q and v [B, N, L, D], k [B, N, D, L]; barriers keep the copies), the softmax normalised
   after the value product, on [.., Lq, D] instead of [.., Lq, L] (flash attention's order).
   jax.nn.dot_product_attention left the layouts to XLA, which copied k and v and transposed the output back, and fused
-  the normalised probabilities into a slow value product (benchmarks/README.md, changes 16, 19). The same values up
+  the normalised probabilities into a slow value product (benchmarks/README.md). The same values up
   to float rounding."""
   bar = jax.lax.optimization_barrier
   dtype = q.dtype
