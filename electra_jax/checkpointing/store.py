@@ -26,6 +26,7 @@ with its step and path, and the previous step is used; a training run also renam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -183,6 +184,7 @@ class Checkpointer:
       self._check_identity(identity)
     self._manager = _manager(self.directory, keep=keep, async_save=async_save)
     self._saving: int | None = None     # the step of the save in flight
+    self._abandoned_reads = False       # a restore fell back past a bad step (its reads were abandoned)
     self._filter = _OrbaxSaveFailures()
     logging.getLogger("absl").addFilter(self._filter)
     self._sigterm = threading.Event()
@@ -375,10 +377,12 @@ class Checkpointer:
           logging.warning("checkpoint %s/%d holds non-finite parameters (%s); falling back to the previous step",
                           self.directory, step, error.detail)
           self._set_aside(step, "non-finite")
+          self._abandoned_reads = True
           continue
         logging.warning("checkpoint %s/%d is incomplete or corrupt (%s); skipping it and trying the previous one",
                         self.directory, step, _describe(error) if error else "unreadable on another process")
         self._set_aside(step)
+        self._abandoned_reads = True
     if tried:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: steps {tried} are all incomplete, corrupt or "
                             f"non-finite (set aside as <step>.unreadable-* / .non-finite-*); to start again from step 0 rerun with "
@@ -414,10 +418,13 @@ class Checkpointer:
       self.check_saves(wait=True)
       self._manager.wait_until_finished()
     finally:
-      try:
-        self._manager.close()
-      except Exception as e:  # pylint: disable=broad-except   # a failed save already reported above
-        logging.debug("closing the checkpoint manager: %s", _describe(e))
+      # After a restore that abandoned reads, their last callbacks can land while the manager shuts down: silenced
+      # there too (and only for such a checkpointer).
+      with abandoned_reads_silenced() if self._abandoned_reads else contextlib.nullcontext():
+        try:
+          self._manager.close()
+        except Exception as e:  # pylint: disable=broad-except   # a failed save already reported above
+          logging.debug("closing the checkpoint manager: %s", _describe(e))
       logging.getLogger("absl").removeFilter(self._filter)
       if self._previous_handler is not None:
         signal.signal(signal.SIGTERM, self._previous_handler)

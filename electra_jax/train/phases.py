@@ -121,7 +121,7 @@ class PhasedData:
       elif not (saved_index == phase.index - 1 and step == phase.start):
         raise PhaseError(f"the checkpoint at step {step} was saved in phase {saved_index}, but step {step} belongs to "
                          f"phase {phase.index}")
-    elif train_meta is not None and step:
+    elif train_meta is not None:   # a converted checkpoint (convert tf_to_orbax) has no data position
       logging.info("checkpoint step %d has no data-loader position; reading the data from its start", step)
     self._switch(phase, step - phase.start)
     if saved is not None:
