@@ -13,6 +13,9 @@ import itertools
 import jax
 import jax.numpy as jnp
 
+# the forward (and its residuals xhat, rstd, scale) is xla_cpu's; the backward below reduces differently
+from electra_jax.ops.xla_cpu import _layer_norm_fwd
+
 DTYPES = (jnp.bfloat16, jnp.float16)
 MAX_HEAD_DIM = 128   # 256 on Hopper and later; the smaller bound holds on every GPU cuDNN's flash attention runs on
 
@@ -65,13 +68,6 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
   gs = g * scale (two row reductions, one pass), and the scale and bias gradients as ONE reduction over the tokens of
   [g * xhat, g] side by side, where autodiff made two of each."""
   return _layer_norm_fwd(x, scale, bias, eps)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, eps):
-  xc = x - jnp.mean(x, axis=-1, keepdims=True)
-  rstd = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
-  xhat = xc * rstd
-  return xhat * scale + bias, (xhat, rstd, scale)
 
 
 def _layer_norm_bwd(eps, res, g):
